@@ -1,0 +1,1 @@
+"""Benchmarks and tools: rdsx-stress and the baselines it is compared against."""
