@@ -30,14 +30,20 @@ __all__ = [
     "Congested",
     "ConnectTimeout",
     "ConnectionRejected",
+    "DetachRefused",
     "DeviceBusy",
     "DeviceRemoved",
+    "HostCrashed",
     "InvalidArgument",
     "InvalidHandle",
+    "InvalidMigration",
     "InvalidState",
     "LocalProtocolError",
     "MessageTooLarge",
     "MigrationError",
+    "MigrationFailed",
+    "MigrationInProgress",
+    "NotAttached",
     "NotBound",
     "NotConnected",
     "PeerResumeTimeout",
@@ -48,6 +54,7 @@ __all__ = [
     "ResourceExhausted",
     "SocketClosed",
     "TransportNotFound",
+    "UnknownHost",
     "Unreachable",
     "VerbsError",
     "WouldBlock",
@@ -212,3 +219,47 @@ class RemoteProtocolError(ProtocolError):
 
 class MigrationError(RdsError):
     """The VMM refused a migration (same host, unknown host, already migrating, ...)."""
+
+
+class InvalidMigration(MigrationError, ValueError):
+    """A request that cannot be right: to the VM's own host, a negative grace, no such strategy."""
+
+
+class UnknownHost(MigrationError, LookupError):
+    """The destination is not a host of this fabric."""
+
+
+class MigrationInProgress(MigrationError):
+    """The VM is already being migrated; one migration per VM at a time."""
+
+
+class NotAttached(MigrationError):
+    """The VM holds no VF to migrate with (never attached, or detached)."""
+
+
+class MigrationFailed(MigrationError):
+    """A migration started but did not complete.
+
+    Attributes:
+        timeline: the stages that ran before the failure (a
+            ``transports.sim.timeline.Timeline``), or None.
+        vm_lost: True if the VM did not survive (its host crashed under it);
+            otherwise it is running on its source host again.
+    """
+
+    def __init__(self, message: str, timeline: object = None, vm_lost: bool = False) -> None:
+        super().__init__(message)
+        self.timeline = timeline
+        self.vm_lost = vm_lost
+
+
+class DetachRefused(MigrationFailed, DeviceBusy):
+    """The VF was not released within the grace period, so it could not be detached.
+
+    The migration is abandoned before the VM stops: it stays on its source host
+    with its VF, as after the seed's hot-plug script time-out (problem 1b).
+    """
+
+
+class HostCrashed(MigrationFailed):
+    """The source or the destination host crashed while the VM was migrating."""
