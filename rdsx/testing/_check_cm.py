@@ -1,0 +1,193 @@
+"""Checks of the connection manager: listen/connect/accept with private data both ways,
+reject, unreachable ports, argument checks and disconnect."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from ..errors import (
+    AddressInUse,
+    ConnectionRejected,
+    InvalidArgument,
+    InvalidState,
+    Unreachable,
+)
+from ..verbs import CmEvent, CmEventType, CmId, Opcode, QpState, RecvWR, SendWR
+from ._fixture import (
+    WAIT,
+    End,
+    Node,
+    expect_raises,
+    expect_state,
+    expect_wc,
+    init_attr,
+    open_nodes,
+    take_one,
+)
+from ._harness import Harness
+from ._registry import check
+
+#: IB REQ private data limit the contract enforces (librdmacm's 196 bytes for RC).
+MAX_PRIVATE_DATA = 196
+
+
+def cm_port(rng: random.Random) -> int:
+    """A CM port the seed picks, away from well-known ones."""
+    return rng.randrange(20000, 60000)
+
+
+async def cm_pair(
+    a: Node, b: Node, rng: random.Random
+) -> tuple[CmId, CmId, End, End, bytes, bytes]:
+    """Connect a fresh QP of ``a`` to a fresh QP of ``b`` through the CM.
+
+    Returns:
+        (active id, passive id, active end, passive end, active's data, passive's data).
+    """
+    port = cm_port(rng)
+    listener = await b.ctx.cm_listen(port)
+    ea, eb = a.end(), b.end()
+    data_a = rng.randbytes(rng.randrange(1, MAX_PRIVATE_DATA + 1))
+    data_b = rng.randbytes(rng.randrange(1, MAX_PRIVATE_DATA + 1))
+    passive: list[CmId] = []
+
+    async def serve() -> None:
+        request = await listener.get_request()
+        if request.private_data != data_a:
+            raise AssertionError("the connect request must carry the active side's private data")
+        if request.source != a.device.address:
+            raise AssertionError(f"request.source {request.source!r} must be {a.device.address!r}")
+        passive.append(await request.accept(eb.qp, data_b))
+        with expect_raises(InvalidState, "accepting a request that was already answered"):
+            await request.accept(b.end().qp)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            active = await a.ctx.cm_connect(ea.qp, b.device.address, port, data_a)
+    finally:
+        listener.close()
+    return active, passive[0], ea, eb, data_a, data_b
+
+
+async def next_cm_event(cm_id: CmId, kind: CmEventType, what: str) -> CmEvent:
+    """The next CM event of ``cm_id`` other than ESTABLISHED must be ``kind``."""
+    with trio.move_on_after(WAIT):
+        while True:
+            event = await cm_id.next_event()
+            if event.type is CmEventType.ESTABLISHED:
+                continue
+            if event.type is not kind:
+                raise AssertionError(f"{what}: expected a {kind.name} CM event, got {event}")
+            return event
+    raise AssertionError(f"{what}: no {kind.name} CM event within {WAIT}s")
+
+
+async def exchange(src: End, dst: End, rng: random.Random, what: str) -> None:
+    """One SEND from ``src`` to ``dst`` must arrive intact."""
+    off, roff = src.node.alloc(32), dst.node.alloc(32)
+    data = rng.randbytes(32)
+    src.node.put(off, data)
+    dst.qp.post_recv(RecvWR(1, (dst.node.sge(roff, 32),)))
+    src.qp.post_send(SendWR(2, Opcode.SEND, (src.node.sge(off, 32),)))
+    expect_wc(await take_one(src.scq, what), f"{what} (send)", wr_id=2)
+    expect_wc(await take_one(dst.rcq, what), f"{what} (receive)", wr_id=1, byte_len=32)
+    if dst.node.get(roff, 32) != data:
+        raise AssertionError(f"{what}: the data arrived corrupt")
+
+
+@check("cm-connect-accept")
+async def check_cm_connect(harness: Harness, rng: random.Random) -> None:
+    """listen/connect/accept exchange private data both ways and leave both QPs in RTS."""
+    async with open_nodes(harness) as (a, b):
+        active, passive, ea, eb, data_a, data_b = await cm_pair(a, b, rng)
+        if active.private_data != data_b:
+            raise AssertionError("the active CmId must hold the passive side's private data")
+        if passive.private_data != data_a:
+            raise AssertionError("the passive CmId must hold the active side's private data")
+        if active.peer_address != b.device.address or passive.peer_address != a.device.address:
+            raise AssertionError(
+                f"peer_address wrong: {active.peer_address!r}, {passive.peer_address!r}"
+            )
+        if active.qp.qp_num != ea.qp.qp_num or passive.qp.qp_num != eb.qp.qp_num:
+            raise AssertionError("CmId.qp must be the QP that was connected/accepted")
+        expect_state(ea.qp, QpState.RTS, "the CM moves the active QP to RTS")
+        expect_state(eb.qp, QpState.RTS, "the CM moves the passive QP to RTS")
+        await exchange(ea, eb, rng, "active -> passive over a CM connection")
+        await exchange(eb, ea, rng, "passive -> active over a CM connection")
+
+
+@check("cm-reject")
+async def check_cm_reject(harness: Harness, rng: random.Random) -> None:
+    """A rejected connect raises ConnectionRejected carrying the rejecter's private data."""
+    async with open_nodes(harness) as (a, b):
+        port = cm_port(rng)
+        listener = await b.ctx.cm_listen(port)
+        reason = rng.randbytes(rng.randrange(1, 100))
+
+        async def refuse() -> None:
+            await (await listener.get_request()).reject(reason)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(refuse)
+            try:
+                await a.ctx.cm_connect(a.end().qp, b.device.address, port, b"hello")
+            except ConnectionRejected as exc:
+                if exc.private_data != reason:
+                    raise AssertionError(
+                        "ConnectionRejected must carry the reject's private data"
+                    ) from exc
+            else:
+                raise AssertionError("a rejected connect must raise ConnectionRejected")
+        listener.close()
+
+
+@check("cm-unreachable")
+async def check_cm_unreachable(harness: Harness, rng: random.Random) -> None:
+    """Connecting where nobody listens (never, or no longer) raises Unreachable."""
+    async with open_nodes(harness) as (a, b):
+        port = cm_port(rng)
+        with expect_raises(Unreachable, "cm_connect to a port nobody listens on"):
+            await a.ctx.cm_connect(a.end().qp, b.device.address, port)
+        listener = await b.ctx.cm_listen(port)
+        listener.close()
+        listener.close()  # idempotent
+        with expect_raises(Unreachable, "cm_connect to a port whose listener was closed"):
+            await a.ctx.cm_connect(a.end().qp, b.device.address, port)
+
+
+@check("cm-arguments")
+async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
+    """A taken port is AddressInUse; oversize private data InvalidArgument; QP not in RESET
+    InvalidState."""
+    async with open_nodes(harness) as (a, b):
+        port = cm_port(rng)
+        listener = await b.ctx.cm_listen(port)
+        with expect_raises(AddressInUse, "a second listener on the same port"):
+            await b.ctx.cm_listen(port)
+        with expect_raises(InvalidArgument, f"{MAX_PRIVATE_DATA + 1} bytes of private data"):
+            await a.ctx.cm_connect(a.end().qp, b.device.address, port, bytes(MAX_PRIVATE_DATA + 1))
+        end = a.end()
+        end.qp.modify(init_attr())
+        with expect_raises(InvalidState, "cm_connect with a QP in INIT"):
+            await a.ctx.cm_connect(end.qp, b.device.address, port)
+        listener.close()
+
+
+@check("cm-disconnect")
+async def check_cm_disconnect(harness: Harness, rng: random.Random) -> None:
+    """disconnect: DISCONNECTED then TIMEWAIT_EXIT on both sides, both QPs in ERR."""
+    async with open_nodes(harness) as (a, b):
+        active, passive, ea, eb, _, _ = await cm_pair(a, b, rng)
+        closer, other = (active, passive) if rng.random() < 0.5 else (passive, active)
+        await closer.disconnect()
+        for side, cm_id in (("disconnecting", closer), ("remote", other)):
+            await next_cm_event(cm_id, CmEventType.DISCONNECTED, f"disconnect: {side} side")
+            await next_cm_event(cm_id, CmEventType.TIMEWAIT_EXIT, f"disconnect: {side} side")
+        expect_state(ea.qp, QpState.ERR, "after a disconnect (active QP)")
+        expect_state(eb.qp, QpState.ERR, "after a disconnect (passive QP)")
+        active.close()
+        passive.close()
+        active.close()  # idempotent

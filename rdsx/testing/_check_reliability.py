@@ -1,0 +1,128 @@
+"""Checks of RC reliability: completion only once the responder has it, RNR and retry
+exhaustion, and the flush of every WR once a QP is in ERR."""
+
+from __future__ import annotations
+
+import random
+
+from ..verbs import Opcode, QpAttr, QpState, RecvWR, SendWR, WcOpcode, WcStatus
+from ._fixture import (
+    End,
+    Node,
+    expect_state,
+    expect_wc,
+    link,
+    open_nodes,
+    quiet,
+    take,
+    take_one,
+)
+from ._harness import Harness
+from ._registry import check
+
+
+async def _expect_flushing(end: End, node: Node, rule: str) -> None:
+    """``end`` is in ERR and every later post completes with WR_FLUSH_ERR."""
+    expect_state(end.qp, QpState.ERR, rule)
+    off = node.alloc(16)
+    end.qp.post_send([SendWR(900 + i, Opcode.SEND, (node.sge(off, 16),)) for i in range(2)])
+    end.qp.post_recv([RecvWR(910 + i, (node.sge(off, 16),)) for i in range(2)])
+    for cq, base in ((end.scq, 900), (end.rcq, 910)):
+        wcs = await take(cq, 2, f"{rule}: WRs posted in ERR")
+        for i, wc in enumerate(wcs):
+            expect_wc(
+                wc,
+                f"{rule}: a WR posted in ERR flushes",
+                wr_id=base + i,
+                status=WcStatus.WR_FLUSH_ERR,
+            )
+    await quiet([end.scq, end.rcq], f"{rule}: each flushed WR completes once")
+
+
+@check("rc-send-completes-at-responder")
+async def check_responder_first(harness: Harness, rng: random.Random) -> None:
+    """No receive posted: the send does not complete. Once posted (rnr_retry=7) it succeeds,
+    and by then the responder already holds its receive completion."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b, rnr_retry=7)
+        off, roff = a.alloc(64), b.alloc(64)
+        data = rng.randbytes(64)
+        a.put(off, data)
+        ea.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(off, 64),)))
+        await quiet([ea.scq], "RC: a send must not complete while the responder has no receive")
+        eb.qp.post_recv(RecvWR(2, (b.sge(roff, 64),)))
+        expect_wc(
+            await take_one(ea.scq, "the send after a late receive (rnr_retry=7)"),
+            "rnr_retry=7 retries until a receive is posted",
+            wr_id=1,
+            opcode=WcOpcode.SEND,
+        )
+        at_responder = eb.rcq.poll()
+        if len(at_responder) != 1:
+            raise AssertionError(
+                "RC: when the requester sees SUCCESS the responder must already have the message "
+                f"(its receive completion), found {at_responder}"
+            )
+        expect_wc(at_responder[0], "late receive", wr_id=2, opcode=WcOpcode.RECV, byte_len=64)
+        if b.get(roff, 64) != data:
+            raise AssertionError("the late-received message is corrupt")
+
+
+@check("rnr-retry-exhausted")
+async def check_rnr_exhausted(harness: Harness, rng: random.Random) -> None:
+    """No receive and a finite rnr_retry: RNR_RETRY_EXC_ERR, the QP is in ERR, later posts flush."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b, rnr_retry=rng.randrange(0, 3))
+        off = a.alloc(16)
+        ea.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(off, 16),)))
+        rule = "no receive posted, finite rnr_retry"
+        expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.RNR_RETRY_EXC_ERR)
+        await _expect_flushing(ea, a, "after RNR_RETRY_EXC_ERR")
+        eb.qp.post_recv(RecvWR(3, (b.sge(b.alloc(16), 16),)))
+        await quiet([eb.rcq], "a send that failed with RNR_RETRY_EXC_ERR must never arrive")
+
+
+@check("retry-exhausted-partition")
+async def check_retry_exhausted(harness: Harness, rng: random.Random) -> None:
+    """Every packet lost: RETRY_EXC_ERR after retry_cnt retries, then ERR and flushes."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b, retry_cnt=rng.randrange(1, 3), timeout=0.05)
+        off = a.alloc(16)
+        eb.qp.post_recv(RecvWR(3, (b.sge(b.alloc(16), 16),)))
+        rule = "all packets lost (harness.partition)"
+        with harness.partition(a.device, b.device):
+            ea.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(off, 16),)))
+            expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.RETRY_EXC_ERR)
+        await _expect_flushing(ea, a, "after RETRY_EXC_ERR")
+        await quiet([eb.rcq], f"{rule}: nothing may arrive")
+
+
+@check("flush-on-err")
+async def check_flush(harness: Harness, rng: random.Random) -> None:
+    """Moving to ERR flushes every outstanding send and receive, in order, exactly once."""
+    async with open_nodes(harness) as (a, b):
+        ea, _eb = link(a, b, rnr_retry=7)
+        off = a.alloc(64)
+        recvs = [RecvWR(100 + i, (a.sge(off, 64),)) for i in range(rng.randrange(1, 5))]
+        ea.qp.post_recv(recvs)
+        # The first SEND waits for a receive that never comes (RNR, forever); RC completes
+        # in order, so nothing behind it may complete either.
+        opcodes = [Opcode.SEND, Opcode.RDMA_WRITE, Opcode.SEND, Opcode.RDMA_READ]
+        sends = [
+            SendWR(i, op, (a.sge(off, 8),), remote_addr=b.mr.addr, rkey=b.mr.rkey)
+            for i, op in enumerate(opcodes)
+        ]
+        ea.qp.post_send(sends)
+        await quiet([ea.scq, ea.rcq], "RC completes in order: nothing passes a stuck SEND")
+        ea.qp.modify(QpAttr(state=QpState.ERR))
+        queues = ((ea.scq, [wr.wr_id for wr in sends]), (ea.rcq, [wr.wr_id for wr in recvs]))
+        for cq, wr_ids in queues:
+            wcs = await take(cq, len(wr_ids), "flush of outstanding WRs")
+            for wr_id, wc in zip(wr_ids, wcs, strict=True):
+                expect_wc(
+                    wc,
+                    "moving to ERR flushes every outstanding WR in order",
+                    wr_id=wr_id,
+                    status=WcStatus.WR_FLUSH_ERR,
+                )
+        await _expect_flushing(ea, a, "after modify(ERR)")

@@ -1,0 +1,174 @@
+"""Checks of device removal (DESIGN problem 1): the grace deadline, DeviceBusy, and the
+zombie handles of a surprise removal."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..errors import DeviceBusy, DeviceRemoved
+from ..verbs import (
+    Access,
+    AsyncEventType,
+    CmEventType,
+    Opcode,
+    QpAttr,
+    QpState,
+    RecvWR,
+    SendWR,
+    WcStatus,
+)
+from ._check_cm import cm_pair, cm_port, exchange, next_cm_event
+from ._fixture import (
+    WAIT,
+    expect_raises,
+    expect_wc,
+    link,
+    open_nodes,
+    take_one,
+    wait_event,
+)
+from ._harness import Harness
+from ._registry import check
+
+GRACE = 2.0
+
+
+@check("remove-grace-released")
+async def check_remove_released(harness: Harness, rng: random.Random) -> None:
+    """DEVICE_REMOVAL with a deadline (async and CM event); the device works until released;
+    closing the context in time lets ``remove`` succeed."""
+    async with open_nodes(harness) as (a, b):
+        active, _passive, ea, eb, _, _ = await cm_pair(a, b, rng)
+
+        async def remove() -> None:
+            try:
+                await harness.remove(a.device, GRACE)
+            except DeviceBusy as exc:
+                raise AssertionError(
+                    "the holder closed its context before the deadline, yet remove raised "
+                    f"DeviceBusy: {exc}"
+                ) from exc
+
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(remove)
+            event = await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "graceful removal")
+            now = trio.current_time()
+            if event.deadline is None or not (
+                start + GRACE - 1e-6 <= event.deadline <= now + GRACE + 1e-6
+            ):
+                raise AssertionError(
+                    f"DEVICE_REMOVAL with grace {GRACE}s must carry deadline = start + grace "
+                    f"(start {start}, now {now}), got {event.deadline}"
+                )
+            await next_cm_event(active, CmEventType.DEVICE_REMOVAL, "graceful removal")
+            if a.device.removed:
+                raise AssertionError("device.removed must stay False during the grace period")
+            await exchange(ea, eb, rng, "the device keeps working during the grace period")
+            active.close()
+            a.ctx.close()
+        if not a.device.removed:
+            raise AssertionError("device.removed must be True after a successful removal")
+        with expect_raises(DeviceRemoved, "device.open() after the removal"):
+            await a.device.open()
+
+
+@check("remove-grace-busy")
+async def check_remove_busy(harness: Harness, rng: random.Random) -> None:
+    """A holder that keeps its context past the deadline makes ``remove`` raise DeviceBusy;
+    the device stays and keeps working."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b)
+        grace = rng.choice((0.3, 0.5, 1.0))
+
+        async def remove() -> None:
+            with expect_raises(DeviceBusy, "remove while a context is held past the deadline"):
+                await harness.remove(a.device, grace)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remove)
+            event = await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "busy removal")
+            if event.deadline is None:
+                raise AssertionError("a graceful DEVICE_REMOVAL must carry a deadline")
+        if trio.current_time() < event.deadline:
+            raise AssertionError("remove raised DeviceBusy before the deadline")
+        if a.device.removed:
+            raise AssertionError("after DeviceBusy the device must stay (removed is False)")
+        await exchange(ea, eb, rng, "the device keeps working after DeviceBusy")
+        await exchange(eb, ea, rng, "the peer still reaches it after DeviceBusy")
+        second = await a.device.open()
+        second.close()
+
+
+async def _expect_zombie(call: Callable[[], object], what: str) -> None:
+    with expect_raises(DeviceRemoved, f"{what} on a zombie handle"):
+        result = call()
+        if isinstance(result, Awaitable):
+            await result
+
+
+@check("remove-surprise")
+async def check_remove_surprise(harness: Harness, rng: random.Random) -> None:
+    """Surprise removal: a blocked cq.wait() and every later call raise DeviceRemoved; the
+    peer's sends end in RETRY_EXC_ERR."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b, retry_cnt=2, timeout=0.05)
+        off = a.alloc(16)
+
+        async def blocked(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with expect_raises(DeviceRemoved, "a cq.wait() blocked across a surprise removal"):
+                task_status.started()
+                await ea.rcq.wait()
+
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(blocked)
+                await harness.remove(a.device, None)
+        if not a.device.removed:
+            raise AssertionError("device.removed must be True after a surprise removal")
+
+        sge = a.sge(off, 16)
+        calls: list[tuple[Callable[[], object], str]] = [
+            (a.ctx.query_device, "ctx.query_device"),
+            (a.ctx.query_port, "ctx.query_port"),
+            (a.ctx.alloc_pd, "ctx.alloc_pd"),
+            (a.ctx.create_cq, "ctx.create_cq"),
+            (lambda: a.ctx.cm_listen(cm_port(rng)), "ctx.cm_listen"),
+            (lambda: a.pd.reg_mr(bytearray(64), Access.LOCAL_WRITE), "pd.reg_mr"),
+            (lambda: a.pd.create_qp(ea.scq, ea.rcq), "pd.create_qp"),
+            (lambda: ea.qp.post_send(SendWR(1, Opcode.SEND, (sge,))), "qp.post_send"),
+            (lambda: ea.qp.post_recv(RecvWR(2, (sge,))), "qp.post_recv"),
+            (lambda: ea.qp.modify(QpAttr(state=QpState.ERR)), "qp.modify"),
+            (ea.scq.poll, "cq.poll"),
+            (ea.scq.wait, "cq.wait"),
+            (a.device.open, "device.open"),
+        ]
+        rng.shuffle(calls)
+        for call, what in calls:
+            await _expect_zombie(call, what)
+
+        exhausted = False
+        with trio.move_on_after(WAIT):
+            try:
+                while True:
+                    event = await a.ctx.get_async_event()
+                    if event.type is AsyncEventType.DEVICE_REMOVAL and event.deadline is not None:
+                        raise AssertionError("a surprise DEVICE_REMOVAL has no deadline (None)")
+            except DeviceRemoved:
+                exhausted = True
+        if not exhausted:
+            raise AssertionError(
+                "get_async_event must raise DeviceRemoved once the device is gone and read out"
+            )
+
+        roff = b.alloc(16)
+        eb.qp.post_send(SendWR(3, Opcode.SEND, (b.sge(roff, 16),)))
+        expect_wc(
+            await take_one(eb.scq, "a send to a surprise-removed device"),
+            "the peer of a surprise-removed device",
+            wr_id=3,
+            status=WcStatus.RETRY_EXC_ERR,
+        )
