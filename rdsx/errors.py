@@ -52,6 +52,7 @@ __all__ = [
     "RdsError",
     "RemoteProtocolError",
     "ResourceExhausted",
+    "SecretNotConfigured",
     "SocketClosed",
     "TransportNotFound",
     "UnknownHost",
@@ -138,6 +139,14 @@ class ConnectTimeout(CmError):
 
 class AuthenticationFailed(CmError):
     """The peer failed the cluster-secret challenge (tcp transport)."""
+
+
+class SecretNotConfigured(VerbsError, LookupError):
+    """No cluster secret was given: neither a secret file nor ``RDSX_SECRET`` (tcp transport).
+
+    There is deliberately no default secret: a default that works would let any
+    peer that knows the default in.
+    """
 
 
 class PeerResumeTimeout(VerbsError):

@@ -1,0 +1,622 @@
+"""A soft-verbs device bound to one local interface address, and its contexts.
+
+The device owns one TCP listener on ``(address, port)``. Every connection to it
+starts with the authenticated handshake (:mod:`._auth`) and then says what it is
+for: a CM connect request for a listening CM port, or the stream of a QP. At
+most ``max_handshakes`` handshakes run at once; more connection attempts are
+closed at once and counted, so a flood costs established QPs nothing but a
+little CPU. Every task of the device runs in its own nursery, cancelled when
+the device is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import logging
+import math
+import secrets
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from rdsx.errors import (
+    AddressInUse,
+    AddressNotAvailable,
+    AuthenticationFailed,
+    ConnectionRejected,
+    ConnectTimeout,
+    DeviceBusy,
+    DeviceRemoved,
+    InvalidArgument,
+    InvalidHandle,
+    RemoteProtocolError,
+    ResourceExhausted,
+    Unreachable,
+)
+from rdsx.verbs import (
+    CQ,
+    PD,
+    QP,
+    AsyncEvent,
+    AsyncEventType,
+    CmEventType,
+    CmId,
+    CmListener,
+    Context,
+    Device,
+    DeviceAttr,
+    PortAttr,
+    PortState,
+)
+
+from ._auth import accept_handshake, connect_handshake, expect_control
+from ._frames import Control, encode_control
+from ._link import Link, StalledPeer
+from ._resources import TcpCQ, TcpMR, TcpPD
+
+if TYPE_CHECKING:
+    from ._cm import TcpCmId, TcpCmListener
+    from ._network import TcpNetwork, TcpNode
+    from ._qp import TcpQP
+
+__all__ = ["TcpContext", "TcpDevice", "parse_locator"]
+
+log = logging.getLogger("rdsx.tcp.device")
+
+_QPN_MASK = (1 << 24) - 1
+
+
+def parse_locator(locator: str) -> tuple[str, int]:
+    """Split ``"host:port"``.
+
+    Raises:
+        InvalidArgument: not of that form.
+    """
+    host, sep, port = locator.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{locator!r} is not host:port")
+    return host, int(port)
+
+
+@attrs.frozen(slots=True)
+class Limits:
+    """The device's limits (what ``query_device`` reports and enforces)."""
+
+    max_qp: int = 1 << 16
+    max_qp_wr: int = 1 << 14
+    max_sge: int = 16
+    max_cq: int = 1 << 16
+    max_cqe: int = 1 << 22
+    max_mr: int = 1 << 20
+    max_mr_size: int = 1 << 40
+    max_pd: int = 1 << 16
+
+
+class TcpDevice(Device):
+    """A soft-verbs device on one local address (see the module docstring).
+
+    Attributes:
+        locator: ``"address:port"`` of its listener, what :class:`~rdsx.verbs.QpDest`
+            and ``query_port().address`` name.
+    """
+
+    def __init__(self, node: TcpNode, generation: int, listener: trio.SocketListener) -> None:
+        self.node = node
+        self.network: TcpNetwork = node.network
+        self.address = node.address
+        self.name = f"siwx_{node.address}_{generation}"
+        self.generation = generation
+        self.counters = node.counters
+        self.limits = Limits()
+        self.max_msg_sz = self.network.max_msg_sz
+        self._listener = listener
+        self.port: int = listener.socket.getsockname()[1]
+        self.locator = f"{self.address}:{self.port}"
+        digest = hashlib.sha256(f"{self.locator}/{generation}".encode()).digest()
+        self.guid = int.from_bytes(digest[:8], "big")
+        self.contexts: set[TcpContext] = set()
+        self.qps: dict[int, TcpQP] = {}
+        self.mrs: dict[int, TcpMR] = {}
+        self.cm_listeners: dict[int, TcpCmListener] = {}
+        self.links: weakref.WeakSet[Link] = weakref.WeakSet()
+        self._removed = False
+        self._removing = False
+        # Random starting points so a stale QPN or key from a removed device misses.
+        self._qpn = secrets.randbelow(1 << 23) + 0x100
+        self._key = secrets.randbits(32)
+        self._iova = 0x10000
+        self._handshakes = 0
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._armed: set[TcpQP] = set()
+        self._soonest = math.inf
+        self._clock_wake = trio.Event()
+        self._qp_event = trio.Event()
+        self._released = trio.Event()
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def removed(self) -> bool:
+        """True once the device is gone."""
+        return self._removed
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the listener and the timers until the device is removed."""
+        with self._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._accept_loop)
+                    nursery.start_soon(self._clock)
+                    task_status.started()
+            finally:
+                self._nursery = None
+                self._teardown()
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the device's nursery (dropped if the device is gone)."""
+        if self._nursery is not None and not self._removed:
+            self._nursery.start_soon(fn, *args)
+
+    async def open(self) -> Context:
+        """Open a context (see :meth:`rdsx.verbs.Device.open`)."""
+        if self._removed:
+            raise DeviceRemoved(f"{self.name} was removed")
+        ctx = TcpContext(self)
+        self.contexts.add(ctx)
+        return ctx
+
+    async def detach(self, grace: float | None) -> None:
+        """Remove the device (hot-unplug).
+
+        Args:
+            grace: seconds every context gets to release its resources after the
+                ``DEVICE_REMOVAL`` event; ``None`` for a surprise removal.
+
+        Raises:
+            DeviceBusy: a context was still open at the deadline; the device stays.
+        """
+        if self._removed:
+            return
+        if grace is None:
+            self._announce_removal(None)
+            self._scope.cancel()
+            self._teardown()
+            return
+        deadline = trio.current_time() + grace
+        self._removing = True
+        try:
+            self._announce_removal(deadline)
+            with trio.move_on_at(deadline):
+                while self.contexts:
+                    self._released = trio.Event()
+                    await self._released.wait()
+            if self.contexts:
+                raise DeviceBusy(
+                    f"{len(self.contexts)} context(s) of {self.name} still open at the deadline"
+                )
+        finally:
+            self._removing = False
+        self._scope.cancel()
+        self._teardown()
+
+    def _announce_removal(self, deadline: float | None) -> None:
+        for ctx in list(self.contexts):
+            ctx.post_event(AsyncEventType.DEVICE_REMOVAL, deadline=deadline, info=self.name)
+            for cm_id in list(ctx.cm_ids):
+                cm_id.post(CmEventType.DEVICE_REMOVAL, info=self.name)
+
+    def _teardown(self) -> None:
+        """Make every handle a zombie and close every socket (idempotent)."""
+        if self._removed:
+            return
+        self._removed = True
+        self._scope.cancel()
+        self._listener.socket.close()
+        for link in list(self.links):
+            link.close()
+        for ctx in list(self.contexts):
+            ctx.wake_all()
+        self._armed.clear()
+        self.node.device_gone(self)
+        log.info("device %s removed", self.name)
+
+    def context_closed(self, ctx: TcpContext) -> None:
+        """A context was closed: maybe a pending removal may now finish."""
+        self.contexts.discard(ctx)
+        if not self.contexts:
+            self._released.set()
+
+    # ------------------------------------------------------------------ tables
+
+    def register_qp(self, qp: TcpQP) -> int:
+        """Give ``qp`` a free 24-bit QP number.
+
+        Raises:
+            ResourceExhausted: ``max_qp`` reached.
+        """
+        if len(self.qps) >= self.limits.max_qp:
+            raise ResourceExhausted("max_qp reached")
+        while True:
+            self._qpn = (self._qpn + 1) & _QPN_MASK
+            if self._qpn > 1 and self._qpn not in self.qps:
+                self.qps[self._qpn] = qp
+                return self._qpn
+
+    def unregister_qp(self, qp: TcpQP) -> None:
+        """Forget ``qp`` (destroyed)."""
+        if self.qps.get(qp.qp_num) is qp:
+            del self.qps[qp.qp_num]
+        self._armed.discard(qp)
+
+    def allocate_key(self) -> int:
+        """Return an unused 32-bit memory key."""
+        while True:
+            self._key = (self._key + 0x9E3779B1) & 0xFFFFFFFF
+            if self._key and self._key not in self.mrs:
+                return self._key
+
+    def allocate_iova(self, length: int) -> int:
+        """Return a fresh, page-aligned I/O virtual address range of ``length`` bytes."""
+        addr = self._iova
+        self._iova += (length + 0x1FFF) & ~0xFFF
+        return addr
+
+    def qp_changed(self) -> None:
+        """A QP changed state: wake streams parked waiting for their QP."""
+        self._qp_event.set()
+        self._qp_event = trio.Event()
+
+    # ------------------------------------------------------------------ timers
+
+    def arm(self, qp: TcpQP) -> None:
+        """(Re)schedule ``qp``'s timer at ``qp.deadline``."""
+        self._armed.add(qp)
+        if qp.deadline is not None and qp.deadline < self._soonest:
+            self._clock_wake.set()
+
+    async def _clock(self) -> None:
+        while True:
+            now = trio.current_time()
+            soonest = math.inf
+            for qp in list(self._armed):
+                deadline = qp.deadline
+                if deadline is not None and deadline <= now:
+                    qp.on_timer()
+                    deadline = qp.deadline
+                if deadline is None:
+                    self._armed.discard(qp)
+                else:
+                    soonest = min(soonest, deadline)
+            self._soonest = soonest
+            self._clock_wake = trio.Event()
+            with trio.move_on_at(soonest):
+                await self._clock_wake.wait()
+
+    # ------------------------------------------------------------------ connections
+
+    def _new_link(self, stream: trio.SocketStream, peer: str) -> Link:
+        link = Link(
+            stream,
+            self.counters,
+            local=self.address,
+            peer=peer,
+            frame_timeout=self.network.frame_timeout,
+            blocked=self.network.blocked,
+        )
+        self.links.add(link)
+        return link
+
+    async def open_link(self, locator: str, request: dict[str, Any]) -> Link:
+        """Connect to the device at ``locator`` and authenticate with ``request``.
+
+        Raises:
+            Unreachable: nothing listens there.
+            ConnectTimeout: the handshake did not finish in time.
+            AuthenticationFailed: the peer does not know our secret.
+            RemoteProtocolError: the peer does not speak the protocol.
+        """
+        host, port = parse_locator(locator)
+        try:
+            stream = await trio.open_tcp_stream(host, port, local_address=self.address)
+        except OSError as exc:
+            raise Unreachable(f"cannot reach {locator}: {exc.strerror or exc}") from None
+        self.counters.tcp_conn_connected += 1
+        link = self._new_link(stream, host)
+        try:
+            with trio.fail_after(self.network.handshake_timeout):
+                await connect_handshake(link, self.network.secret, self.network.max_frame, request)
+        except trio.TooSlowError:
+            link.close()
+            self.counters.tcp_handshake_timeouts += 1
+            raise ConnectTimeout(f"handshake with {locator} timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            link.close()
+            raise Unreachable(f"{locator} closed the connection: {exc}") from None
+        except BaseException:
+            link.close()
+            raise
+        return link
+
+    async def expect_reply(self, link: Link, *kinds: str) -> Control:
+        """Wait for the peer's answer to a request: one of ``kinds``, or a reject.
+
+        Raises:
+            ConnectionRejected: the peer rejected (with its private data).
+            Unreachable: nothing on the peer serves the request.
+            ConnectTimeout: no answer in time.
+        """
+        try:
+            with trio.fail_after(self.network.handshake_timeout):
+                frame = await expect_control(link, *kinds, "rej")
+        except trio.TooSlowError:
+            raise ConnectTimeout(f"no answer from {link.peer}") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise Unreachable(f"{link.peer} closed the connection: {exc}") from None
+        if frame.kind == "rej":
+            why = frame.fields.get("why")
+            data = frame.fields.get("pd", b"")
+            if why == "rejected":
+                raise ConnectionRejected(
+                    f"{link.peer} rejected", data if isinstance(data, bytes) else b""
+                )
+            raise Unreachable(f"{link.peer}: {why!r}")
+        return frame
+
+    async def _accept_loop(self) -> None:
+        while True:
+            try:
+                stream = await self._listener.accept()
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept on %s failed: %s", self.locator, exc)
+                await trio.sleep(0.1)
+                continue
+            self.counters.tcp_conn_accepted += 1
+            if self._handshakes >= self.network.max_handshakes:
+                self.counters.tcp_conn_flood_drops += 1
+                self._new_link(stream, "?").close()
+                continue
+            self._handshakes += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = str(stream.socket.getpeername()[0])
+        except OSError:
+            peer = "?"
+        link = self._new_link(stream, peer)
+        try:
+            try:
+                with trio.fail_after(self.network.handshake_timeout):
+                    request = await accept_handshake(
+                        link, self.network.secret, self.network.max_frame
+                    )
+            finally:
+                self._handshakes -= 1
+            kind = request.get("t")
+            if kind == "qp":
+                await self._serve_qp_stream(link, request)
+            elif kind == "cm":
+                await self._serve_cm(link, request)
+            else:
+                raise RemoteProtocolError(f"unknown request {kind!r}")
+        except trio.TooSlowError:
+            self.counters.tcp_handshake_timeouts += 1
+            self.counters.tcp_conn_reset += 1
+            link.close()
+        except AuthenticationFailed as exc:
+            log.warning("%s: %s", self.locator, exc)
+            self.counters.tcp_conn_reset += 1
+            link.close()
+        except RemoteProtocolError as exc:
+            log.info("%s: bad connection from %s: %s", self.locator, peer, exc)
+            if not isinstance(exc, StalledPeer):
+                self.counters.tcp_protocol_errors += 1
+            self.counters.tcp_conn_reset += 1
+            link.close()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            link.close()
+
+    async def _serve_qp_stream(self, link: Link, request: dict[str, Any]) -> None:
+        dst, qpn, loc = request.get("dst"), request.get("qpn"), request.get("loc")
+        if not (isinstance(dst, int) and isinstance(qpn, int) and isinstance(loc, str)):
+            raise RemoteProtocolError("malformed QP stream request")
+        # The peer may have moved its QP to RTR before our owner moved ours: wait a while.
+        qp: TcpQP | None = None
+        with trio.move_on_after(self.network.park_timeout):
+            while True:
+                qp = self.qps.get(dst)
+                if qp is not None and qp.accepts_stream(loc, qpn):
+                    break
+                await self._qp_event.wait()
+        if qp is None or not qp.accepts_stream(loc, qpn):
+            link.send(encode_control("rej", why="no such QP"))
+            await link.flush()
+            link.close()
+            return
+        link.send(encode_control("ok"))
+        qp.attach(link)
+        await link.run(qp)
+
+    async def _serve_cm(self, link: Link, request: dict[str, Any]) -> None:
+        from ._cm import TcpCmRequest
+
+        port = request.get("port")
+        listener = self.cm_listeners.get(port) if isinstance(port, int) else None
+        if listener is None:
+            link.send(encode_control("rej", why="unreachable"))
+            await link.flush()
+            link.close()
+            return
+        cm_request = TcpCmRequest.from_wire(listener, link, request)
+        if not listener.offer(cm_request):
+            link.send(encode_control("rej", why="busy"))
+            await link.flush()
+            link.close()
+
+
+class TcpContext(Context):
+    """An open context: owns PDs, CQs, CM ids and listeners; has the async event queue."""
+
+    device: TcpDevice
+
+    def __init__(self, device: TcpDevice) -> None:
+        self.device = device
+        self._closed = False
+        self.pds: set[TcpPD] = set()
+        self.cqs: set[TcpCQ] = set()
+        self.cm_ids: set[TcpCmId] = set()
+        self.cm_listeners: set[TcpCmListener] = set()
+        self._events: deque[AsyncEvent] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def _check(self) -> None:
+        if self.device.removed:
+            raise DeviceRemoved(f"{self.device.name} was removed")
+        if self._closed:
+            raise InvalidHandle("context is closed")
+
+    def post_event(
+        self,
+        kind: AsyncEventType,
+        *,
+        deadline: float | None = None,
+        qp_num: int | None = None,
+        info: str = "",
+    ) -> None:
+        """Queue an async event for :meth:`get_async_event`."""
+        if not self._closed:
+            self._events.append(AsyncEvent(kind, deadline, qp_num, info))
+            self._lot.unpark_all()
+
+    def wake_all(self) -> None:
+        """Wake every waiter on this context (the device is gone)."""
+        self._lot.unpark_all()
+        for cq in list(self.cqs):
+            cq.wake()
+        for cm_id in list(self.cm_ids):
+            cm_id.wake()
+        for listener in list(self.cm_listeners):
+            listener.wake()
+
+    def query_device(self) -> DeviceAttr:
+        """Return the device's attributes and limits."""
+        self._check()
+        limits = self.device.limits
+        return DeviceAttr(
+            node_guid=self.device.guid,
+            vendor="rdsx-tcp",
+            max_qp=limits.max_qp,
+            max_qp_wr=limits.max_qp_wr,
+            max_sge=limits.max_sge,
+            max_cq=limits.max_cq,
+            max_cqe=limits.max_cqe,
+            max_mr=limits.max_mr,
+            max_mr_size=limits.max_mr_size,
+            max_pd=limits.max_pd,
+        )
+
+    def query_port(self) -> PortAttr:
+        """Return the port: ACTIVE, LID 0, ``address`` = the device's ``host:port``."""
+        self._check()
+        return PortAttr(
+            state=PortState.ACTIVE,
+            lid=0,
+            address=self.device.locator,
+            port_guid=self.device.guid ^ 1,
+            active_mtu=4096,
+            max_msg_sz=self.device.max_msg_sz,
+        )
+
+    async def get_async_event(self) -> AsyncEvent:
+        """Wait for the next async event (see :meth:`rdsx.verbs.Context.get_async_event`)."""
+        if self._closed:
+            raise InvalidHandle("context is closed")
+        while not self._events:
+            if self.device.removed:
+                raise DeviceRemoved(f"{self.device.name} was removed")
+            await self._lot.park()
+            if self._closed:
+                raise InvalidHandle("context is closed")
+        return self._events.popleft()
+
+    def alloc_pd(self) -> PD:
+        """Allocate a protection domain."""
+        self._check()
+        if len(self.pds) >= self.device.limits.max_pd:
+            raise ResourceExhausted("max_pd reached")
+        pd = TcpPD(self)
+        self.pds.add(pd)
+        return pd
+
+    def create_cq(self, cqe: int = 4096) -> CQ:
+        """Create a completion queue."""
+        self._check()
+        if not 1 <= cqe <= self.device.limits.max_cqe:
+            raise InvalidArgument(f"cqe must be 1..{self.device.limits.max_cqe}")
+        cq = TcpCQ(self, cqe)
+        self.cqs.add(cq)
+        return cq
+
+    async def cm_listen(self, port: int, *, backlog: int = 64) -> CmListener:
+        """Listen for CM requests on CM port ``port`` of this device (0 picks one)."""
+        from ._cm import TcpCmListener
+
+        self._check()
+        device = self.device
+        if not 0 <= port < 65536:
+            raise InvalidArgument(f"CM port {port} outside 0..65535")
+        if port == 0:
+            port = next(p for p in itertools.count(49152) if p not in device.cm_listeners)
+        if port in device.cm_listeners:
+            raise AddressInUse(f"CM port {port} is already listened on at {device.address}")
+        listener = TcpCmListener(self, port, backlog)
+        device.cm_listeners[port] = listener
+        self.cm_listeners.add(listener)
+        return listener
+
+    async def cm_connect(
+        self,
+        qp: QP,
+        address: str,
+        port: int,
+        private_data: bytes = b"",
+        *,
+        timeout: float = 5.0,
+    ) -> CmId:
+        """Connect ``qp`` to the CM listener at ``(address, port)``."""
+        from ._cm import cm_connect
+
+        self._check()
+        return await cm_connect(self, qp, address, port, private_data, timeout)
+
+    def close(self) -> None:
+        """Release the context and everything created through it. Idempotent."""
+        if self._closed:
+            return
+        for cm_id in list(self.cm_ids):
+            cm_id.close()
+        for listener in list(self.cm_listeners):
+            listener.close()
+        for pd in list(self.pds):
+            pd.close()
+        for cq in list(self.cqs):
+            cq.close()
+        self._closed = True
+        self._lot.unpark_all()
+        self.device.context_closed(self)
+
+
+def bind_error(exc: OSError, address: str, port: int) -> Exception:
+    """Translate a listener bind failure into the contract's errors."""
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUse(f"{address}:{port} is in use")
+    return AddressNotAvailable(f"cannot listen on {address}:{port}: {exc.strerror or exc}")

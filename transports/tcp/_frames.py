@@ -1,0 +1,332 @@
+"""The tcp transport's wire format: length-prefixed frames, sans-IO.
+
+Every frame is ``!I`` length (of what follows) + ``!B`` type + a fixed header
+for its type + an optional payload. Control frames (handshake, CM) carry a
+msgpack map; data frames (the RC work requests, acks and NAKs of one QP) carry
+fixed binary headers so the hot path never touches msgpack.
+
+The decoder is the only place that reads a peer's bytes. It refuses a length
+above its maximum *before* buffering the body, so a peer's word never makes us
+allocate more than the negotiated maximum, and it turns anything malformed into
+:class:`~rdsx.errors.RemoteProtocolError` (h11's fuzz invariant: parse, or that
+error, never anything else).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from typing import Any
+
+import attrs
+import msgpack
+
+from rdsx.errors import RemoteProtocolError
+
+__all__ = [
+    "PSN_MASK",
+    "Ack",
+    "Bye",
+    "Control",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "Nak",
+    "NakCode",
+    "ReadReq",
+    "ReadResp",
+    "Send",
+    "Write",
+    "encode_ack",
+    "encode_bye",
+    "encode_control",
+    "encode_nak",
+    "encode_read_req",
+    "encode_read_resp",
+    "encode_send",
+    "encode_write",
+]
+
+PSN_MASK = (1 << 24) - 1
+#: The longest an ``rnr_timer`` in a NAK may say, so a peer cannot park us for hours.
+MAX_RNR_TIMER = 60.0
+
+_LEN = struct.Struct("!I")
+_HEAD = struct.Struct("!IB")
+_SEND = struct.Struct("!IBI")
+_WRITE = struct.Struct("!IBIQI")
+_READ_REQ = struct.Struct("!IQII")
+_PSN = struct.Struct("!I")
+_NAK = struct.Struct("!IBd")
+
+_FLAG_IMM = 0x01
+
+
+class FrameType(enum.IntEnum):
+    """The one-byte type that follows every frame's length."""
+
+    CONTROL = 1
+    SEND = 16
+    WRITE = 17
+    READ_REQ = 18
+    READ_RESP = 19
+    ACK = 20
+    NAK = 21
+    BYE = 22
+
+
+class NakCode(enum.IntEnum):
+    """Why a responder refused a request (the AETH NAK codes of IB, by meaning)."""
+
+    RNR = 1
+    REM_ACCESS = 2
+    REM_INV_REQ = 3
+    REM_OP = 4
+
+
+@attrs.frozen(slots=True)
+class Control:
+    """A handshake or CM frame: ``kind`` names it, ``fields`` are its msgpack map."""
+
+    kind: str
+    fields: dict[str, Any]
+
+
+@attrs.frozen(slots=True)
+class Send:
+    """A SEND or SEND_WITH_IMM request (``imm`` is None for plain SEND)."""
+
+    psn: int
+    imm: int | None
+    payload: bytes
+
+
+@attrs.frozen(slots=True)
+class Write:
+    """An RDMA WRITE (``imm`` set for WRITE_WITH_IMM) of ``payload`` at ``remote_addr``."""
+
+    psn: int
+    imm: int | None
+    remote_addr: int
+    rkey: int
+    payload: bytes
+
+
+@attrs.frozen(slots=True)
+class ReadReq:
+    """An RDMA READ request of ``length`` bytes at ``remote_addr``."""
+
+    psn: int
+    remote_addr: int
+    rkey: int
+    length: int
+
+
+@attrs.frozen(slots=True)
+class ReadResp:
+    """The data of the READ with ``psn``; also acknowledges every earlier PSN."""
+
+    psn: int
+    payload: bytes
+
+
+@attrs.frozen(slots=True)
+class Ack:
+    """Cumulative acknowledgement: every request up to and including ``psn`` is done."""
+
+    psn: int
+
+
+@attrs.frozen(slots=True)
+class Nak:
+    """The request ``psn`` was refused; every earlier one is acknowledged.
+
+    ``rnr_timer`` is the responder's ``min_rnr_timer`` (RNR NAKs only).
+    """
+
+    psn: int
+    code: NakCode
+    rnr_timer: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class Bye:
+    """The peer QP is being disconnected on purpose (CM DREQ): flush, do not retry."""
+
+
+Frame = Control | Send | Write | ReadReq | ReadResp | Ack | Nak | Bye
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def _frame(kind: FrameType, header: bytes, payload: bytes | memoryview = b"") -> bytes:
+    return _HEAD.pack(1 + len(header) + len(payload), kind) + header + payload
+
+
+def encode_control(kind: str, **fields: Any) -> bytes:
+    """Encode a control frame (``fields`` must be msgpack-serialisable)."""
+    body: bytes = msgpack.packb({"k": kind, **fields}, use_bin_type=True)
+    return _frame(FrameType.CONTROL, b"", body)
+
+
+def encode_send(psn: int, imm: int | None, payload: bytes | memoryview) -> bytes:
+    """Encode a SEND (with immediate data when ``imm`` is not None)."""
+    header = _SEND.pack(psn, 0 if imm is None else _FLAG_IMM, imm or 0)
+    return _frame(FrameType.SEND, header, payload)
+
+
+def encode_write(
+    psn: int, imm: int | None, remote_addr: int, rkey: int, payload: bytes | memoryview
+) -> bytes:
+    """Encode an RDMA WRITE (WRITE_WITH_IMM when ``imm`` is not None)."""
+    header = _WRITE.pack(psn, 0 if imm is None else _FLAG_IMM, imm or 0, remote_addr, rkey)
+    return _frame(FrameType.WRITE, header, payload)
+
+
+def encode_read_req(psn: int, remote_addr: int, rkey: int, length: int) -> bytes:
+    """Encode an RDMA READ request."""
+    return _frame(FrameType.READ_REQ, _READ_REQ.pack(psn, remote_addr, rkey, length))
+
+
+def encode_read_resp(psn: int, payload: bytes | memoryview) -> bytes:
+    """Encode the response to the READ ``psn``."""
+    return _frame(FrameType.READ_RESP, _PSN.pack(psn), payload)
+
+
+def encode_ack(psn: int) -> bytes:
+    """Encode a cumulative ACK up to ``psn``."""
+    return _frame(FrameType.ACK, _PSN.pack(psn))
+
+
+def encode_nak(psn: int, code: NakCode, rnr_timer: float = 0.0) -> bytes:
+    """Encode a NAK of ``psn``."""
+    return _frame(FrameType.NAK, _NAK.pack(psn, code, rnr_timer))
+
+
+def encode_bye() -> bytes:
+    """Encode a BYE."""
+    return _frame(FrameType.BYE, b"")
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+def _psn(value: int) -> int:
+    if value > PSN_MASK:
+        raise RemoteProtocolError(f"PSN {value:#x} does not fit 24 bits")
+    return value
+
+
+def _flags_imm(flags: int, imm: int) -> int | None:
+    if flags & ~_FLAG_IMM:
+        raise RemoteProtocolError(f"unknown flags {flags:#x}")
+    return imm if flags & _FLAG_IMM else None
+
+
+def _decode_control(body: bytes) -> Control:
+    try:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise RemoteProtocolError(f"control frame is not msgpack: {exc}") from None
+    if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
+        raise RemoteProtocolError("control frame is not a map with text keys")
+    kind = fields.pop("k", None)
+    if not isinstance(kind, str):
+        raise RemoteProtocolError("control frame without a kind")
+    return Control(kind, fields)
+
+
+def _need(body: memoryview, size: int, what: str) -> None:
+    if len(body) < size:
+        raise RemoteProtocolError(f"{what} frame truncated: {len(body)} < {size} bytes")
+
+
+def _exact(body: memoryview, size: int, what: str) -> None:
+    if len(body) != size:
+        raise RemoteProtocolError(f"{what} frame is {len(body)} bytes, not {size}")
+
+
+def decode_body(kind: int, body: memoryview) -> Frame:
+    """Decode one frame body (after length and type).
+
+    Raises:
+        RemoteProtocolError: an unknown type, a wrong size, an invalid field.
+    """
+    if kind == FrameType.SEND:
+        _need(body, _SEND.size, "SEND")
+        psn, flags, imm = _SEND.unpack_from(body)
+        return Send(_psn(psn), _flags_imm(flags, imm), bytes(body[_SEND.size :]))
+    if kind == FrameType.ACK:
+        _exact(body, _PSN.size, "ACK")
+        return Ack(_psn(_PSN.unpack_from(body)[0]))
+    if kind == FrameType.WRITE:
+        _need(body, _WRITE.size, "WRITE")
+        psn, flags, imm, addr, rkey = _WRITE.unpack_from(body)
+        return Write(_psn(psn), _flags_imm(flags, imm), addr, rkey, bytes(body[_WRITE.size :]))
+    if kind == FrameType.READ_REQ:
+        _exact(body, _READ_REQ.size, "READ_REQ")
+        psn, addr, rkey, length = _READ_REQ.unpack_from(body)
+        return ReadReq(_psn(psn), addr, rkey, length)
+    if kind == FrameType.READ_RESP:
+        _need(body, _PSN.size, "READ_RESP")
+        return ReadResp(_psn(_PSN.unpack_from(body)[0]), bytes(body[_PSN.size :]))
+    if kind == FrameType.NAK:
+        _exact(body, _NAK.size, "NAK")
+        psn, code, timer = _NAK.unpack_from(body)
+        if code not in NakCode._value2member_map_:
+            raise RemoteProtocolError(f"unknown NAK code {code}")
+        if not (math.isfinite(timer) and 0.0 <= timer <= MAX_RNR_TIMER):
+            raise RemoteProtocolError(f"NAK rnr_timer {timer!r} out of range")
+        return Nak(_psn(psn), NakCode(code), timer)
+    if kind == FrameType.BYE:
+        _exact(body, 0, "BYE")
+        return Bye()
+    if kind == FrameType.CONTROL:
+        return _decode_control(bytes(body))
+    raise RemoteProtocolError(f"unknown frame type {kind}")
+
+
+class FrameDecoder:
+    """Incremental decoder: feed received bytes, get whole frames back in batches.
+
+    Args:
+        max_frame: the largest frame (type byte included) accepted; a longer
+            length field is an error before any body is buffered.
+    """
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a frame is buffered (the peer owes us the rest)."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add ``data`` and return every frame it completed, in order.
+
+        Raises:
+            RemoteProtocolError: the stream is malformed; the decoder is then
+                unusable (the caller resets the connection).
+        """
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        pos = 0
+        end = len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= 4:
+                (length,) = _LEN.unpack_from(buf, pos)
+                if length < 1 or length > self.max_frame:
+                    raise RemoteProtocolError(f"frame length {length} outside 1..{self.max_frame}")
+                if end - pos - 4 < length:
+                    break
+                start = pos + 5
+                pos += 4 + length
+                with view[start:pos] as body:
+                    frames.append(decode_body(buf[start - 1], body))
+        del buf[:pos]
+        return frames

@@ -1,0 +1,246 @@
+"""One TCP connection carrying frames: a batching writer and a batch-parsing reader.
+
+A :class:`Link` is created around an accepted or connected stream. During the
+handshake its owner drives it step by step (:meth:`Link.next_frame`,
+:meth:`Link.flush`); afterwards :meth:`Link.run` starts exactly one reader and
+one writer for it. Synchronous code (``post_send``, the responder) only calls
+:meth:`Link.send`, which appends to a buffer: the writer hands everything queued
+since its last call to one ``send_all``, so frames are batched for free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from rdsx.errors import RemoteProtocolError
+
+from ._frames import Frame, FrameDecoder
+from ._stats import Counters
+
+__all__ = ["PRE_AUTH_MAX_FRAME", "Link", "LinkHandler", "StalledPeer"]
+
+log = logging.getLogger("rdsx.tcp.link")
+
+#: Frames before authentication are small control maps; refuse anything larger.
+PRE_AUTH_MAX_FRAME = 4096
+_RECV_CHUNK = 256 * 1024
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class StalledPeer(RemoteProtocolError):
+    """The peer started a frame and did not finish it within the frame timeout."""
+
+
+class LinkHandler(Protocol):
+    """What a link's owner (a QP, a CM id) implements."""
+
+    def frames_received(self, link: Link, frames: list[Frame]) -> None:
+        """Handle one batch of frames, in order (may call ``link.send``).
+
+        Raises:
+            RemoteProtocolError: a frame that is not legal here; the link is reset.
+        """
+
+    def link_closed(self, link: Link, error: BaseException | None) -> None:
+        """The link is gone: ``error`` is None after EOF or a local close."""
+
+
+class Link:
+    """An authenticated (or authenticating) TCP connection carrying frames.
+
+    Args:
+        stream: the connected stream (owned from now on).
+        counters: where to count frames, batches and resets.
+        local: this side's address; ``peer``: the other side's (for the fault hook).
+        frame_timeout: how long a peer may take to finish a frame it started.
+        blocked: the fault hook; while it returns True every frame either way is lost.
+    """
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        counters: Counters,
+        *,
+        local: str,
+        peer: str,
+        frame_timeout: float,
+        blocked: Callable[[str, str], bool],
+    ) -> None:
+        self.stream = stream
+        self.counters = counters
+        self.local = local
+        self.peer = peer
+        self.frame_timeout = frame_timeout
+        self._blocked = blocked
+        self.decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
+        self._pending: list[Frame] = []
+        self._out = bytearray()
+        self._out_frames = 0
+        self._wake = trio.Event()
+        self._cancel = trio.CancelScope()
+        self._closing = False
+        self._running = False
+        self.closed = False
+        with contextlib.suppress(OSError):  # a stream that died before we got here
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+
+    # ------------------------------------------------------------------ sending
+
+    @property
+    def partitioned(self) -> bool:
+        """True while the fault hook discards this link's frames."""
+        return self._blocked(self.local, self.peer)
+
+    def send(self, frame: bytes) -> None:
+        """Queue an encoded frame; never blocks. Dropped if closed or partitioned."""
+        if self.closed or self._closing:
+            return
+        if self._blocked(self.local, self.peer):
+            self.counters.tcp_fault_drops += 1
+            return
+        self._out += frame
+        self._out_frames += 1
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything queued (handshake phase only, before :meth:`run`)."""
+        if self._out:
+            data, self._out = self._out, bytearray()
+            self._count_tx()
+            await self.stream.send_all(data)
+
+    def _count_tx(self) -> None:
+        self.counters.tcp_frames_tx += self._out_frames
+        self.counters.tcp_send_batches += 1
+        self._out_frames = 0
+
+    # ------------------------------------------------------------------ receiving
+
+    async def _receive_batch(self) -> list[Frame] | None:
+        """Return the next non-empty batch of frames, or None at EOF.
+
+        Raises:
+            RemoteProtocolError: malformed bytes, or a peer stalled mid-frame.
+        """
+        if self._pending:
+            frames, self._pending = self._pending, []
+            return frames
+        deadline = trio.current_time() + self.frame_timeout
+        while True:
+            if self.decoder.partial:
+                with trio.move_on_at(deadline) as scope:
+                    data = await self.stream.receive_some(_RECV_CHUNK)
+                if scope.cancelled_caught:
+                    self.counters.tcp_frame_timeouts += 1
+                    raise StalledPeer(f"peer {self.peer} stalled mid-frame")
+            else:
+                data = await self.stream.receive_some(_RECV_CHUNK)
+                deadline = trio.current_time() + self.frame_timeout
+            if not data:
+                if self.decoder.partial:
+                    raise RemoteProtocolError(f"peer {self.peer} closed mid-frame")
+                return None
+            frames = self.decoder.feed(data)
+            if frames:
+                self.counters.tcp_frames_rx += len(frames)
+                self.counters.tcp_recv_batches += 1
+                if self._blocked(self.local, self.peer):
+                    self.counters.tcp_fault_drops += len(frames)
+                    continue
+                return frames
+
+    async def next_frame(self) -> Frame:
+        """Return the next frame (handshake phase).
+
+        Raises:
+            RemoteProtocolError: malformed bytes, a stall, or EOF before a frame.
+        """
+        if not self._pending:
+            frames = await self._receive_batch()
+            if frames is None:
+                raise RemoteProtocolError(f"peer {self.peer} closed during the handshake")
+            self._pending = frames
+        return self._pending.pop(0)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, handler: LinkHandler) -> None:
+        """Read and write until EOF, an error or :meth:`close`; then tell ``handler``.
+
+        Never raises for the link's own failures: a malformed or stalled peer is
+        counted and reported to ``handler.link_closed`` with the error.
+        """
+        error: BaseException | None = None
+        self._running = True
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, nursery.cancel_scope)
+                    while True:
+                        frames = await self._receive_batch()
+                        if frames is None:
+                            break
+                        handler.frames_received(self, frames)
+                    nursery.cancel_scope.cancel()
+        except RemoteProtocolError as exc:
+            if not isinstance(exc, StalledPeer):
+                self.counters.tcp_protocol_errors += 1
+            self.counters.tcp_conn_reset += 1
+            log.info("resetting link %s -> %s: %s", self.local, self.peer, exc)
+            error = exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            error = exc
+        finally:
+            self._abort()
+        if not self._closing:
+            handler.link_closed(self, error)
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        while True:
+            if not self._out:
+                if self._closing:
+                    scope.cancel()
+                    return
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            data, self._out = self._out, bytearray()
+            self._count_tx()
+            await self.stream.send_all(data)
+
+    def close(self, *, flush: bool = False) -> None:
+        """Close the link. With ``flush`` the frames already queued go out first.
+
+        The handler is not told about a close it asked for itself.
+        """
+        if self.closed:
+            return
+        if flush and self._running:
+            self._closing = True
+            self._wake.set()
+            # The writer ends the run after its last send_all; bound how long that may take.
+            self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + 1.0)
+            return
+        self._closing = True
+        self._cancel.cancel()
+        self._abort()
+
+    def _abort(self) -> None:
+        """Close the socket now, with an RST if data may still be in flight."""
+        if self.closed:
+            return
+        self.closed = True
+        sock = self.stream.socket
+        try:
+            if not self._closing:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        except OSError:
+            pass
+        sock.close()

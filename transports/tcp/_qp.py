@@ -1,0 +1,736 @@
+"""An RC queue pair over one TCP connection: requester, responder and retry logic.
+
+Theory of operation. Each transmitted request gets the next 24-bit PSN and
+stays on ``_outstanding`` (with its encoded frame, so a resend never re-reads
+memory) until the responder acknowledges it. The responder places a request in
+a posted receive (or performs the RDMA) *before* it acknowledges, and its ACKs
+are cumulative: one per received batch, for the highest PSN done. A READ's
+response acknowledges every earlier PSN too. TCP's own acknowledgements prove
+nothing here (reference/rds.md §6): a send completes on the responder's word.
+
+Loss only happens when the link dies or a partition is injected, so recovery is
+go-back-N: on a timeout, or after an RNR NAK's timer, everything outstanding is
+sent again; the responder drops PSNs ahead of the one it expects and re-acks (or
+re-reads) those behind it. ``timeout`` with no progress ``retry_cnt + 1`` times
+is RETRY_EXC_ERR; ``rnr_retry`` RNR NAKs in a row (7 = forever) is
+RNR_RETRY_EXC_ERR. A link that dies without a BYE is the peer gone: whatever is
+outstanding, or is sent next, fails with RETRY_EXC_ERR at once.
+
+Who opens the TCP connection: of the two ends, the one with the smaller
+``(locator, qp_num)``; the other waits for it. Both learn the other from ``dest``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from rdsx.errors import (
+    AuthenticationFailed,
+    CmError,
+    InvalidArgument,
+    InvalidState,
+    QueueFull,
+    RemoteProtocolError,
+)
+from rdsx.verbs import (
+    QP,
+    Access,
+    AsyncEventType,
+    Opcode,
+    QpAttr,
+    QpCap,
+    QpDest,
+    QpState,
+    RecvWR,
+    SendWR,
+    Sge,
+    WcOpcode,
+    WcStatus,
+    WorkCompletion,
+    check_modify,
+)
+
+from ._frames import (
+    PSN_MASK,
+    Ack,
+    Bye,
+    Frame,
+    Nak,
+    NakCode,
+    ReadReq,
+    ReadResp,
+    Send,
+    Write,
+    encode_ack,
+    encode_bye,
+    encode_nak,
+    encode_read_req,
+    encode_read_resp,
+    encode_send,
+    encode_write,
+)
+from ._link import Link
+from ._resources import TcpCQ, TcpMR, _Handle
+
+if TYPE_CHECKING:
+    from ._resources import TcpPD
+
+__all__ = ["TcpQP"]
+
+log = logging.getLogger("rdsx.tcp.qp")
+
+S = QpState
+_HALF = 1 << 23
+#: An RNR timer of 0 would turn "retry forever" into a busy loop over the network.
+_MIN_RNR_WAIT = 0.0005
+_CONNECT_BACKOFF = (0.01, 0.5)
+
+_WC_OPCODE = {
+    Opcode.SEND: WcOpcode.SEND,
+    Opcode.SEND_WITH_IMM: WcOpcode.SEND,
+    Opcode.RDMA_WRITE: WcOpcode.RDMA_WRITE,
+    Opcode.RDMA_WRITE_WITH_IMM: WcOpcode.RDMA_WRITE,
+    Opcode.RDMA_READ: WcOpcode.RDMA_READ,
+}
+_NAK_STATUS = {
+    NakCode.REM_ACCESS: WcStatus.REM_ACCESS_ERR,
+    NakCode.REM_INV_REQ: WcStatus.REM_INV_REQ_ERR,
+    NakCode.REM_OP: WcStatus.REM_OP_ERR,
+}
+_WITH_IMM = frozenset({Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM})
+
+
+def _le(a: int, b: int) -> bool:
+    """``a <= b`` in 24-bit PSN space (within half the space behind ``b``)."""
+    return ((b - a) & PSN_MASK) < _HALF
+
+
+@attrs.define(slots=True)
+class _Inflight:
+    """A transmitted request waiting for its acknowledgement."""
+
+    wr: SendWR
+    psn: int
+    frame: bytes
+    length: int
+
+
+class _LocalError(Exception):
+    """A local SGE was bad: carries the completion status."""
+
+    def __init__(self, status: WcStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TcpQP(_Handle, QP):
+    """An RC QP whose wire is one TCP connection (see the module docstring)."""
+
+    def __init__(
+        self, pd: TcpPD, send_cq: TcpCQ, recv_cq: TcpCQ, cap: QpCap, sq_sig_all: bool
+    ) -> None:
+        self._ctx = pd._ctx
+        self._closed = False
+        self.pd = pd
+        self.device = pd._ctx.device
+        self.send_cq = send_cq
+        self.recv_cq = recv_cq
+        self.cap = cap
+        self.sq_sig_all = sq_sig_all
+        self.qp_num = self.device.register_qp(self)
+        self._state = S.RESET
+        self._reset_attrs()
+
+    def _reset_attrs(self) -> None:
+        self.access_flags = Access.NONE
+        self.dest: QpDest | None = None
+        self.path_mtu = 4096
+        self.min_rnr_timer = 0.0
+        self.timeout = 0.0
+        self.retry_cnt = 7
+        self.rnr_retry = 7
+        self.notify_drained = False
+        self._epsn = 0
+        self._next_psn = 0
+        self._pending: deque[SendWR] = deque()
+        self._outstanding: deque[_Inflight] = deque()
+        self._rq: deque[RecvWR] = deque()
+        self._link: Link | None = None
+        self._link_dead = False
+        self._connecting: trio.CancelScope | None = None
+        self._retries = 0
+        self._rnr_retries = 0
+        self._rnr_wait = False
+        self.deadline: float | None = None
+        self._ack_due = False
+
+    # ------------------------------------------------------------------ verbs API
+
+    @property
+    def state(self) -> QpState:
+        """The current state."""
+        self._check()
+        return self._state
+
+    @property
+    def sq_draining(self) -> bool:
+        """True while in SQD with transmitted sends not yet acknowledged."""
+        self._check()
+        return self._state is S.SQD and bool(self._outstanding)
+
+    def modify(self, attr: QpAttr) -> None:
+        """Move to ``attr.state`` (see :meth:`rdsx.verbs.QP.modify`)."""
+        self._check()
+        current, target = self._state, attr.state
+        check_modify(current, attr)
+        if current is S.SQD and target is S.RTS and self._outstanding:
+            raise InvalidState("cannot leave SQD for RTS while the send queue is draining")
+        self._apply(attr)
+        if target is S.RESET:
+            self._drop_link()
+            self._reset_attrs()
+            self._state = S.RESET
+        elif target is S.ERR:
+            self._enter_error(None)
+        else:
+            self._state = target
+            if target is S.RTR and current is S.INIT:
+                self._epsn = attr.rq_psn or 0
+                self._start_link()
+            elif target is S.SQD and current is S.SQD and attr.dest is not None:
+                self._path_change()
+            elif target is S.SQD:
+                if current is S.RTS:
+                    self.notify_drained = bool(attr.en_sqd_async_notify)
+                self._maybe_drained()
+            elif target is S.RTS:
+                self._pump()
+        self.device.qp_changed()
+
+    def _apply(self, attr: QpAttr) -> None:
+        if attr.access_flags is not None:
+            self.access_flags = attr.access_flags
+        if attr.dest is not None:
+            self.dest = attr.dest
+        if attr.path_mtu is not None:
+            self.path_mtu = attr.path_mtu
+        if attr.min_rnr_timer is not None:
+            self.min_rnr_timer = attr.min_rnr_timer
+        if attr.timeout is not None:
+            self.timeout = attr.timeout
+        if attr.retry_cnt is not None:
+            self.retry_cnt = attr.retry_cnt
+        if attr.rnr_retry is not None:
+            self.rnr_retry = attr.rnr_retry
+        if attr.sq_psn is not None:
+            self._next_psn = attr.sq_psn
+        if attr.rq_psn is not None and self._state is not S.INIT:
+            self._epsn = attr.rq_psn
+        if attr.en_sqd_async_notify is not None:
+            self.notify_drained = attr.en_sqd_async_notify
+
+    def post_send(self, wrs: SendWR | Sequence[SendWR]) -> None:
+        """Post send WRs; never blocks (see :meth:`rdsx.verbs.QP.post_send`)."""
+        self._check()
+        batch = [wrs] if isinstance(wrs, SendWR) else list(wrs)
+        if self._state in (S.RESET, S.INIT, S.RTR):
+            raise InvalidState(f"post_send in {self._state.name}")
+        if len(self._pending) + len(self._outstanding) + len(batch) > self.cap.max_send_wr:
+            raise QueueFull(f"more than max_send_wr={self.cap.max_send_wr} outstanding")
+        max_msg = self.device.max_msg_sz
+        for wr in batch:
+            if len(wr.sg_list) > self.cap.max_send_sge:
+                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_send_sge")
+            if any(sge.length < 0 for sge in wr.sg_list):
+                raise InvalidArgument("negative SGE length")
+            if sum(sge.length for sge in wr.sg_list) > max_msg:
+                raise InvalidArgument(f"message longer than max_msg_sz={max_msg}")
+            if wr.opcode in _WITH_IMM and wr.imm_data is None:
+                raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
+            if wr.imm_data is not None and not 0 <= wr.imm_data < 1 << 32:
+                raise InvalidArgument("imm_data must fit 32 bits")
+        if self._state is S.ERR:
+            for wr in batch:
+                self._complete_send(wr, WcStatus.WR_FLUSH_ERR, 0, force=True)
+            return
+        self._pending.extend(batch)
+        self._pump()
+
+    def post_recv(self, wrs: RecvWR | Sequence[RecvWR]) -> None:
+        """Post receive WRs; never blocks (see :meth:`rdsx.verbs.QP.post_recv`)."""
+        self._check()
+        batch = [wrs] if isinstance(wrs, RecvWR) else list(wrs)
+        if self._state is S.RESET:
+            raise InvalidState("post_recv in RESET")
+        if len(self._rq) + len(batch) > self.cap.max_recv_wr:
+            raise QueueFull(f"more than max_recv_wr={self.cap.max_recv_wr} outstanding")
+        for wr in batch:
+            if len(wr.sg_list) > self.cap.max_recv_sge:
+                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_recv_sge")
+            if any(sge.length < 0 for sge in wr.sg_list):
+                raise InvalidArgument("negative SGE length")
+        if self._state is S.ERR:
+            for wr in batch:
+                self._complete_recv(wr, WcStatus.WR_FLUSH_ERR, WcOpcode.RECV)
+            return
+        self._rq.extend(batch)
+
+    def close(self) -> None:
+        """Destroy the QP; outstanding WRs are discarded without completions."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drop_link()
+        self.deadline = None
+        self.device.unregister_qp(self)
+        self.pd.qps.discard(self)
+
+    # ------------------------------------------------------------------ completions
+
+    def _complete_send(
+        self, wr: SendWR, status: WcStatus, length: int, *, force: bool = False, message: str = ""
+    ) -> None:
+        if force or wr.signaled or self.sq_sig_all or status is not WcStatus.SUCCESS:
+            self.send_cq.push(
+                WorkCompletion(
+                    wr.wr_id, status, _WC_OPCODE[wr.opcode], length, self.qp_num, None, message
+                )
+            )
+
+    def _complete_recv(
+        self,
+        wr: RecvWR,
+        status: WcStatus,
+        opcode: WcOpcode,
+        length: int = 0,
+        imm: int | None = None,
+        message: str = "",
+    ) -> None:
+        self.recv_cq.push(
+            WorkCompletion(wr.wr_id, status, opcode, length, self.qp_num, imm, message)
+        )
+
+    def _enter_error(self, fatal: str | None) -> None:
+        """Move to ERR and flush every WR (both queues) with WR_FLUSH_ERR."""
+        self._state = S.ERR
+        self.deadline = None
+        self._rnr_wait = False
+        while self._outstanding:
+            inflight = self._outstanding.popleft()
+            self._complete_send(inflight.wr, WcStatus.WR_FLUSH_ERR, 0, force=True)
+        while self._pending:
+            self._complete_send(self._pending.popleft(), WcStatus.WR_FLUSH_ERR, 0, force=True)
+        while self._rq:
+            self._complete_recv(self._rq.popleft(), WcStatus.WR_FLUSH_ERR, WcOpcode.RECV)
+        self._drop_link(flush=True)
+        if fatal is not None:
+            log.info("QP %#x to ERR: %s", self.qp_num, fatal)
+            self._ctx.post_event(AsyncEventType.QP_FATAL, qp_num=self.qp_num, info=fatal)
+        self.device.qp_changed()
+
+    def _fail(self, status: WcStatus, message: str) -> None:
+        """Complete the oldest send WR with ``status``, then go to ERR."""
+        if self._outstanding:
+            self._complete_send(self._outstanding.popleft().wr, status, 0, message=message)
+        elif self._pending:
+            self._complete_send(self._pending.popleft(), status, 0, message=message)
+        self._enter_error(f"{status.name}: {message}")
+
+    def _maybe_drained(self) -> None:
+        if self._state is S.SQD and not self._outstanding and self.notify_drained:
+            self.notify_drained = False
+            self._ctx.post_event(AsyncEventType.SQ_DRAINED, qp_num=self.qp_num)
+
+    # ------------------------------------------------------------------ requester
+
+    def _gather(self, sges: tuple[Sge, ...]) -> bytes:
+        parts: list[bytes | memoryview] = []
+        for sge in sges:
+            if sge.length == 0:
+                continue
+            mr = self.device.mrs.get(sge.lkey)
+            start = None if mr is None or mr.pd is not self.pd else mr.offset(sge.addr, sge.length)
+            if mr is None or start is None:
+                raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
+            parts.append(mr.buffer[start : start + sge.length])
+        return b"".join(parts)
+
+    def _encode(self, wr: SendWR, psn: int) -> tuple[bytes, int]:
+        opcode = wr.opcode
+        if opcode is Opcode.RDMA_READ:
+            length = sum(sge.length for sge in wr.sg_list)
+            for sge in wr.sg_list:
+                mr = self.device.mrs.get(sge.lkey)
+                if sge.length and (
+                    mr is None
+                    or mr.pd is not self.pd
+                    or Access.LOCAL_WRITE not in mr.access
+                    or mr.offset(sge.addr, sge.length) is None
+                ):
+                    raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x}")
+            return encode_read_req(psn, wr.remote_addr, wr.rkey, length), length
+        payload = self._gather(wr.sg_list)
+        if opcode is Opcode.SEND or opcode is Opcode.SEND_WITH_IMM:
+            return encode_send(psn, wr.imm_data, payload), len(payload)
+        imm = wr.imm_data if opcode is Opcode.RDMA_WRITE_WITH_IMM else None
+        return encode_write(psn, imm, wr.remote_addr, wr.rkey, payload), len(payload)
+
+    def _pump(self) -> None:
+        """Transmit pending WRs (RTS only: SQD starts nothing new)."""
+        if self._state is not S.RTS:
+            return
+        link = self._link
+        send = link is not None and not self._rnr_wait
+        while self._pending:
+            if self._link_dead:
+                self._fail(WcStatus.RETRY_EXC_ERR, "the TCP connection to the peer is gone")
+                return
+            wr = self._pending.popleft()
+            psn = self._next_psn
+            try:
+                frame, length = self._encode(wr, psn)
+            except _LocalError as exc:
+                self._complete_send(wr, exc.status, 0, message=str(exc))
+                self._enter_error(f"{exc.status.name}: {exc}")
+                return
+            self._next_psn = (psn + 1) & PSN_MASK
+            self._outstanding.append(_Inflight(wr, psn, frame, length))
+            if send:
+                assert link is not None
+                link.send(frame)
+        if self._outstanding and self.deadline is None:
+            self._arm(self.timeout)
+
+    def _arm(self, delay: float) -> None:
+        if delay <= 0 and not self._rnr_wait:
+            self.deadline = None  # timeout 0: wait forever, as IB's timeout 0
+            return
+        self.deadline = trio.current_time() + delay
+        self.device.arm(self)
+
+    def _retransmit(self) -> None:
+        if self._link is not None:
+            for inflight in self._outstanding:
+                self._link.send(inflight.frame)
+            self.device.counters.tcp_retransmits += len(self._outstanding)
+
+    def on_timer(self) -> None:
+        """The retry (or RNR) timer fired: resend, or give up."""
+        self.deadline = None
+        if self._state not in (S.RTS, S.SQD) or not self._outstanding:
+            return
+        if self._rnr_wait:
+            self._rnr_wait = False
+        else:
+            self._retries += 1
+            if self._retries > self.retry_cnt:
+                self._fail(
+                    WcStatus.RETRY_EXC_ERR,
+                    f"no acknowledgement in {self.retry_cnt + 1} x {self.timeout}s",
+                )
+                return
+        self._retransmit()
+        self._arm(self.timeout)
+
+    def _progress(self, upto: int) -> bool:
+        """Complete outstanding WRs with PSN <= ``upto`` (stopping at unanswered READs)."""
+        done = False
+        outstanding = self._outstanding
+        while outstanding and _le(outstanding[0].psn, upto):
+            head = outstanding[0]
+            if head.wr.opcode is Opcode.RDMA_READ:
+                break
+            outstanding.popleft()
+            self._complete_send(head.wr, WcStatus.SUCCESS, head.length)
+            done = True
+        return done
+
+    def _after_progress(self) -> None:
+        self._retries = 0
+        self._rnr_retries = 0
+        self.deadline = None
+        if self._outstanding:
+            self._arm(self.timeout)
+        else:
+            self._maybe_drained()
+        self._pump()
+
+    def _on_ack(self, frame: Ack) -> None:
+        if self._progress(frame.psn):
+            self._after_progress()
+
+    def _on_read_resp(self, frame: ReadResp) -> None:
+        done = self._progress((frame.psn - 1) & PSN_MASK)
+        outstanding = self._outstanding
+        if outstanding and outstanding[0].psn == frame.psn:
+            head = outstanding[0]
+            if head.wr.opcode is not Opcode.RDMA_READ or len(frame.payload) != head.length:
+                raise RemoteProtocolError(f"READ response for PSN {frame.psn} does not fit")
+            outstanding.popleft()
+            try:
+                self._scatter(head.wr.sg_list, frame.payload, need_write=True)
+            except _LocalError as exc:
+                self._complete_send(head.wr, exc.status, 0, message=str(exc))
+                self._enter_error(f"{exc.status.name}: {exc}")
+                return
+            self._complete_send(head.wr, WcStatus.SUCCESS, head.length)
+            done = True
+        if done:
+            self._after_progress()
+
+    def _on_nak(self, frame: Nak) -> None:
+        if self._progress((frame.psn - 1) & PSN_MASK):
+            self._retries = 0
+        if not self._outstanding or self._outstanding[0].psn != frame.psn:
+            return  # stale: already handled
+        if frame.code is NakCode.RNR:
+            self.device.counters.tcp_rnr_naks_rx += 1
+            self._rnr_retries += 1
+            if self.rnr_retry != 7 and self._rnr_retries > self.rnr_retry:
+                self._fail(
+                    WcStatus.RNR_RETRY_EXC_ERR,
+                    f"receiver not ready {self._rnr_retries} times (rnr_retry={self.rnr_retry})",
+                )
+                return
+            self._rnr_wait = True
+            self._arm(max(frame.rnr_timer, _MIN_RNR_WAIT))
+            return
+        status = _NAK_STATUS[frame.code]
+        self._fail(status, f"the responder refused PSN {frame.psn}")
+
+    # ------------------------------------------------------------------ responder
+
+    def _scatter(self, sges: tuple[Sge, ...], data: bytes, *, need_write: bool) -> None:
+        if len(data) > sum(sge.length for sge in sges):
+            raise _LocalError(WcStatus.LOC_LEN_ERR, f"{len(data)} bytes do not fit the buffers")
+        offset = 0
+        for sge in sges:
+            if offset >= len(data):
+                break
+            mr = self.device.mrs.get(sge.lkey)
+            start = None if mr is None or mr.pd is not self.pd else mr.offset(sge.addr, sge.length)
+            if mr is None or start is None or (need_write and Access.LOCAL_WRITE not in mr.access):
+                raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
+            count = min(sge.length, len(data) - offset)
+            mr.buffer[start : start + count] = data[offset : offset + count]
+            offset += count
+
+    def _remote_mr(self, rkey: int, addr: int, length: int, need: Access) -> TcpMR | None:
+        mr = self.device.mrs.get(rkey)
+        if (
+            mr is None
+            or mr.pd is not self.pd
+            or need not in mr.access
+            or need not in self.access_flags
+            or mr.offset(addr, length) is None
+        ):
+            return None
+        return mr
+
+    def _nak(self, link: Link, psn: int, code: NakCode) -> None:
+        self._ack_due = False
+        if code is NakCode.RNR:
+            self.device.counters.tcp_rnr_naks_tx += 1
+            link.send(encode_nak(psn, code, self.min_rnr_timer))
+        else:
+            self.device.counters.tcp_naks_tx += 1
+            link.send(encode_nak(psn, code))
+
+    def _respond(self, link: Link, frame: Send | Write | ReadReq) -> None:
+        if self._state not in (S.RTR, S.RTS, S.SQD):
+            return
+        delta = (frame.psn - self._epsn) & PSN_MASK
+        if delta:
+            if delta >= _HALF:  # a duplicate from a go-back-N resend
+                if isinstance(frame, ReadReq):
+                    self._read(link, frame)
+                else:
+                    self._ack_due = True
+            return  # ahead of a gap: the requester will resend in order
+        if isinstance(frame, ReadReq):
+            if self._read(link, frame):
+                self._epsn = (self._epsn + 1) & PSN_MASK
+            return
+        needs_recv = isinstance(frame, Send) or frame.imm is not None
+        if needs_recv and not self._rq:
+            self._nak(link, frame.psn, NakCode.RNR)
+            return
+        if isinstance(frame, Write) and frame.payload:
+            mr = self._remote_mr(
+                frame.rkey, frame.remote_addr, len(frame.payload), Access.REMOTE_WRITE
+            )
+            if mr is None:
+                self._nak(link, frame.psn, NakCode.REM_ACCESS)
+                self._enter_error(f"remote access error on WRITE rkey {frame.rkey:#x}")
+                return
+            start = frame.remote_addr - mr.addr
+            mr.buffer[start : start + len(frame.payload)] = frame.payload
+        if needs_recv:
+            wr = self._rq.popleft()
+            if isinstance(frame, Write):
+                self._complete_recv(
+                    wr, WcStatus.SUCCESS, WcOpcode.RECV_RDMA_WITH_IMM, len(frame.payload), frame.imm
+                )
+            else:
+                try:
+                    self._scatter(wr.sg_list, frame.payload, need_write=True)
+                except _LocalError as exc:
+                    self._complete_recv(wr, exc.status, WcOpcode.RECV, message=str(exc))
+                    code = (
+                        NakCode.REM_INV_REQ
+                        if exc.status is WcStatus.LOC_LEN_ERR
+                        else NakCode.REM_OP
+                    )
+                    self._nak(link, frame.psn, code)
+                    self._enter_error(f"{exc.status.name}: {exc}")
+                    return
+                self._complete_recv(
+                    wr, WcStatus.SUCCESS, WcOpcode.RECV, len(frame.payload), frame.imm
+                )
+        self._epsn = (self._epsn + 1) & PSN_MASK
+        self._ack_due = True
+
+    def _read(self, link: Link, frame: ReadReq) -> bool:
+        if frame.length > self.device.max_msg_sz:
+            self._nak(link, frame.psn, NakCode.REM_INV_REQ)
+            self._enter_error(f"READ of {frame.length} bytes is longer than max_msg_sz")
+            return False
+        if frame.length == 0:
+            data = b""
+        else:
+            mr = self._remote_mr(frame.rkey, frame.remote_addr, frame.length, Access.REMOTE_READ)
+            if mr is None:
+                self._nak(link, frame.psn, NakCode.REM_ACCESS)
+                self._enter_error(f"remote access error on READ rkey {frame.rkey:#x}")
+                return False
+            start = frame.remote_addr - mr.addr
+            data = bytes(mr.buffer[start : start + frame.length])
+        link.send(encode_read_resp(frame.psn, data))
+        self._ack_due = False
+        return True
+
+    # ------------------------------------------------------------------ the link
+
+    def frames_received(self, link: Link, frames: list[Frame]) -> None:
+        """Handle one batch from the peer QP; one cumulative ACK at the end."""
+        if link is not self._link:
+            return
+        for frame in frames:
+            if self._state is S.ERR or link is not self._link:
+                return
+            if isinstance(frame, Send | Write | ReadReq):
+                self._respond(link, frame)
+            elif isinstance(frame, Ack):
+                self._on_ack(frame)
+            elif isinstance(frame, ReadResp):
+                self._on_read_resp(frame)
+            elif isinstance(frame, Nak):
+                self._on_nak(frame)
+            elif isinstance(frame, Bye):
+                self._enter_error(None)
+                return
+            else:
+                raise RemoteProtocolError(f"{type(frame).__name__} frame on a QP stream")
+        if self._ack_due and link is self._link:
+            self._ack_due = False
+            self.device.counters.tcp_acks_tx += 1
+            link.send(encode_ack((self._epsn - 1) & PSN_MASK))
+
+    def link_closed(self, link: Link, error: BaseException | None) -> None:
+        """The peer's stream died without a BYE: the peer is gone."""
+        if link is not self._link:
+            return
+        self._link = None
+        self._link_dead = True
+        log.info("QP %#x lost its stream to %s: %s", self.qp_num, link.peer, error or "EOF")
+        if self._state in (S.RTS, S.SQD) and self._outstanding:
+            self._fail(WcStatus.RETRY_EXC_ERR, "the TCP connection to the peer is gone")
+
+    def send_bye(self) -> None:
+        """Tell the peer QP this is a deliberate disconnect (before going to ERR)."""
+        if self._link is not None:
+            self._link.send(encode_bye())
+
+    def _drop_link(self, *, flush: bool = False) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self._link is not None:
+            self._link.close(flush=flush)
+            self._link = None
+
+    # ------------------------------------------------------------------ linking
+
+    @property
+    def initiator(self) -> bool:
+        """True if this end opens the TCP connection to the peer QP."""
+        assert self.dest is not None
+        return (self.device.locator, self.qp_num) < (self.dest.port_address, self.dest.qpn)
+
+    def accepts_stream(self, locator: str, qpn: int) -> bool:
+        """True if an incoming stream from ``(locator, qpn)`` is this QP's peer, now."""
+        return (
+            not self._closed
+            and self._state in (S.RTR, S.RTS, S.SQD)
+            and self._link is None
+            and not self._link_dead
+            and self.dest == QpDest(locator, qpn)
+        )
+
+    def attach(self, link: Link) -> None:
+        """Adopt ``link`` as this QP's stream and resend whatever is outstanding."""
+        self._link = link
+        if self._outstanding and not self._rnr_wait:
+            for inflight in self._outstanding:
+                link.send(inflight.frame)
+        self._pump()
+
+    def _start_link(self) -> None:
+        if self.dest is not None and self.initiator:
+            scope = trio.CancelScope()
+            self._connecting = scope
+            self.device.spawn(self._connect_loop, scope)
+
+    def _path_change(self) -> None:
+        self._drop_link()
+        self._link_dead = False
+        self._rnr_wait = False
+        self._start_link()
+
+    async def _connect_loop(self, scope: trio.CancelScope) -> None:
+        """Open the stream to the peer QP, retrying (with back-off) while nobody answers."""
+        assert self.dest is not None
+        dest = self.dest
+        delay = _CONNECT_BACKOFF[0]
+        request = {"t": "qp", "dst": dest.qpn, "qpn": self.qp_num, "loc": self.device.locator}
+        link: Link | None = None
+        with scope:
+            while link is None:
+                attempt: Link | None = None
+                try:
+                    attempt = await self.device.open_link(dest.port_address, request)
+                    await self.device.expect_reply(attempt, "ok")
+                    link, attempt = attempt, None
+                except (CmError, RemoteProtocolError, OSError, trio.BrokenResourceError) as exc:
+                    if isinstance(exc, AuthenticationFailed):
+                        log.warning("QP %#x: %s", self.qp_num, exc)
+                    await trio.sleep(delay)  # back-off between connection attempts
+                    delay = min(delay * 2, _CONNECT_BACKOFF[1])
+                finally:
+                    if attempt is not None:
+                        attempt.close()
+        if self._connecting is scope:
+            self._connecting = None
+        if link is None:
+            return
+        if scope.cancelled_caught or self._closed or self.dest != dest:
+            link.close()
+            return
+        self.attach(link)
+        await link.run(self)

@@ -1,0 +1,186 @@
+"""Protection domains, memory regions and completion queues of the tcp transport."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from rdsx.errors import DeviceRemoved, InvalidArgument, InvalidHandle, ResourceExhausted
+from rdsx.verbs import CQ, MR, PD, QP, Access, QpCap, WorkCompletion
+
+if TYPE_CHECKING:
+    from ._device import TcpContext
+
+__all__ = ["TcpCQ", "TcpMR", "TcpPD"]
+
+
+class _Handle:
+    """What every handle shares: a context, a closed flag, and the zombie check."""
+
+    _ctx: TcpContext
+    _closed: bool
+
+    def _check(self) -> None:
+        if self._ctx.device.removed:
+            raise DeviceRemoved(f"{self._ctx.device.name} was removed")
+        if self._closed:
+            raise InvalidHandle(f"{type(self).__name__} is closed")
+
+
+class TcpMR(_Handle, MR):
+    """A registered region: ``lkey == rkey``, random per device so stale keys miss."""
+
+    def __init__(self, pd: TcpPD, buffer: memoryview, access: Access, addr: int, key: int) -> None:
+        self._ctx = pd._ctx
+        self._closed = False
+        self.pd = pd
+        self.buffer = buffer
+        self.access = access
+        self.addr = addr
+        self.length = len(buffer)
+        self.lkey = self.rkey = key
+
+    def offset(self, addr: int, length: int) -> int | None:
+        """Return where ``[addr, addr+length)`` starts in the buffer, or None if outside."""
+        start = addr - self.addr
+        if start < 0 or length < 0 or start + length > self.length:
+            return None
+        return start
+
+    def close(self) -> None:
+        """Deregister; the keys stop working at once.
+
+        Raises:
+            InvalidHandle: deregistered twice.
+        """
+        self._check()
+        self._release()
+
+    def _release(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._ctx.device.mrs.pop(self.lkey, None)
+            self.pd.mrs.discard(self)
+
+
+class TcpPD(_Handle, PD):
+    """A protection domain: MRs and QPs reference each other only within one PD."""
+
+    def __init__(self, ctx: TcpContext) -> None:
+        self._ctx = ctx
+        self._closed = False
+        self.mrs: set[TcpMR] = set()
+        self.qps: set[QP] = set()
+
+    def reg_mr(
+        self, buffer: bytearray | memoryview, access: Access, *, iova: int | None = None
+    ) -> MR:
+        """Register ``buffer`` (see :meth:`rdsx.verbs.PD.reg_mr`)."""
+        self._check()
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise InvalidArgument("cannot register a read-only buffer")
+        if len(view) == 0:
+            raise InvalidArgument("cannot register an empty buffer")
+        if Access.REMOTE_WRITE in access and Access.LOCAL_WRITE not in access:
+            raise InvalidArgument("REMOTE_WRITE requires LOCAL_WRITE")
+        device = self._ctx.device
+        if len(device.mrs) >= device.limits.max_mr:
+            raise ResourceExhausted("max_mr reached")
+        if iova is None:
+            iova = device.allocate_iova(len(view))
+        elif iova < 0:
+            raise InvalidArgument(f"iova {iova} is negative")
+        else:
+            for mr in self.mrs:
+                if iova < mr.addr + mr.length and mr.addr < iova + len(view):
+                    raise InvalidArgument(f"iova {iova:#x} overlaps another MR of this PD")
+        mr = TcpMR(self, view, access, iova, device.allocate_key())
+        device.mrs[mr.lkey] = mr
+        self.mrs.add(mr)
+        return mr
+
+    def create_qp(
+        self, send_cq: CQ, recv_cq: CQ, cap: QpCap | None = None, *, sq_sig_all: bool = False
+    ) -> QP:
+        """Create an RC QP in RESET (see :meth:`rdsx.verbs.PD.create_qp`)."""
+        from ._qp import TcpQP
+
+        self._check()
+        cap = cap or QpCap()
+        for cq in (send_cq, recv_cq):
+            if not isinstance(cq, TcpCQ) or cq._ctx is not self._ctx:
+                raise InvalidArgument("the CQ belongs to another context")
+            cq._check()
+        limits = self._ctx.device.limits
+        if (
+            max(cap.max_send_wr, cap.max_recv_wr) > limits.max_qp_wr
+            or min(cap.max_send_wr, cap.max_recv_wr) < 1
+        ):
+            raise InvalidArgument(f"work queue sizes must be 1..{limits.max_qp_wr}")
+        if (
+            max(cap.max_send_sge, cap.max_recv_sge) > limits.max_sge
+            or min(cap.max_send_sge, cap.max_recv_sge) < 0
+        ):
+            raise InvalidArgument(f"SGE counts must be 0..{limits.max_sge}")
+        assert isinstance(send_cq, TcpCQ) and isinstance(recv_cq, TcpCQ)
+        qp = TcpQP(self, send_cq, recv_cq, cap, sq_sig_all)
+        self.qps.add(qp)
+        return qp
+
+    def close(self) -> None:
+        """Deallocate the PD with every MR and QP in it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for qp in list(self.qps):
+            qp.close()
+        for mr in list(self.mrs):
+            mr._release()
+        self._ctx.pds.discard(self)
+
+
+class TcpCQ(_Handle, CQ):
+    """A completion queue: a deque and a parking lot for waiters."""
+
+    def __init__(self, ctx: TcpContext, cqe: int) -> None:
+        self._ctx = ctx
+        self._closed = False
+        self.cqe = cqe
+        self._entries: deque[WorkCompletion] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def push(self, wc: WorkCompletion) -> None:
+        """Add a completion (transport side) and wake a waiter."""
+        if not self._closed:
+            self._entries.append(wc)
+            self._lot.unpark_all()
+
+    def wake(self) -> None:
+        """Wake every waiter so it rechecks the device (removal)."""
+        self._lot.unpark_all()
+
+    def poll(self, max_entries: int = 64) -> list[WorkCompletion]:
+        """Return up to ``max_entries`` completions without waiting."""
+        self._check()
+        entries = self._entries
+        count = min(max_entries, len(entries))
+        return [entries.popleft() for _ in range(count)]
+
+    async def wait(self, max_entries: int = 64) -> list[WorkCompletion]:
+        """Wait for at least one completion (see :meth:`rdsx.verbs.CQ.wait`)."""
+        self._check()
+        while not self._entries:
+            await self._lot.park()
+            self._check()
+        return self.poll(max_entries)
+
+    def close(self) -> None:
+        """Destroy the CQ. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._entries.clear()
+            self._lot.unpark_all()
+            self._ctx.cqs.discard(self)
