@@ -1,0 +1,72 @@
+"""Helpers shared by the sim tests: open two ends and connect their QPs through the CM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from rdsx.verbs import Access, CmId, Context, Device, QpCap, RecvWR, SendWR, Sge, WorkCompletion
+
+ALL_ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
+
+
+@attrs.define
+class End:
+    """One side of a connection: context, PD, one CQ for both queues, QP, one MR."""
+
+    ctx: Context
+    pd: Any
+    cq: Any
+    qp: Any
+    mr: Any
+    buf: bytearray
+    cm_id: CmId | None = None
+
+    def sge(self, offset: int, length: int) -> Sge:
+        return Sge(self.mr.addr + offset, length, self.mr.lkey)
+
+    def post_recv(self, wr_id: int, offset: int = 0, length: int = 4096) -> None:
+        self.qp.post_recv(RecvWR(wr_id, (self.sge(offset, length),)))
+
+    def send(self, wr_id: int, offset: int, length: int, **kw: Any) -> None:
+        from rdsx.verbs import Opcode
+
+        opcode = kw.pop("opcode", Opcode.SEND)
+        self.qp.post_send(SendWR(wr_id, opcode, (self.sge(offset, length),), **kw))
+
+    async def completions(self, count: int) -> list[WorkCompletion]:
+        out: list[WorkCompletion] = []
+        while len(out) < count:
+            out.extend(await self.cq.wait())
+        return out
+
+
+async def open_end(device: Device, size: int = 1 << 16, cap: QpCap | None = None) -> End:
+    ctx = await device.open()
+    pd = ctx.alloc_pd()
+    cq = ctx.create_cq()
+    qp = pd.create_qp(cq, cq, cap)
+    buf = bytearray(size)
+    mr = pd.reg_mr(buf, ALL_ACCESS)
+    return End(ctx, pd, cq, qp, mr, buf)
+
+
+async def connect(
+    dev_a: Device, dev_b: Device, port: int = 7000, cap: QpCap | None = None, size: int = 1 << 16
+) -> tuple[End, End]:
+    """A (active, on dev_a) and B (passive, on dev_b), connected through the CM."""
+    a = await open_end(dev_a, size, cap)
+    b = await open_end(dev_b, size, cap)
+    listener = await b.ctx.cm_listen(port)
+
+    async def passive() -> None:
+        request = await listener.get_request()
+        b.cm_id = await request.accept(b.qp, b"welcome")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(passive)
+        a.cm_id = await a.ctx.cm_connect(a.qp, dev_b.address, port, b"hello")
+    listener.close()
+    return a, b

@@ -1,0 +1,566 @@
+"""The connection manager (librdmacm in trio terms) of one simulated VF.
+
+The active side resolves the peer's address (the fabric's address table plays
+IPoIB ARP) and asks the SA for a path (counted in ``sm.sa_queries``); then
+REQ, REP and RTU travel over the fabric as CM packets (so drops, partitions
+and removals affect them) and are resent every :data:`CM_RETRY` seconds until
+the caller's timeout. REJ carries private data; a REJ for "nobody listens"
+becomes :class:`~rdsx.errors.Unreachable`. DREQ/DREP tear down: both sides see
+``DISCONNECTED`` then ``TIMEWAIT_EXIT`` and their QPs go to ERR.
+
+QPs are moved RESET → INIT → RTR → RTS with librdmacm's defaults: retry_cnt 7,
+rnr_retry 7 (forever), local ACK timeout 67 ms (IB timeout 14), min RNR timer
+0.64 ms (IB value 12), path MTU the fabric's.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from rdsx.errors import (
+    AddressInUse,
+    ConnectionRejected,
+    ConnectTimeout,
+    DeviceRemoved,
+    InvalidArgument,
+    InvalidHandle,
+    InvalidState,
+    Unreachable,
+)
+from rdsx.verbs import (
+    QP,
+    Access,
+    CmEvent,
+    CmEventType,
+    CmId,
+    CmListener,
+    CmRequest,
+    QpAttr,
+    QpDest,
+    QpState,
+)
+
+from .packet import Kind, Packet
+
+if TYPE_CHECKING:
+    from .verbs import SimContext, SimDevice, SimQP
+
+__all__ = ["CM_RETRY", "CmAgent", "SimCmId", "SimCmListener", "SimCmRequest"]
+
+#: Seconds between resends of an unanswered REQ or REP.
+CM_RETRY = 0.25
+#: How long a passive side waits for the RTU after its REP.
+ACCEPT_TIMEOUT = 5.0
+REQ_PRIVATE_DATA = 196
+REP_PRIVATE_DATA = 196
+REJ_PRIVATE_DATA = 148
+ACK_TIMEOUT = 0.0671
+MIN_RNR_TIMER = 0.00064
+#: A MAD is 256 bytes on the wire.
+MAD = bytes(256)
+
+
+@attrs.frozen(slots=True)
+class Req:
+    """Connect request."""
+
+    comm_id: int
+    src_lid: int
+    src_guid: int
+    src_qpn: int
+    start_psn: int
+    port: int
+    source: str
+    private_data: bytes
+
+
+@attrs.frozen(slots=True)
+class Rep:
+    """Connect reply (accept)."""
+
+    comm_id: int
+    remote_comm_id: int
+    src_lid: int
+    src_guid: int
+    src_qpn: int
+    start_psn: int
+    private_data: bytes
+
+
+@attrs.frozen(slots=True)
+class Rej:
+    """Connect reject; ``no_listener`` when nothing listens on the port."""
+
+    comm_id: int
+    no_listener: bool
+    private_data: bytes
+
+
+@attrs.frozen(slots=True)
+class Rtu:
+    """Ready to use: the active side is established."""
+
+    comm_id: int
+
+
+@attrs.frozen(slots=True)
+class Dreq:
+    """Disconnect request."""
+
+    comm_id: int
+    src_lid: int
+    src_guid: int
+
+
+@attrs.frozen(slots=True)
+class Drep:
+    """Disconnect reply."""
+
+    comm_id: int
+
+
+class _Waiter:
+    """One pending exchange: the event and what answered it."""
+
+    __slots__ = ("answer", "event")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.answer: object = None
+
+    def set(self, answer: object) -> None:
+        if not self.event.is_set():
+            self.answer = answer
+            self.event.set()
+
+
+class CmAgent:
+    """The CM of one device: listeners, pending exchanges, established ids."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.fabric = device.fabric
+        self.listeners: dict[int, SimCmListener] = {}
+        self.ids: dict[int, SimCmId] = {}
+        self._waiting: dict[int, _Waiter] = {}
+        self._requests: dict[tuple[int, int], SimCmRequest] = {}
+        self._next_port = 20000
+
+    # ------------------------------------------------------------------ wire
+
+    def send(self, dlid: int, dguid: int, msg: object) -> None:
+        """Send one CM message to the device with vGUID ``dguid`` at ``dlid``."""
+        if self.device.removed:
+            return
+        packet = Packet(Kind.CM, self.device.function.lid, dlid, 1, 1, 0, MAD)
+        packet.dguid = dguid
+        packet.msg = msg
+        self.fabric.send_packet(packet)
+
+    def on_packet(self, packet: Packet) -> None:
+        """Dispatch an arriving CM message."""
+        msg = packet.msg
+        if isinstance(msg, Req):
+            self._on_req(msg)
+        elif isinstance(msg, Rep):
+            cm_id = self.ids.get(msg.remote_comm_id)
+            if cm_id is not None:
+                # Our RTU was lost and the passive side resent its REP.
+                self.send(msg.src_lid, msg.src_guid, Rtu(msg.comm_id))
+            elif (waiter := self._waiting.get(msg.remote_comm_id)) is not None:
+                waiter.set(msg)
+        elif isinstance(msg, Rej | Rtu):
+            if (waiter := self._waiting.get(msg.comm_id)) is not None:
+                waiter.set(msg)
+        elif isinstance(msg, Dreq):
+            self.send(msg.src_lid, msg.src_guid, Drep(msg.comm_id))
+            cm_id = self.ids.get(msg.comm_id)
+            if cm_id is not None:
+                cm_id.disconnected()
+
+    def _on_req(self, req: Req) -> None:
+        key = (req.src_guid, req.comm_id)
+        request = self._requests.get(key)
+        if request is not None:
+            if request.reply is not None:
+                self.send(req.src_lid, req.src_guid, request.reply)
+            return
+        listener = self.listeners.get(req.port)
+        if listener is None or len(listener.queue) >= listener.backlog:
+            self.send(req.src_lid, req.src_guid, Rej(req.comm_id, listener is None, b""))
+            return
+        request = SimCmRequest(self, listener.ctx, req)
+        self._requests[key] = request
+        listener.push(request)
+
+    # ------------------------------------------------------------------ API
+
+    def listen(self, ctx: SimContext, port: int, backlog: int) -> SimCmListener:
+        """Create a listener (port 0 picks a free one)."""
+        if port == 0:
+            while self._next_port in self.listeners:
+                self._next_port += 1
+            port = self._next_port
+        if not 0 < port < 1 << 16:
+            raise InvalidArgument(f"port {port} out of range")
+        if port in self.listeners:
+            raise AddressInUse(f"{self.device.address}:{port} is already listening")
+        listener = SimCmListener(self, ctx, port, backlog)
+        self.listeners[port] = listener
+        return listener
+
+    async def connect(
+        self,
+        ctx: SimContext,
+        qp: SimQP,
+        address: str,
+        port: int,
+        private_data: bytes,
+        timeout: float,
+    ) -> SimCmId:
+        """The active side of a connection (see :meth:`rdsx.verbs.Context.cm_connect`)."""
+        await trio.lowlevel.checkpoint()
+        if len(private_data) > REQ_PRIVATE_DATA:
+            raise InvalidArgument(f"private data is limited to {REQ_PRIVATE_DATA} bytes")
+        if qp.state is not QpState.RESET:
+            raise InvalidState("cm_connect needs a QP in RESET")
+        vm = self.fabric.vm_at(address)
+        target = vm.device if vm is not None else None
+        if target is None or target.removed:
+            raise Unreachable(f"no device answers for {address}")
+        path = self.fabric.path_to(self.device.function.host, target.lid, target.guid)
+        qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
+        comm_id = self.fabric.next_comm_id()
+        start_psn = self.fabric.random.randrange(1 << 24)
+        req = Req(
+            comm_id,
+            self.device.function.lid,
+            self.device.guid,
+            qp.qp_num,
+            start_psn,
+            port,
+            self.device.address,
+            bytes(private_data),
+        )
+        answer = await self._exchange(comm_id, path.dlid, path.dguid, req, timeout)
+        if isinstance(answer, Rej):
+            if answer.no_listener:
+                raise Unreachable(f"nothing listens on {address}:{port}")
+            raise ConnectionRejected(f"{address}:{port} rejected", answer.private_data)
+        assert isinstance(answer, Rep)
+        _to_rts(qp, answer.src_lid, answer.src_qpn, answer.start_psn, start_psn)
+        self.send(answer.src_lid, answer.src_guid, Rtu(answer.comm_id))
+        cm_id = SimCmId(
+            self,
+            ctx,
+            qp,
+            comm_id,
+            answer.comm_id,
+            answer.src_lid,
+            answer.src_guid,
+            answer.private_data,
+            address,
+        )
+        return cm_id
+
+    async def _exchange(
+        self, comm_id: int, dlid: int, dguid: int, msg: object, timeout: float
+    ) -> object:
+        waiter = self._waiting[comm_id] = _Waiter()
+        deadline = trio.current_time() + timeout
+        try:
+            while True:
+                self.send(dlid, dguid, msg)
+                with trio.move_on_at(min(deadline, trio.current_time() + CM_RETRY)):
+                    await waiter.event.wait()
+                if isinstance(waiter.answer, DeviceRemoved):
+                    raise DeviceRemoved(f"{self.device.name} was removed")
+                if waiter.event.is_set():
+                    return waiter.answer
+                if trio.current_time() >= deadline:
+                    raise ConnectTimeout(f"no answer within {timeout} s")
+        finally:
+            del self._waiting[comm_id]
+
+    def announce_removal(self) -> None:
+        """Give every CM id a ``DEVICE_REMOVAL`` event."""
+        for cm_id in list(self.ids.values()):
+            cm_id.push(CmEvent(CmEventType.DEVICE_REMOVAL, info="device removal"))
+
+    def removed(self) -> None:
+        """The device is gone: wake everything waiting here."""
+        for waiter in self._waiting.values():
+            waiter.set(DeviceRemoved("removed"))
+        for listener in self.listeners.values():
+            listener.wake()
+        for cm_id in self.ids.values():
+            cm_id.wake()
+
+
+_ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
+
+
+def _to_rts(qp: SimQP, dlid: int, dqpn: int, rq_psn: int, sq_psn: int) -> None:
+    mtu = qp.fabric.mtu
+    qp.modify(
+        QpAttr(
+            state=QpState.RTR,
+            dest=QpDest(str(dlid), dqpn),
+            path_mtu=mtu,
+            rq_psn=rq_psn,
+            max_dest_rd_atomic=16,
+            min_rnr_timer=MIN_RNR_TIMER,
+        )
+    )
+    qp.modify(
+        QpAttr(
+            state=QpState.RTS,
+            sq_psn=sq_psn,
+            timeout=ACK_TIMEOUT,
+            retry_cnt=7,
+            rnr_retry=7,
+            max_rd_atomic=16,
+        )
+    )
+
+
+class SimCmListener(CmListener):
+    """A listening CM id on ``(device.address, port)``."""
+
+    def __init__(self, agent: CmAgent, ctx: SimContext, port: int, backlog: int) -> None:
+        self.agent = agent
+        self.ctx = ctx
+        self.port = port
+        self.backlog = backlog
+        self.queue: deque[SimCmRequest] = deque()
+        self._ready: trio.Event | None = None
+        self._closed = False
+
+    def push(self, request: SimCmRequest) -> None:
+        """Queue an incoming request."""
+        self.queue.append(request)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the waiter (a request, removal or close)."""
+        if self._ready is not None:
+            self._ready.set()
+            self._ready = None
+
+    async def get_request(self) -> SimCmRequest:
+        """Wait for the next connect request.
+
+        Raises:
+            DeviceRemoved: the device is gone.
+            InvalidHandle: the listener is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self.agent.device.removed:
+                raise DeviceRemoved(f"{self.agent.device.name} was removed")
+            if self._closed:
+                raise InvalidHandle("listener is closed")
+            if self.queue:
+                request = self.queue.popleft()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return request
+            if self._ready is None:
+                self._ready = trio.Event()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        """Stop listening. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.agent.listeners.get(self.port) is self:
+            del self.agent.listeners[self.port]
+        if self in self.ctx.listeners:
+            self.ctx.listeners.remove(self)
+        self.wake()
+
+
+class SimCmRequest(CmRequest):
+    """An incoming connect request."""
+
+    def __init__(self, agent: CmAgent, ctx: SimContext, req: Req) -> None:
+        self.agent = agent
+        self.ctx = ctx
+        self.req = req
+        self.private_data = req.private_data
+        self.source = req.source
+        self.reply: Rep | Rej | None = None
+
+    async def accept(self, qp: QP, private_data: bytes = b"") -> SimCmId:
+        """Accept with ``qp``; returns once the active side's RTU arrived.
+
+        Raises:
+            InvalidState: ``qp`` not in RESET, or the request was already answered.
+            ConnectTimeout: no RTU within 5 s.
+        """
+        from .verbs import SimQP
+
+        await trio.lowlevel.checkpoint()
+        self.ctx._check()
+        if self.reply is not None:
+            raise InvalidState("the request was already answered")
+        if not isinstance(qp, SimQP) or qp._ctx is not self.ctx:
+            raise InvalidArgument("the QP belongs to another context")
+        if qp.state is not QpState.RESET:
+            raise InvalidState("accept needs a QP in RESET")
+        if len(private_data) > REP_PRIVATE_DATA:
+            raise InvalidArgument(f"private data is limited to {REP_PRIVATE_DATA} bytes")
+        agent, req = self.agent, self.req
+        start_psn = agent.fabric.random.randrange(1 << 24)
+        qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
+        _to_rts(qp, req.src_lid, req.src_qpn, req.start_psn, start_psn)
+        comm_id = agent.fabric.next_comm_id()
+        self.reply = Rep(
+            comm_id,
+            req.comm_id,
+            agent.device.function.lid,
+            agent.device.guid,
+            qp.qp_num,
+            start_psn,
+            bytes(private_data),
+        )
+        cm_id = SimCmId(
+            agent,
+            self.ctx,
+            qp,
+            comm_id,
+            req.comm_id,
+            req.src_lid,
+            req.src_guid,
+            req.private_data,
+            req.source,
+        )
+        try:
+            await agent._exchange(comm_id, req.src_lid, req.src_guid, self.reply, ACCEPT_TIMEOUT)
+        except BaseException:
+            cm_id.close()
+            raise
+        return cm_id
+
+    async def reject(self, private_data: bytes = b"") -> None:
+        """Reject; the active side gets ConnectionRejected with ``private_data``.
+
+        Raises:
+            InvalidState: the request was already answered.
+            InvalidArgument: private data longer than 148 bytes (IB REJ limit).
+        """
+        await trio.lowlevel.checkpoint()
+        self.ctx._check()
+        if self.reply is not None:
+            raise InvalidState("the request was already answered")
+        if len(private_data) > REJ_PRIVATE_DATA:
+            raise InvalidArgument(f"private data is limited to {REJ_PRIVATE_DATA} bytes")
+        self.reply = Rej(self.req.comm_id, False, bytes(private_data))
+        self.agent.send(self.req.src_lid, self.req.src_guid, self.reply)
+
+
+class SimCmId(CmId):
+    """An established connection around one QP."""
+
+    qp: SimQP
+
+    def __init__(
+        self,
+        agent: CmAgent,
+        ctx: SimContext,
+        qp: SimQP,
+        comm_id: int,
+        remote_comm_id: int,
+        peer_lid: int,
+        peer_guid: int,
+        private_data: bytes,
+        peer_address: str,
+    ) -> None:
+        self.agent = agent
+        self.ctx = ctx
+        self.qp = qp
+        self.comm_id = comm_id
+        self.remote_comm_id = remote_comm_id
+        self.peer_lid = peer_lid
+        self.peer_guid = peer_guid
+        self.private_data = private_data
+        self.peer_address = peer_address
+        self.connected = True
+        self._events: deque[CmEvent] = deque()
+        self._ready: trio.Event | None = None
+        self._closed = False
+        agent.ids[comm_id] = self
+        ctx.cm_ids.append(self)
+
+    def push(self, event: CmEvent) -> None:
+        """Queue an event for :meth:`next_event`."""
+        self._events.append(event)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the waiter."""
+        if self._ready is not None:
+            self._ready.set()
+            self._ready = None
+
+    def disconnected(self) -> None:
+        """The connection is over (DREQ sent or received): QP to ERR, two events."""
+        if not self.connected:
+            return
+        self.connected = False
+        qp = self.qp
+        if not qp._closed and not self.agent.device.removed and qp._state is not QpState.ERR:
+            qp.modify(QpAttr(state=QpState.ERR))
+        self.push(CmEvent(CmEventType.DISCONNECTED))
+        self.push(CmEvent(CmEventType.TIMEWAIT_EXIT))
+
+    async def next_event(self) -> CmEvent:
+        """Wait for DISCONNECTED, DEVICE_REMOVAL or TIMEWAIT_EXIT.
+
+        Raises:
+            DeviceRemoved: the device is gone and every event was read.
+            InvalidHandle: the id is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._events:
+                event = self._events.popleft()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return event
+            if self.agent.device.removed:
+                raise DeviceRemoved(f"{self.agent.device.name} was removed")
+            if self._closed:
+                raise InvalidHandle("CM id is closed")
+            if self._ready is None:
+                self._ready = trio.Event()
+            await self._ready.wait()
+
+    async def disconnect(self) -> None:
+        """Send a DREQ; both sides see DISCONNECTED and TIMEWAIT_EXIT, QPs go to ERR."""
+        await trio.lowlevel.checkpoint()
+        if self.agent.device.removed:
+            raise DeviceRemoved(f"{self.agent.device.name} was removed")
+        if self._closed:
+            raise InvalidHandle("CM id is closed")
+        if self.connected:
+            self.agent.send(
+                self.peer_lid,
+                self.peer_guid,
+                Dreq(self.remote_comm_id, self.agent.device.function.lid, self.agent.device.guid),
+            )
+        self.disconnected()
+
+    def close(self) -> None:
+        """Destroy the CM id (not the QP). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.agent.ids.get(self.comm_id) is self:
+            del self.agent.ids[self.comm_id]
+        if self in self.ctx.cm_ids:
+            self.ctx.cm_ids.remove(self)
+        self.wake()

@@ -1,0 +1,482 @@
+"""The fabric: one subnet of switches, hosts and links, and the packet pump.
+
+Shaped like trio's FakeNet: a sender calls :meth:`Fabric.send_packet`, which
+hands the packet to the replaceable :attr:`Fabric.route_packet` policy; the
+default policy is :meth:`Fabric.deliver_packet`, which computes when the packet
+arrives (egress serialisation at the link's bandwidth, then one latency per
+link hop) and schedules it. Policies in :mod:`.faults` drop, duplicate, delay
+or reorder packets with the fabric's seeded RNG.
+
+Theory of operation (why it is fast and deterministic):
+
+* There is no trio task per packet. One pump task owns a heap of
+  ``(due, seq, item)`` where an item is a packet or a timer callback; it wakes
+  at the earliest due time and handles everything already due in one pass.
+* Under the real clock, anything due within :data:`REALTIME_SLACK` is not worth
+  a timer: it goes to an "immediate" queue drained in the same call stack. Under
+  a :class:`trio.testing.MockClock` every delay is modelled exactly.
+* Under the virtual clock, QPs with new work are not transmitted from the
+  posting task but marked ready and transmitted by the pump in (LID, QPN) order,
+  so the trace does not depend on the order trio happens to run tasks in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import trio
+import trio.testing
+
+from rdsx.errors import AddressInUse, InvalidArgument
+from rdsx.verbs import MTU_VALUES
+
+from .hca import Endpoint, Host, PortModel
+from .packet import Kind, Packet
+from .sm import PathRecord, SubnetManager
+
+if TYPE_CHECKING:
+    from .rc import RcQp
+    from .verbs import SimDevice
+    from .vm import Vm
+
+__all__ = ["REALTIME_SLACK", "Fabric", "FabricStatistics", "TraceRecord", "open_fabric"]
+
+#: Under the real clock, a delay shorter than this is delivered in the same pass.
+REALTIME_SLACK = 20e-6
+
+RoutePolicy = Callable[[Packet], None]
+
+
+@attrs.frozen(slots=True)
+class TraceRecord:
+    """One entry of :attr:`Fabric.trace`.
+
+    Attributes:
+        time: ``trio.current_time()`` when it happened.
+        event: what happened (``"deliver"``, ``"drop"``, ``"attach"``, ...).
+        subject: what it happened to (a packet, a VM, a host).
+        detail: extra words (why a packet was dropped, the new LID, ...).
+    """
+
+    time: float
+    event: str
+    subject: str
+    detail: str = ""
+
+
+@attrs.frozen(slots=True)
+class FabricStatistics:
+    """Packet counters of one fabric."""
+
+    packets_sent: int
+    packets_delivered: int
+    packets_dropped: int
+    bytes_delivered: int
+
+
+class Fabric:
+    """One InfiniBand subnet. Create it with :func:`open_fabric`.
+
+    Attributes:
+        port_model: how SR-IOV functions appear (:class:`PortModel`).
+        seed: the seed of :attr:`random`.
+        random: the fabric's RNG; routing policies draw from it.
+        latency: seconds per link hop.
+        bandwidth: bytes per second of every link.
+        mtu: the largest payload per packet.
+        sm: the :class:`~transports.sim.sm.SubnetManager`.
+        hosts: name -> :class:`~transports.sim.hca.Host`.
+        vms: name -> :class:`~transports.sim.vm.Vm`.
+        trace: the event trace (a list of :class:`TraceRecord`), when tracing.
+        route_packet: the routing policy; replace it to inject faults.
+    """
+
+    def __init__(
+        self,
+        *,
+        port_model: PortModel | str = PortModel.VSWITCH,
+        seed: int = 0,
+        latency: float = 1.3e-6,
+        bandwidth: float = 4.0e9,
+        mtu: int = 4096,
+        switches: int = 1,
+        trace: bool = True,
+    ) -> None:
+        if mtu not in MTU_VALUES:
+            raise InvalidArgument(f"mtu must be one of {MTU_VALUES}")
+        if latency < 0 or bandwidth <= 0 or switches < 1:
+            raise InvalidArgument("latency >= 0, bandwidth > 0 and switches >= 1 are required")
+        self.port_model = PortModel(port_model)
+        self.seed = seed
+        self.random = random.Random(seed)
+        self.latency = latency
+        self.bandwidth = bandwidth
+        self.mtu = mtu
+        self.num_switches = switches
+        self.sm = SubnetManager(switches, self._route)
+        self.hosts: dict[str, Host] = {}
+        self.vms: dict[str, Vm] = {}
+        self.trace: list[TraceRecord] = []
+        self.tracing = trace
+        self.route_packet: RoutePolicy = self.deliver_packet
+        self._endpoints: dict[int, Endpoint] = {}
+        self._heap: list[tuple[float, int, Any]] = []
+        self._seq = 0
+        self._immediate: deque[Any] = deque()
+        self._draining = False
+        self._ready: set[RcQp] = set()
+        self._realtime = False
+        self._slack = 0.0
+        self._lot = trio.lowlevel.ParkingLot()
+        self._wake_at = -math.inf
+        self._next_guid = 0x0002_C903_0000_0001
+        self._comm_id = 0
+        self._sent = self._delivered = self._dropped = self._bytes = 0
+        for index in range(switches):
+            self.sm.assign_lid(("switch", index))
+
+    # ------------------------------------------------------------------ topology
+
+    def _route(self, switch: int, where: object) -> object:
+        """A switch's output port towards ``where`` (spine = switch 0 when there are several)."""
+        kind, target = cast(tuple[Any, Any], where)
+        leaf = target if kind == "switch" else kind
+        if kind == "switch":
+            if switch == leaf:
+                return "local"
+        elif switch == leaf:
+            return f"host:{target}"
+        if self.num_switches > 1 and switch == 0:
+            return f"switch:{leaf}"
+        return "switch:0"
+
+    def hops(self, a: Host, b: Host) -> int:
+        """Links a packet crosses from ``a`` to ``b``."""
+        return 2 if a.switch == b.switch else 4
+
+    def add_host(self, name: str, num_vfs: int = 16, *, switch: int | None = None) -> Host:
+        """Cable a new host (an HCA with one PF and ``num_vfs`` VFs) to a switch.
+
+        The subnet manager gives the port (the PF) a LID.
+
+        Args:
+            name: unique host name.
+            num_vfs: VFs the HCA exposes.
+            switch: which switch; leaves are filled round-robin when ``None``.
+
+        Raises:
+            AddressInUse: a host of that name exists.
+            ResourceExhausted: no LID left.
+        """
+        if name in self.hosts:
+            raise AddressInUse(f"host {name!r} exists")
+        if num_vfs < 0:
+            raise InvalidArgument("num_vfs must be >= 0")
+        if switch is None:
+            leaves = self.num_switches - 1
+            switch = 0 if leaves == 0 else 1 + len(self.hosts) % leaves
+        host = Host(self, name, switch, num_vfs, self.port_model)
+        lid = self.sm.assign_lid(host.where)
+        endpoint = Endpoint(host, lid, host.hca.pf.space)
+        host.hca.port = endpoint
+        host.hca.pf.endpoint = endpoint
+        host.hca.pf.vguid = self._next_guid
+        self._next_guid += 1
+        endpoint.functions[host.hca.pf.vguid] = host.hca.pf
+        self._endpoints[lid] = endpoint
+        self.hosts[name] = host
+        self.record("add_host", name, f"lid={lid} switch={switch} vfs={num_vfs}")
+        return host
+
+    def create_vm(self, name: str, *, address: str) -> Vm:
+        """Create a VM (holding no VF yet) whose node answers on ``address``.
+
+        Raises:
+            AddressInUse: the name or the address is taken.
+        """
+        from .vm import Vm
+
+        if name in self.vms:
+            raise AddressInUse(f"VM {name!r} exists")
+        if any(vm.address == address for vm in self.vms.values()):
+            raise AddressInUse(f"address {address!r} belongs to another VM")
+        vm = Vm(self, name, address)
+        self.vms[name] = vm
+        self.record("create_vm", name, address)
+        return vm
+
+    def vm_at(self, address: str) -> Vm | None:
+        """The VM whose node answers on ``address``, if any."""
+        for vm in self.vms.values():
+            if vm.address == address:
+                return vm
+        return None
+
+    def next_comm_id(self) -> int:
+        """A fresh CM communication id."""
+        self._comm_id += 1
+        return self._comm_id
+
+    def endpoint(self, lid: int) -> Endpoint | None:
+        """What ``lid`` leads to now, if anything."""
+        return self._endpoints.get(lid)
+
+    # ------------------------------------------------------------------ hot-plug and faults
+
+    async def attach(self, vm: Vm, host: Host, *, lid: int | None = None) -> SimDevice:
+        """Hot-plug a free VF of ``host`` into ``vm`` (see :func:`.vm.attach`)."""
+        from .vm import attach
+
+        return await attach(self, vm, host, lid=lid)
+
+    async def detach(self, vm: Vm, grace: float | None) -> None:
+        """Hot-unplug ``vm``'s VF (see :func:`.vm.detach`)."""
+        from .vm import detach
+
+        await detach(self, vm, grace)
+
+    def link_down(self, host: Host) -> None:
+        """Unplug ``host``'s cable: its packets are lost, its contexts see PORT_ERR."""
+        from .vm import set_link
+
+        set_link(self, host, up=False)
+
+    def link_up(self, host: Host) -> None:
+        """Plug ``host``'s cable back: contexts see PORT_ACTIVE."""
+        from .vm import set_link
+
+        set_link(self, host, up=True)
+
+    def crash_host(self, host: Host) -> None:
+        """Power ``host`` off: its VMs' devices vanish; peers are told nothing."""
+        from .vm import crash
+
+        crash(self, host)
+
+    def path_to(self, src: Host, dlid: int, dguid: int) -> PathRecord:
+        """Ask the SA for a path from ``src`` to ``dlid`` (one counted query).
+
+        Raises:
+            Unreachable: nothing has that LID.
+        """
+        endpoint = self._endpoints.get(dlid)
+        hops = self.hops(src, endpoint.host) if endpoint is not None else 0
+        return self.sm.path_query(dlid, dguid, self.mtu, hops)
+
+    # ------------------------------------------------------------------ packets
+
+    def send_packet(self, packet: Packet) -> None:
+        """Put ``packet`` on the wire: hand it to :attr:`route_packet`."""
+        self._sent += 1
+        self.route_packet(packet)
+
+    def deliver_packet(self, packet: Packet, delay: float = 0.0) -> None:
+        """The default route: deliver ``packet`` after its transit time plus ``delay``.
+
+        Transit is egress serialisation at :attr:`bandwidth` behind earlier
+        packets of the same source port, then :attr:`latency` per hop.
+        """
+        now = trio.current_time()
+        src = self._endpoints.get(packet.src_lid)
+        dst = self._endpoints.get(packet.dst_lid)
+        wire = packet.size / self.bandwidth
+        hops = 2
+        if src is not None:
+            host = src.host
+            depart = host.tx_free if host.tx_free > now else now
+            host.tx_free = depart + wire
+            if dst is not None:
+                hops = self.hops(host, dst.host)
+        else:
+            depart = now
+        self._schedule(depart + wire + hops * self.latency + delay, packet, now)
+
+    def drop_packet(self, packet: Packet, reason: str) -> None:
+        """Lose ``packet`` on purpose (counted and traced)."""
+        self._dropped += 1
+        if self.tracing:
+            self.record("drop", packet.describe(), reason)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` from the pump at ``when`` (no task, no cancel: callbacks
+        re-check their own state)."""
+        self._schedule(when, callback, trio.current_time())
+
+    def statistics(self) -> FabricStatistics:
+        """Packet counters so far."""
+        return FabricStatistics(
+            packets_sent=self._sent,
+            packets_delivered=self._delivered,
+            packets_dropped=self._dropped,
+            bytes_delivered=self._bytes,
+        )
+
+    def record(self, event: str, subject: str, detail: str = "") -> None:
+        """Append to :attr:`trace` (if tracing)."""
+        if self.tracing:
+            self.trace.append(TraceRecord(trio.current_time(), event, subject, detail))
+
+    def _schedule(self, due: float, item: Any, now: float) -> None:
+        if self._realtime and due - now < self._slack:
+            self._immediate.append(item)
+            if not self._draining:
+                self._drain()
+            return
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, item))
+        if due < self._wake_at:
+            self._wake_at = -math.inf
+            self._lot.unpark_all()
+
+    def _fire(self, item: Any) -> None:
+        if item.__class__ is Packet:
+            self._arrive(item)
+        else:
+            item()
+
+    def _drain(self) -> None:
+        self._draining = True
+        try:
+            queue = self._immediate
+            while queue:
+                self._fire(queue.popleft())
+        finally:
+            self._draining = False
+
+    def _arrive(self, packet: Packet) -> None:
+        dst = self._endpoints.get(packet.dst_lid)
+        if dst is None:
+            self.drop_packet(packet, "no such LID")
+            return
+        src = self._endpoints.get(packet.src_lid)
+        host = dst.host
+        if not host.link_is_up or host.crashed:
+            self.drop_packet(packet, f"{host.name} unreachable")
+            return
+        if src is not None and (not src.host.link_is_up or src.host.crashed):
+            self.drop_packet(packet, f"{src.host.name} unreachable")
+            return
+        if packet.kind == Kind.CM:
+            function = dst.functions.get(packet.dguid)
+            if function is None or function.device is None:
+                self.drop_packet(packet, "no such GUID")
+                return
+            target: Any = function.device.cm
+        else:
+            target = dst.space.qps.get(packet.dst_qpn)
+            if target is None:
+                self.drop_packet(packet, "no such QP")
+                return
+        self._delivered += 1
+        self._bytes += len(packet.payload)
+        if self.tracing:
+            self.record("deliver", packet.describe())
+        target.on_packet(packet)
+
+    # ------------------------------------------------------------------ work scheduling
+
+    def ready(self, qp: RcQp) -> None:
+        """``qp`` has new work to transmit (from an API call, not the pump)."""
+        if self._realtime:
+            if self._draining:
+                qp.transmit()
+                return
+            self._draining = True
+            try:
+                qp.transmit()
+            finally:
+                self._draining = False
+            self._drain()
+            return
+        if not self._ready:
+            self._wake_at = -math.inf
+            self._lot.unpark_all()
+        self._ready.add(qp)
+
+    def _transmit_ready(self) -> None:
+        ready = sorted(self._ready, key=lambda qp: qp.sort_key)
+        self._ready.clear()
+        for qp in ready:
+            qp.transmit()
+
+    async def _pump(self) -> None:
+        heap = self._heap
+        while True:
+            if self._ready:
+                self._transmit_ready()
+            now = trio.current_time()
+            limit = now + self._slack
+            while heap and heap[0][0] <= limit:
+                self._fire(heapq.heappop(heap)[2])
+                if self._ready:
+                    self._transmit_ready()
+            if self._ready or (heap and heap[0][0] <= now):
+                await trio.lowlevel.checkpoint()
+                continue
+            self._wake_at = heap[0][0] if heap else math.inf
+            with trio.move_on_at(self._wake_at - self._slack):
+                await self._lot.park()
+            self._wake_at = -math.inf
+
+    def _close(self) -> None:
+        for vm in self.vms.values():
+            vm.devices.close()
+
+
+@asynccontextmanager
+async def open_fabric(
+    *,
+    port_model: PortModel | str = PortModel.VSWITCH,
+    seed: int = 0,
+    latency: float = 1.3e-6,
+    bandwidth: float = 4.0e9,
+    mtu: int = 4096,
+    switches: int = 1,
+    trace: bool = True,
+    realtime: bool | None = None,
+) -> AsyncIterator[Fabric]:
+    """Open a fabric; its pump runs until the ``async with`` block exits.
+
+    Args:
+        port_model: ``"vswitch"`` or ``"shared"`` (ConnectX-2).
+        seed: one seed, one event trace.
+        latency: seconds per link hop.
+        bandwidth: bytes per second per link.
+        mtu: largest payload per packet (256 … 4096).
+        switches: 1 for a single switch; more for a spine (switch 0) and leaves.
+        trace: record :attr:`Fabric.trace` (turn off for benchmarks).
+        realtime: coalesce sub-20 µs delays into one pass; by default on unless
+            trio runs on a :class:`trio.testing.MockClock`.
+
+    Yields:
+        The :class:`Fabric`.
+    """
+    fabric = Fabric(
+        port_model=port_model,
+        seed=seed,
+        latency=latency,
+        bandwidth=bandwidth,
+        mtu=mtu,
+        switches=switches,
+        trace=trace,
+    )
+    if realtime is None:
+        realtime = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    fabric._realtime = realtime
+    fabric._slack = REALTIME_SLACK if realtime else 0.0
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fabric._pump)
+            try:
+                yield fabric
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        fabric._close()

@@ -1,0 +1,624 @@
+"""RC reliability: the requester and the responder of one queue pair.
+
+This is the part of an HCA that makes a reliable connection out of a lossy
+fabric (IBTA ch. 9.7, reduced to what the model needs):
+
+* Requester: every message takes consecutive PSNs, one per MTU of payload (an
+  RDMA READ request takes one PSN per response packet). Packets stay
+  outstanding until acknowledged; an ACK is cumulative. No progress within
+  ``timeout`` → go back to the oldest unacknowledged PSN and resend,
+  ``retry_cnt`` times, then ``RETRY_EXC_ERR``. An RNR NAK → wait the
+  responder's ``min_rnr_timer``, resend, ``rnr_retry`` times (7 = forever),
+  then ``RNR_RETRY_EXC_ERR``. A sequence NAK → resend at once from that PSN.
+* Responder: accepts only the expected PSN (ePSN). A duplicate is re-ACKed
+  (a duplicate READ is re-executed: reads are idempotent), a gap is NAKed
+  once per ePSN, and a SEND finding no posted receive is RNR-NAKed.
+
+So a routing policy may drop, duplicate, delay or reorder packets and a message
+is still placed exactly once, in order, or the requester gets the right status.
+Completions are written in posting order; a send completes only once the
+responder has placed it and its ACK came back.
+
+Everything here runs synchronously from the fabric's pump (packet arrivals and
+timers) or from a verbs call; nothing awaits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from rdsx.verbs import (
+    Access,
+    AsyncEvent,
+    AsyncEventType,
+    Opcode,
+    QpState,
+    RecvWR,
+    SendWR,
+    Sge,
+    WcOpcode,
+    WcStatus,
+    WorkCompletion,
+)
+
+from .packet import Kind, Packet, Syndrome
+
+if TYPE_CHECKING:
+    from .fabric import Fabric
+    from .hca import Function
+    from .verbs import SimContext, SimCQ, SimMR, SimPD
+
+__all__ = ["RcQp"]
+
+S = QpState
+_WC_OPCODE = {
+    Opcode.SEND: WcOpcode.SEND,
+    Opcode.SEND_WITH_IMM: WcOpcode.SEND,
+    Opcode.RDMA_WRITE: WcOpcode.RDMA_WRITE,
+    Opcode.RDMA_WRITE_WITH_IMM: WcOpcode.RDMA_WRITE,
+    Opcode.RDMA_READ: WcOpcode.RDMA_READ,
+}
+_KIND = {
+    Opcode.SEND: Kind.SEND,
+    Opcode.SEND_WITH_IMM: Kind.SEND,
+    Opcode.RDMA_WRITE: Kind.WRITE,
+    Opcode.RDMA_WRITE_WITH_IMM: Kind.WRITE,
+    Opcode.RDMA_READ: Kind.READ_REQ,
+}
+_FATAL_NAK = {
+    Syndrome.ACCESS: (WcStatus.REM_ACCESS_ERR, "remote access error (rkey, range or rights)"),
+    Syndrome.INVALID: (WcStatus.REM_INV_REQ_ERR, "remote invalid request (receive too small)"),
+    Syndrome.REMOTE_OP: (WcStatus.REM_OP_ERR, "remote operation error"),
+}
+_LIVE = (S.RTS, S.SQD)
+_RECEIVING = (S.RTR, S.RTS, S.SQD)
+
+
+class SendWqe:
+    """A send WR that has started: its PSN range and its gathered payload."""
+
+    __slots__ = (
+        "data",
+        "first_psn",
+        "imm",
+        "kind",
+        "last_psn",
+        "length",
+        "read_next",
+        "signaled",
+        "targets",
+        "wr",
+    )
+
+    def __init__(self, wr: SendWR, kind: int, first: int, last: int, length: int) -> None:
+        self.wr = wr
+        self.kind = kind
+        self.first_psn = first
+        self.last_psn = last
+        self.length = length
+        self.data: memoryview = memoryview(b"")
+        self.targets: list[memoryview] = []
+        self.read_next = first
+        self.imm = (
+            wr.imm_data if wr.opcode in (Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM) else None
+        )
+        self.signaled = wr.signaled
+
+
+class RecvProgress:
+    """The receive WR an incoming multi-packet SEND is being placed into."""
+
+    __slots__ = ("capacity", "offset", "targets", "wr")
+
+    def __init__(self, wr: RecvWR, targets: list[memoryview]) -> None:
+        self.wr = wr
+        self.targets = targets
+        self.capacity = sum(len(t) for t in targets)
+        self.offset = 0
+
+
+def scatter(targets: list[memoryview], offset: int, data: memoryview | bytes) -> None:
+    """Write ``data`` at byte ``offset`` of the concatenation of ``targets``."""
+    if len(targets) == 1:
+        targets[0][offset : offset + len(data)] = data
+        return
+    view = memoryview(data)
+    for target in targets:
+        size = len(target)
+        if offset >= size:
+            offset -= size
+            continue
+        take = min(size - offset, len(view))
+        target[offset : offset + take] = view[:take]
+        view = view[take:]
+        offset = 0
+        if not view:
+            return
+
+
+class RcQp:
+    """The protocol half of a simulated RC QP (the verbs half is :class:`.verbs.SimQP`)."""
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        ctx: SimContext,
+        pd: SimPD,
+        send_cq: SimCQ,
+        recv_cq: SimCQ,
+        function: Function,
+        qp_num: int,
+        sq_sig_all: bool,
+    ) -> None:
+        self.fabric = fabric
+        self.ctx = ctx
+        self.pd = pd
+        self.send_cq = send_cq
+        self.recv_cq = recv_cq
+        self.function = function
+        self.qp_num = qp_num
+        self.sq_sig_all = sq_sig_all
+        self.retransmits = 0
+        self.rnr_naks = 0
+        self._state = S.RESET
+        self._reset_protocol()
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """A stable order among QPs (LID, QPN), for deterministic transmission."""
+        return (self.function.lid, self.qp_num)
+
+    def _reset_protocol(self) -> None:
+        self.access = Access.NONE
+        self.dest_lid = 0
+        self.dest_qpn = 0
+        self.mtu = self.fabric.mtu
+        self.timeout = 0.0671
+        self.retry_cnt = 7
+        self.rnr_retry = 7
+        self.min_rnr_timer = 0.00064
+        self.notify_drain = True
+        self.draining = False
+        self.sq_pending: deque[SendWR] = deque()
+        self.sq: deque[SendWqe] = deque()
+        self.next_psn = 0
+        self.una = 0
+        self.retry_left = 7
+        self.rnr_left = 7
+        self.timer_armed = False
+        self.progress_at = 0.0
+        self.rnr_until = 0.0
+        self.rq: deque[RecvWR] = deque()
+        self.epsn = 0
+        self.nak_psn = -1
+        self.rx: RecvProgress | None = None
+        self.wx: memoryview | None = None
+        self.wx_base = 0
+
+    # ------------------------------------------------------------------ local memory
+
+    def _local(self, sges: tuple[Sge, ...], write: bool) -> list[memoryview] | None:
+        """The memory ``sges`` name, or None if a key, range or right is wrong."""
+        mrs = self.function.space.mrs
+        out = []
+        for sge in sges:
+            mr = mrs.get(sge.lkey)
+            if (
+                mr is None
+                or mr.pd is not self.pd
+                or sge.addr < mr.addr
+                or sge.addr + sge.length > mr.addr + mr.length
+                or (write and Access.LOCAL_WRITE not in mr.access)
+            ):
+                return None
+            start = sge.addr - mr.addr
+            out.append(mr.buffer[start : start + sge.length])
+        return out
+
+    def _remote(self, rkey: int, addr: int, length: int, need: Access) -> SimMR | None:
+        """The responder's check of an RETH: the MR, or None to NAK."""
+        if need not in self.access:
+            return None
+        mr = self.function.space.mrs.get(rkey)
+        if (
+            mr is None
+            or mr.pd is not self.pd
+            or need not in mr.access
+            or addr < mr.addr
+            or addr + length > mr.addr + mr.length
+        ):
+            return None
+        return mr
+
+    # ------------------------------------------------------------------ requester
+
+    def transmit(self) -> None:
+        """Start every pending send WR (called by the fabric, in RTS only)."""
+        if self._state is not S.RTS or not self.sq_pending:
+            return
+        now = trio.current_time()
+        if self.rnr_until > now:
+            return
+        if self.una == self.next_psn:
+            self.progress_at = now
+        mtu = self.mtu
+        while self.sq_pending:
+            wr = self.sq_pending.popleft()
+            length = 0
+            for sge in wr.sg_list:
+                length += sge.length
+            kind = _KIND[wr.opcode]
+            npkts = max(1, -(-length // mtu))
+            wqe = SendWqe(wr, kind, self.next_psn, self.next_psn + npkts - 1, length)
+            memory = self._local(wr.sg_list, write=kind == Kind.READ_REQ)
+            if memory is None:
+                self._fail(wqe, WcStatus.LOC_PROT_ERR, "bad lkey, range or access in sg_list")
+                return
+            if kind == Kind.READ_REQ:
+                wqe.targets = memory
+            elif len(memory) == 1:
+                wqe.data = memoryview(bytes(memory[0]))
+            else:
+                wqe.data = memoryview(b"".join(memory))
+            self.next_psn += npkts
+            self.sq.append(wqe)
+            self._emit(wqe, wqe.first_psn)
+        self._arm()
+
+    def _emit(self, wqe: SendWqe, from_psn: int) -> None:
+        send = self.fabric.send_packet
+        src, dst, qpn, dqpn = self.function.lid, self.dest_lid, self.qp_num, self.dest_qpn
+        wr = wqe.wr
+        if wqe.kind == Kind.READ_REQ:
+            packet = Packet(Kind.READ_REQ, src, dst, qpn, dqpn, wqe.first_psn)
+            packet.rkey = wr.rkey
+            packet.raddr = wr.remote_addr
+            packet.length = wqe.length
+            send(packet)
+            return
+        first, last, mtu, data, kind = wqe.first_psn, wqe.last_psn, self.mtu, wqe.data, wqe.kind
+        for psn in range(max(from_psn, first), last + 1):
+            offset = (psn - first) * mtu
+            packet = Packet(kind, src, dst, qpn, dqpn, psn, data[offset : offset + mtu])
+            packet.first = psn == first
+            packet.last = psn == last
+            packet.imm = wqe.imm
+            if kind == Kind.WRITE:
+                packet.rkey = wr.rkey
+                packet.raddr = wr.remote_addr + offset
+                packet.length = wqe.length
+            send(packet)
+
+    def _retransmit(self, from_psn: int) -> None:
+        self.retransmits += 1
+        for wqe in self.sq:
+            if wqe.last_psn < from_psn:
+                continue
+            if wqe.kind == Kind.READ_REQ:
+                if wqe.read_next <= wqe.last_psn:
+                    self._emit(wqe, wqe.first_psn)
+            else:
+                self._emit(wqe, from_psn)
+
+    def _arm(self) -> None:
+        if not self.timer_armed and self.una < self.next_psn and self.timeout > 0:
+            self.timer_armed = True
+            self.fabric.call_at(self.progress_at + self.timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer_armed = False
+        if self._state not in _LIVE or self.una >= self.next_psn:
+            return
+        now = trio.current_time()
+        if self.progress_at + self.timeout > now:
+            self._arm()
+            return
+        self.retry_left -= 1
+        if self.retry_left < 0:
+            self._fail(self.sq[0], WcStatus.RETRY_EXC_ERR, "no ACK after retry_cnt retries")
+            return
+        self.progress_at = now
+        self._retransmit(self.una)
+        self._arm()
+
+    def _on_rnr_timer(self) -> None:
+        if self._state not in _LIVE or trio.current_time() < self.rnr_until:
+            return
+        self.rnr_until = 0.0
+        self.progress_at = trio.current_time()
+        self._retransmit(self.una)
+        self.transmit()
+        self._arm()
+
+    def _on_ack(self, packet: Packet) -> None:
+        psn = packet.psn
+        if self._state not in _LIVE or psn >= self.next_psn:
+            return
+        syndrome = packet.syndrome
+        if syndrome == Syndrome.ACK:
+            self._acked(psn)
+            return
+        self._acked(psn - 1)
+        if psn < self.una:
+            return
+        if syndrome == Syndrome.SEQ:
+            if not self.rnr_until:
+                self._retransmit(psn)
+            return
+        if syndrome == Syndrome.RNR:
+            self.rnr_naks += 1
+            now = trio.current_time()
+            if self.rnr_until > now:
+                return
+            if self.rnr_retry != 7:
+                self.rnr_left -= 1
+                if self.rnr_left < 0:
+                    self._fail(self._wqe_at(psn), WcStatus.RNR_RETRY_EXC_ERR, "receiver not ready")
+                    return
+            self.rnr_until = self.progress_at = now + packet.rnr_timer
+            self.fabric.call_at(self.rnr_until, self._on_rnr_timer)
+            return
+        status, message = _FATAL_NAK[syndrome]
+        self._fail(self._wqe_at(psn), status, message)
+
+    def _on_read_resp(self, packet: Packet) -> None:
+        if self._state not in _LIVE:
+            return
+        wqe = next(
+            (w for w in self.sq if w.kind == Kind.READ_REQ and w.read_next <= w.last_psn), None
+        )
+        if wqe is None or packet.psn != wqe.read_next:
+            return
+        self._acked(wqe.first_psn - 1)
+        scatter(wqe.targets, (packet.psn - wqe.first_psn) * self.mtu, packet.payload)
+        wqe.read_next += 1
+        self.progress_at = trio.current_time()
+        if wqe.read_next > wqe.last_psn:
+            self._acked(wqe.last_psn)
+
+    def _acked(self, psn: int) -> None:
+        limit = psn + 1
+        if limit <= self.una:
+            return
+        for wqe in self.sq:
+            if wqe.first_psn >= limit:
+                break
+            if wqe.kind == Kind.READ_REQ and wqe.read_next <= wqe.last_psn:
+                limit = min(limit, wqe.read_next)
+                break
+        if limit <= self.una:
+            return
+        self.una = limit
+        self.retry_left = self.retry_cnt
+        self.rnr_left = self.rnr_retry
+        self.progress_at = trio.current_time()
+        sq = self.sq
+        push = self.send_cq.push
+        while sq and sq[0].last_psn < limit:
+            wqe = sq.popleft()
+            if wqe.signaled or self.sq_sig_all:
+                wr = wqe.wr
+                push(
+                    WorkCompletion(
+                        wr.wr_id, WcStatus.SUCCESS, _WC_OPCODE[wr.opcode], wqe.length, self.qp_num
+                    )
+                )
+        if self.draining and not sq:
+            self._drained()
+
+    def _drained(self) -> None:
+        self.draining = False
+        if self.notify_drain:
+            self.ctx.post_event(AsyncEvent(AsyncEventType.SQ_DRAINED, qp_num=self.qp_num))
+        self.fabric.record("sq_drained", self.name)
+
+    def _wqe_at(self, psn: int) -> SendWqe:
+        for wqe in self.sq:
+            if wqe.first_psn <= psn <= wqe.last_psn:
+                return wqe
+        return self.sq[0]
+
+    # ------------------------------------------------------------------ responder
+
+    def on_packet(self, packet: Packet) -> None:
+        """Handle a packet the fabric delivered to this QP."""
+        kind = packet.kind
+        if packet.src_lid != self.dest_lid or packet.src_qpn != self.dest_qpn:
+            return  # not from our peer: RC drops it (SLID/QP check)
+        if kind == Kind.ACK:
+            self._on_ack(packet)
+        elif kind == Kind.READ_RESP:
+            self._on_read_resp(packet)
+        elif self._state in _RECEIVING:
+            self._on_request(packet)
+
+    def _reply(self, syndrome: int, psn: int) -> None:
+        packet = Packet(Kind.ACK, self.function.lid, self.dest_lid, self.qp_num, self.dest_qpn, psn)
+        packet.syndrome = syndrome
+        if syndrome == Syndrome.RNR:
+            packet.rnr_timer = self.min_rnr_timer
+        self.fabric.send_packet(packet)
+
+    def _on_request(self, packet: Packet) -> None:
+        psn, expected = packet.psn, self.epsn
+        if psn != expected:
+            if psn < expected:
+                if packet.kind == Kind.READ_REQ:
+                    self._respond_read(packet)
+                else:
+                    self._reply(Syndrome.ACK, expected - 1)
+            elif self.nak_psn != expected:
+                self.nak_psn = expected
+                self._reply(Syndrome.SEQ, expected)
+            return
+        kind = packet.kind
+        if kind == Kind.SEND:
+            self._rx_send(packet)
+        elif kind == Kind.WRITE:
+            self._rx_write(packet)
+        elif self._respond_read(packet):
+            self.epsn = psn + max(1, -(-packet.length // self.mtu))
+
+    def _rnr(self, psn: int) -> None:
+        self.nak_psn = psn
+        self._reply(Syndrome.RNR, psn)
+
+    def _rx_send(self, packet: Packet) -> None:
+        rx = self.rx
+        if packet.first:
+            if not self.rq:
+                self._rnr(packet.psn)
+                return
+            wr = self.rq.popleft()
+            targets = self._local(wr.sg_list, write=True)
+            if targets is None:
+                self._recv_error(wr, WcStatus.LOC_PROT_ERR, "bad lkey, range or access")
+                self._reply(Syndrome.REMOTE_OP, packet.psn)
+                return
+            rx = self.rx = RecvProgress(wr, targets)
+        elif rx is None:
+            return
+        payload = packet.payload
+        if rx.offset + len(payload) > rx.capacity:
+            self.rx = None
+            self._recv_error(rx.wr, WcStatus.LOC_LEN_ERR, "message longer than the receive")
+            self._reply(Syndrome.INVALID, packet.psn)
+            return
+        if payload:
+            scatter(rx.targets, rx.offset, payload)
+        rx.offset += len(payload)
+        self.epsn = packet.psn + 1
+        if packet.last:
+            self.rx = None
+            self.recv_cq.push(
+                WorkCompletion(
+                    rx.wr.wr_id,
+                    WcStatus.SUCCESS,
+                    WcOpcode.RECV,
+                    rx.offset,
+                    self.qp_num,
+                    packet.imm,
+                )
+            )
+            self._reply(Syndrome.ACK, packet.psn)
+
+    def _rx_write(self, packet: Packet) -> None:
+        if packet.first:
+            if packet.imm is not None and not self.rq:
+                self._rnr(packet.psn)
+                return
+            mr = self._remote(packet.rkey, packet.raddr, packet.length, Access.REMOTE_WRITE)
+            if mr is None:
+                self._reply(Syndrome.ACCESS, packet.psn)
+                return
+            self.wx = mr.buffer
+            self.wx_base = mr.addr
+        memory = self.wx
+        if memory is None:
+            return
+        if packet.payload:
+            start = packet.raddr - self.wx_base
+            memory[start : start + len(packet.payload)] = packet.payload
+        self.epsn = packet.psn + 1
+        if packet.last:
+            self.wx = None
+            if packet.imm is not None:
+                wr = self.rq.popleft()
+                self.recv_cq.push(
+                    WorkCompletion(
+                        wr.wr_id,
+                        WcStatus.SUCCESS,
+                        WcOpcode.RECV_RDMA_WITH_IMM,
+                        packet.length,
+                        self.qp_num,
+                        packet.imm,
+                    )
+                )
+            self._reply(Syndrome.ACK, packet.psn)
+
+    def _respond_read(self, packet: Packet) -> bool:
+        mr = self._remote(packet.rkey, packet.raddr, packet.length, Access.REMOTE_READ)
+        if mr is None:
+            self._reply(Syndrome.ACCESS, packet.psn)
+            return False
+        start = packet.raddr - mr.addr
+        data = memoryview(bytes(mr.buffer[start : start + packet.length]))
+        mtu = self.mtu
+        count = max(1, -(-packet.length // mtu))
+        for index in range(count):
+            response = Packet(
+                Kind.READ_RESP,
+                self.function.lid,
+                self.dest_lid,
+                self.qp_num,
+                self.dest_qpn,
+                packet.psn + index,
+                data[index * mtu : (index + 1) * mtu],
+            )
+            response.first = index == 0
+            response.last = index == count - 1
+            self.fabric.send_packet(response)
+        return True
+
+    # ------------------------------------------------------------------ errors
+
+    def _recv_error(self, wr: RecvWR, status: WcStatus, message: str) -> None:
+        self.recv_cq.push(
+            WorkCompletion(wr.wr_id, status, WcOpcode.RECV, 0, self.qp_num, None, message)
+        )
+        self._to_err()
+        self.ctx.post_event(AsyncEvent(AsyncEventType.QP_FATAL, qp_num=self.qp_num, info=message))
+
+    def _fail(self, failed: SendWqe, status: WcStatus, message: str) -> None:
+        """The requester hit a fatal error on ``failed``: complete it, flush the rest, ERR."""
+        self._to_err(failed, status, message)
+        self.ctx.post_event(AsyncEvent(AsyncEventType.QP_FATAL, qp_num=self.qp_num, info=message))
+
+    def _to_err(
+        self,
+        failed: SendWqe | None = None,
+        status: WcStatus = WcStatus.WR_FLUSH_ERR,
+        message: str = "",
+    ) -> None:
+        """Enter ERR: every outstanding and pending WR completes (flushed, in order)."""
+        self._state = S.ERR
+        self.draining = False
+        self.rx = None
+        self.wx = None
+        self.fabric.record("qp_err", self.name, f"{status.name} {message}".strip())
+        push = self.send_cq.push
+        qpn = self.qp_num
+        for wqe in self.sq:
+            wr = wqe.wr
+            if wqe is failed:
+                push(WorkCompletion(wr.wr_id, status, _WC_OPCODE[wr.opcode], 0, qpn, None, message))
+            else:
+                self._flush_send(wr)
+        if failed is not None and failed not in self.sq:
+            wr = failed.wr
+            push(WorkCompletion(wr.wr_id, status, _WC_OPCODE[wr.opcode], 0, qpn, None, message))
+        self.sq.clear()
+        for wr in self.sq_pending:
+            self._flush_send(wr)
+        self.sq_pending.clear()
+        for rwr in self.rq:
+            self._flush_recv(rwr)
+        self.rq.clear()
+
+    def _flush_send(self, wr: SendWR) -> None:
+        self.send_cq.push(
+            WorkCompletion(wr.wr_id, WcStatus.WR_FLUSH_ERR, _WC_OPCODE[wr.opcode], 0, self.qp_num)
+        )
+
+    def _flush_recv(self, wr: RecvWR) -> None:
+        self.recv_cq.push(
+            WorkCompletion(wr.wr_id, WcStatus.WR_FLUSH_ERR, WcOpcode.RECV, 0, self.qp_num)
+        )
+
+    @property
+    def name(self) -> str:
+        """``"<lid>.<qpn>"`` for traces."""
+        return f"{self.function.lid}.{self.qp_num}"
