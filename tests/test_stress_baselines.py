@@ -1,0 +1,25 @@
+"""The baselines carry rdsx-stress's traffic correctly (real loopback, no timing asserted)."""
+
+import io
+
+import pytest
+import trio
+
+from bench.baselines import open_tcp_pair, open_zmq_pair
+from bench.options import Options
+from bench.stress import run_stress
+
+
+@pytest.mark.parametrize("kind", ["tcp", "zmq"])
+async def test_baseline_carries_verified_traffic(kind: str) -> None:
+    if kind == "zmq":
+        pytest.importorskip("zmq")
+    opener = open_tcp_pair if kind == "tcp" else open_zmq_pair
+    opts = Options(tasks=2, depth=2, time=0.3, req_bytes=2048, ack_bytes=64)
+    out = io.StringIO()
+    with trio.fail_after(20):
+        async with opener(opts.recv_addr, opts.send_addr) as (a, b):
+            outcome = await run_stress(opts, a, b, out=out)
+    assert outcome.tally.ok and outcome.tally.requests_sent > 0
+    assert outcome.report["drained"] is True and outcome.exit_status == 0
+    assert out.getvalue().count("  (average)") == 1
