@@ -621,8 +621,9 @@ class Connection:
             pass
         elif self._unacked_packets <= 0 or self._unacked_bytes < nbytes:
             msg.flags |= FLAG_ACK_REQUIRED
-            self._unacked_packets = self.config.max_unacked_packets
-            self._unacked_bytes = self.config.max_unacked_bytes
+            # this message opens a window of max_unacked_packets messages / bytes
+            self._unacked_packets = self.config.max_unacked_packets - 1
+            self._unacked_bytes = self.config.max_unacked_bytes - nbytes
         else:
             self._unacked_packets -= 1
             self._unacked_bytes -= nbytes
