@@ -1,0 +1,289 @@
+"""Virtual CM: listeners, requests and connections that survive device replacement.
+
+The shim puts a small header (:mod:`rdsx.shim.protocol`) in front of the
+layer above's private data so each side learns the other's *virtual* QPN and
+can later name the connection to the peer's shim. When the user's private data
+leaves no room for it (more than :data:`~rdsx.shim.protocol.USER_PRIVATE_DATA_MAX`
+bytes) the connection still works, but it is not migratable: it behaves like a
+plain verbs connection and a removal breaks it (the hybrid fallback).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import AddressInUse, InvalidArgument, InvalidHandle, InvalidState, VerbsError
+from ..verbs import QP, CmEvent, CmEventType, CmId, CmListener, CmRequest, QpAttr, QpState
+from .protocol import (
+    CM_PRIVATE_DATA_MAX,
+    USER_PRIVATE_DATA_MAX,
+    Accept,
+    Connect,
+    decode,
+    encode,
+)
+from .qp import PeerLink, VirtualQP
+
+if TYPE_CHECKING:
+    from .recovery import Session
+    from .resources import VirtualContext
+
+__all__ = ["VirtualCmId", "VirtualCmListener", "VirtualCmRequest", "connect", "listen"]
+
+log = logging.getLogger("rdsx.shim")
+
+
+def _unwrap(data: bytes) -> tuple[Connect | Accept | None, bytes]:
+    try:
+        header, user = decode(data)
+    except VerbsError:
+        raise
+    except Exception:
+        return None, data
+    if isinstance(header, Connect | Accept):
+        return header, user
+    return None, data
+
+
+class VirtualCmId(CmId):
+    """An established connection; its events never include a migration.
+
+    ``next_event`` raises :class:`~rdsx.errors.PeerResumeTimeout` once if the
+    peer could not be resumed; the QP is in ERR by then.
+    """
+
+    qp: VirtualQP
+
+    def __init__(self, qp: VirtualQP, private_data: bytes, peer_address: str) -> None:
+        self.qp = qp
+        self.private_data = private_data
+        self.peer_address = peer_address
+        self._events: collections.deque[CmEvent | Exception] = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    def push_event(self, event: CmEvent) -> None:
+        """Queue an event for the layer above."""
+        self._events.append(event)
+        self._lot.unpark_all()
+
+    def push_error(self, exc: Exception) -> None:
+        """Queue an error that :meth:`next_event` raises."""
+        self._events.append(exc)
+        self._lot.unpark_all()
+
+    async def next_event(self) -> CmEvent:
+        """Wait for DISCONNECTED or TIMEWAIT_EXIT (never DEVICE_REMOVAL).
+
+        Raises:
+            PeerResumeTimeout: the peer could not be resumed after a migration.
+            InvalidHandle: the CM id was closed.
+        """
+        while not self._events:
+            if self._closed:
+                raise InvalidHandle("CM id is closed")
+            await self._lot.park()
+        item = self._events.popleft()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def disconnect(self) -> None:
+        """Disconnect: both sides see DISCONNECTED and the QP goes to ERR."""
+        qp = self.qp
+        pcm = qp.physical_cm
+        qp.peer = None
+        if pcm is not None and qp.held is None:
+            await pcm.disconnect()
+            return
+        # No live physical connection (we are migrating): end it on our side only.
+        if qp.state is not QpState.ERR:
+            qp.modify(QpAttr(state=QpState.ERR))
+        self.push_event(CmEvent(CmEventType.DISCONNECTED, info="disconnected during a migration"))
+
+    def close(self) -> None:
+        """Destroy the CM id (not the QP). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.qp.cm_id is self:
+            self.qp.cm_id = None
+        self._lot.unpark_all()
+
+
+class VirtualCmRequest(CmRequest):
+    """An incoming connect request, the shim header already taken off."""
+
+    def __init__(
+        self,
+        ctx: VirtualContext,
+        request: CmRequest,
+        header: Connect | None,
+        private_data: bytes,
+    ) -> None:
+        self._ctx = ctx
+        self._request = request
+        self._header = header
+        self.private_data = private_data
+        self.source = request.source
+
+    async def accept(self, qp: QP, private_data: bytes = b"") -> VirtualCmId:
+        """Accept with ``qp`` (a virtual QP of the listening context, in RESET).
+
+        Raises:
+            InvalidState: ``qp`` is not in RESET, or the request was already answered.
+            ConnectTimeout: the active side went away first.
+        """
+        if not isinstance(qp, VirtualQP) or qp._ctx is not self._ctx:
+            raise InvalidArgument("accept needs a QP of the listening (virtual) context")
+        if qp.state is not QpState.RESET:
+            raise InvalidState(f"accept with a QP in {qp.state.name}")
+        session = self._ctx.session
+        phys = qp.physical
+        if session is None or phys is None:
+            raise InvalidState("the request died with the device it arrived on")
+        header = Accept(vqpn=qp.qp_num, inc=session.inc)
+        resumable = self._header is not None and len(private_data) <= USER_PRIVATE_DATA_MAX
+        data = encode(header, private_data) if resumable else private_data
+        if len(private_data) > CM_PRIVATE_DATA_MAX:
+            raise InvalidArgument(f"private data of {len(private_data)} bytes")
+        pcm = await self._request.accept(phys, data)
+        peer = None
+        if resumable and self._header is not None:
+            peer = PeerLink(self.source, self._header.vqpn, self._header.inc)
+        cm_id = VirtualCmId(qp, self.private_data, pcm.peer_address)
+        qp.connected(session, pcm, peer, cm_id)
+        return cm_id
+
+    async def reject(self, private_data: bytes = b"") -> None:
+        """Reject; the active side gets ConnectionRejected with ``private_data``."""
+        await self._request.reject(private_data)
+
+
+class VirtualCmListener(CmListener):
+    """A listener that listens again on every new device."""
+
+    def __init__(self, ctx: VirtualContext, port: int, backlog: int) -> None:
+        self._ctx = ctx
+        self.port = port
+        self._backlog = backlog
+        self._phys: CmListener | None = None
+        self._send, self._recv = trio.open_memory_channel[VirtualCmRequest](backlog)
+        self._closed = False
+
+    async def get_request(self) -> VirtualCmRequest:
+        """Wait for the next connect request.
+
+        Raises:
+            InvalidHandle: the listener was closed.
+        """
+        if self._closed:
+            raise InvalidHandle("listener is closed")
+        try:
+            return await self._recv.receive()
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            raise InvalidHandle("listener is closed") from None
+
+    def close(self) -> None:
+        """Stop listening. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        phys, self._phys = self._phys, None
+        if phys is not None:
+            with contextlib.suppress(VerbsError):
+                phys.close()
+        self._send.close()
+        self._recv.close()
+        if self in self._ctx.listeners:
+            self._ctx.listeners.remove(self)
+        self._ctx.core.listen_ports.discard(self.port)
+
+    async def attach(self, session: Session, phys_ctx: object) -> None:
+        """Listen on the new device and feed its requests to this listener."""
+        from ..verbs import Context
+
+        assert isinstance(phys_ctx, Context)
+        listener = await phys_ctx.cm_listen(self.port, backlog=self._backlog)
+        self._phys = listener
+        session.nursery.start_soon(self._pump, listener)
+
+    def detach(self) -> None:
+        """Forget the physical listener (it dies with its context)."""
+        self._phys = None
+
+    async def _pump(self, listener: CmListener) -> None:
+        while True:
+            try:
+                request = await listener.get_request()
+            except VerbsError:
+                return
+            header, user = _unwrap(request.private_data)
+            connect_header = header if isinstance(header, Connect) else None
+            try:
+                self._send.send_nowait(VirtualCmRequest(self._ctx, request, connect_header, user))
+            except trio.WouldBlock:
+                await request.reject(b"")
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+
+
+async def listen(ctx: VirtualContext, port: int, backlog: int) -> VirtualCmListener:
+    """Create a virtual listener on ``port`` (and its physical one, if a device is there).
+
+    Raises:
+        AddressInUse: the port is already listened on by this node (or is the
+            shim's control port).
+    """
+    core = ctx.core
+    if port in core.listen_ports or port == core.config.control_port:
+        raise AddressInUse(f"CM port {port} is already listened on")
+    listener = VirtualCmListener(ctx, port, backlog)
+    if ctx.session is not None and ctx.physical is not None:
+        await listener.attach(ctx.session, ctx.physical)
+    core.listen_ports.add(port)
+    ctx.listeners.append(listener)
+    return listener
+
+
+async def connect(
+    ctx: VirtualContext,
+    qp: VirtualQP,
+    address: str,
+    port: int,
+    private_data: bytes,
+    timeout: float,
+) -> VirtualCmId:
+    """The virtual ``cm_connect``: wait for a device if there is none, then connect.
+
+    Raises:
+        as :meth:`rdsx.verbs.Context.cm_connect`.
+    """
+    if qp.state is not QpState.RESET:
+        raise InvalidState(f"cm_connect with a QP in {qp.state.name}")
+    if len(private_data) > CM_PRIVATE_DATA_MAX:
+        raise InvalidArgument(f"private data of {len(private_data)} bytes > {CM_PRIVATE_DATA_MAX}")
+    deadline = trio.current_time() + timeout
+    session = await ctx.core.wait_attached(ctx, deadline)
+    phys_ctx, phys_qp = ctx.physical, qp.physical
+    assert phys_ctx is not None and phys_qp is not None
+    resumable = len(private_data) <= USER_PRIVATE_DATA_MAX
+    data = (
+        encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
+        if resumable
+        else private_data
+    )
+    remaining = max(deadline - trio.current_time(), 0.0)
+    pcm = await phys_ctx.cm_connect(phys_qp, address, port, data, timeout=remaining)
+    accepted, user = _unwrap(pcm.private_data)
+    peer = None
+    if resumable and isinstance(accepted, Accept):
+        peer = PeerLink(address, accepted.vqpn, accepted.inc)
+    cm_id = VirtualCmId(qp, user, pcm.peer_address)
+    qp.connected(session, pcm, peer, cm_id)
+    return cm_id

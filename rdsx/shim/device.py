@@ -1,0 +1,165 @@
+"""The public face of the shim: a device source yielding one device for life."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+
+import trio
+
+from ..errors import DeviceRemoved, LocalProtocolError
+from ..verbs import Device, DeviceSource
+from .core import Core, ShimConfig
+from .recovery import run_session
+from .resources import VirtualContext
+from .stats import ShimStatistics
+
+__all__ = ["TransparentDeviceSource", "VirtualDevice"]
+
+log = logging.getLogger("rdsx.shim")
+
+
+class VirtualDevice(Device):
+    """The one stable device the shim yields; every handle opened on it is virtual.
+
+    Attributes:
+        name: ``"shim:"`` + the first physical device's name.
+        address: the node's out-of-band address (the first device's).
+    """
+
+    def __init__(self, core: Core, name: str, address: str) -> None:
+        self._core = core
+        self.name = name
+        self.address = address
+        self._removed = False
+
+    @property
+    def removed(self) -> bool:
+        """False for the node's lifetime: the shim hides every removal."""
+        return self._removed
+
+    async def open(self) -> VirtualContext:
+        """Open a virtual context (attached to the current device if there is one).
+
+        Raises:
+            DeviceRemoved: the shim itself was closed.
+        """
+        if self._removed:
+            raise DeviceRemoved("the transparent device source is closed")
+        ctx = VirtualContext(self._core, self)
+        self._core.contexts.append(ctx)
+        session = self._core.session
+        if session is not None and not session.removal.is_set():
+            await ctx.attach(session)
+        return ctx
+
+
+class TransparentDeviceSource(DeviceSource):
+    """Bottom-up live migration: the verbs contract on top of the verbs contract.
+
+    Wraps ``underlying`` (any transport's device source) and yields exactly one
+    :class:`VirtualDevice`. Its contexts, PDs, MRs, CQs, QPs and CM ids survive
+    every device replacement underneath: removals are absorbed (peers suspended,
+    sends drained, physical resources released in time), and on the next device
+    everything is re-created and every peer resumed, with per-node virtual QPNs
+    and keys. The layer above sees a pause, never an error, unless a peer does
+    not come back within ``config.resume_timeout`` (then
+    :class:`~rdsx.errors.PeerResumeTimeout`).
+
+    Use it as an async context manager; its tasks live in its nursery::
+
+        async with TransparentDeviceSource(net_devices) as devices:
+            device = await devices.next_device()
+
+    Args:
+        underlying: the physical device source.
+        config: shim settings (:class:`ShimConfig`).
+    """
+
+    def __init__(self, underlying: DeviceSource, config: ShimConfig | None = None) -> None:
+        self._core = Core(underlying, config if config is not None else ShimConfig())
+        self._device: VirtualDevice | None = None
+        self._first = trio.Event()
+        self._closed = trio.Event()
+        self._nursery_manager: trio.Nursery | None = None
+        self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._given = False
+
+    @property
+    def config(self) -> ShimConfig:
+        """The shim's settings."""
+        return self._core.config
+
+    async def __aenter__(self) -> TransparentDeviceSource:
+        cm = trio.open_nursery()
+        self._cm = cm
+        self._nursery_manager = await cm.__aenter__()
+        self._nursery_manager.start_soon(self._run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        cm = self._cm
+        assert cm is not None
+        return await cm.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Stop the shim: close every virtual context and release the device."""
+        self._closed.set()
+        if self._device is not None:
+            self._device._removed = True
+        for ctx in list(self._core.contexts):
+            ctx.close()
+        if self._nursery_manager is not None:
+            self._nursery_manager.cancel_scope.cancel()
+
+    async def _run(self) -> None:
+        inc = 0
+        while True:
+            try:
+                device = await self._core.underlying.next_device()
+            except trio.EndOfChannel:
+                self._closed.set()
+                return
+            inc += 1
+            await run_session(self._core, device, inc, self._first)
+
+    async def next_device(self) -> VirtualDevice:
+        """The virtual device (first call), then wait until the shim closes.
+
+        Raises:
+            trio.EndOfChannel: the shim (or its underlying source) is closed.
+            LocalProtocolError: the shim was not entered with ``async with``.
+        """
+        if self._nursery_manager is None:
+            raise LocalProtocolError("use `async with TransparentDeviceSource(...)` first")
+        if not self._given:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def closed() -> None:
+                        await self._closed.wait()
+                        scope.cancel()
+
+                    nursery.start_soon(closed)
+                    await self._first.wait()
+                    nursery.cancel_scope.cancel()
+            if self._first.is_set():
+                if self._device is None:
+                    core = self._core
+                    self._device = VirtualDevice(core, f"shim:{core.address}", core.address)
+                self._given = True
+                return self._device
+            raise trio.EndOfChannel
+        await self._closed.wait()
+        raise trio.EndOfChannel
+
+    def statistics(self) -> ShimStatistics:
+        """Per-migration figures and totals, as a frozen value."""
+        return self._core.recorder.snapshot()

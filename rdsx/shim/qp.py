@@ -1,0 +1,720 @@
+"""The virtual RC queue pair: a stable QPN over a succession of physical QPs.
+
+Every work request the layer above posts is kept (as an entry) until its
+completion has been delivered upward, exactly once. While the QP is *active*
+entries are posted to the current physical QP as they come; while it is *held*
+(our device is going or gone, the peer asked us to suspend, or the link was
+lost) they queue here and the caller never sees an error. When a new physical
+QP is bound, receives are posted again, the sends the peer already has are
+completed without resending (:func:`~rdsx.shim.protocol.plan_resend`), and the
+rest are posted again followed by the held ones, in their original order.
+
+Physical completions come back through the session's dispatcher by the
+physical ``wr_id`` the shim gave each post; transport failures (retry
+exhaustion, flushes) on a connection the shim can resume are swallowed and turn
+into a hold, everything else (a protection error, a user's disconnect) is the
+layer above's business and passes through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ..errors import (
+    DeviceRemoved,
+    InvalidArgument,
+    InvalidHandle,
+    InvalidState,
+    PeerResumeTimeout,
+    QueueFull,
+    VerbsError,
+)
+from ..verbs import (
+    QP,
+    AsyncEvent,
+    AsyncEventType,
+    Opcode,
+    QpAttr,
+    QpCap,
+    QpState,
+    RecvWR,
+    SendWR,
+    Sge,
+    WcOpcode,
+    WcStatus,
+    WorkCompletion,
+    check_modify,
+)
+from ..verbs import CmId as PhysCmId
+from .protocol import plan_resend
+
+if TYPE_CHECKING:
+    from .cm import VirtualCmId
+    from .recovery import Session
+    from .resources import VirtualContext, VirtualCQ, VirtualPD
+
+__all__ = ["Hold", "PeerLink", "VirtualQP"]
+
+log = logging.getLogger("rdsx.shim")
+
+S = QpState
+#: Sends that consume a receive at the peer, hence are counted by it.
+COUNTED = frozenset({Opcode.SEND, Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM})
+#: Statuses that mean "the path broke", not "the layer above did something wrong".
+TRANSPORT_FAILURES = frozenset({WcStatus.RETRY_EXC_ERR, WcStatus.WR_FLUSH_ERR})
+_SEND_WC = {
+    Opcode.SEND: WcOpcode.SEND,
+    Opcode.SEND_WITH_IMM: WcOpcode.SEND,
+    Opcode.RDMA_WRITE: WcOpcode.RDMA_WRITE,
+    Opcode.RDMA_WRITE_WITH_IMM: WcOpcode.RDMA_WRITE,
+    Opcode.RDMA_READ: WcOpcode.RDMA_READ,
+}
+
+
+class Hold(enum.Enum):
+    """Why a virtual QP is not posting to a physical QP right now."""
+
+    #: Our own device is going or gone; we reconnect when the next one comes.
+    LOCAL = "local"
+    #: The peer told us it is migrating; it reconnects to us.
+    SUSPENDED = "suspended"
+    #: The physical QP failed on its own (the peer vanished); we wait for it.
+    LOST = "lost"
+
+
+@attrs.frozen(slots=True)
+class PeerLink:
+    """What the shim remembers of the other end of a CM connection.
+
+    Attributes:
+        address: the peer node's out-of-band address (stable across migrations).
+        vqpn: the peer's virtual QPN.
+        inc: the peer's device incarnation as last seen.
+    """
+
+    address: str
+    vqpn: int
+    inc: int
+
+
+class _Entry:
+    __slots__ = ("counted", "posted", "pwr", "seq", "wr")
+
+    def __init__(self, seq: int, wr: SendWR | RecvWR) -> None:
+        self.seq = seq
+        self.wr = wr
+        self.counted = isinstance(wr, SendWR) and wr.opcode in COUNTED
+        self.posted = False
+        self.pwr = 0
+
+
+class VirtualQP(QP):
+    """An RC QP whose number, keys and peer survive device replacements.
+
+    Obtained from :meth:`VirtualPD.create_qp`; the contract is that of
+    :class:`rdsx.verbs.QP`, except that ``post_send``/``post_recv`` never raise
+    :class:`~rdsx.errors.DeviceRemoved`: during a migration they queue.
+    """
+
+    def __init__(
+        self,
+        ctx: VirtualContext,
+        pd: VirtualPD,
+        send_cq: VirtualCQ,
+        recv_cq: VirtualCQ,
+        cap: QpCap,
+        sq_sig_all: bool,
+    ) -> None:
+        self._ctx = ctx
+        self._pd = pd
+        self._send_cq = send_cq
+        self._recv_cq = recv_cq
+        self._cap = cap
+        self._sq_sig_all = sq_sig_all
+        self._phys: QP | None = None
+        self._pcm: PhysCmId | None = None
+        self._session: Session | None = None
+        self._vstate = S.RESET
+        self._replay: list[QpAttr] = []
+        self._seq = itertools.count()
+        self._sends: dict[int, _Entry] = {}
+        self._recvs: dict[int, _Entry] = {}
+        self._hold: Hold | None = None
+        self._resumed = trio.Event()
+        self._resume_deadline = float("inf")
+        self._drained = trio.Event()
+        self._quiescing = False
+        self._reconnecting = False
+        self.peer: PeerLink | None = None
+        self._received = 0
+        self._acked = 0
+        self._first_error: tuple[int, WcStatus, str] | None = None
+        self.failure: PeerResumeTimeout | None = None
+        self.cm_id: VirtualCmId | None = None
+        self._closed = False
+        self.qp_num = 0
+        if ctx.session is not None:
+            self._create_phys(ctx.session)
+        self.qp_num = ctx.core.qpns.allocate(
+            self, self._phys.qp_num if self._phys is not None else None
+        )
+
+    # ------------------------------------------------------------------ contract
+
+    @property
+    def state(self) -> QpState:
+        """The state the layer above sees (a migration is invisible here)."""
+        if (
+            self.peer is None
+            and self._hold is None
+            and self._phys is not None
+            and self._vstate is not S.RESET
+        ):
+            # Not resumable: the physical QP's own transitions (ERR, drained SQD) show.
+            with contextlib.suppress(VerbsError):
+                self._vstate = self._phys.state
+        return self._vstate
+
+    @property
+    def sq_draining(self) -> bool:
+        """Whether a user-requested SQD is still draining."""
+        if self._phys is None or self._hold is not None or self._vstate is not S.SQD:
+            return False
+        try:
+            return self._phys.sq_draining
+        except VerbsError:
+            return False
+
+    @property
+    def held(self) -> Hold | None:
+        """Why posts are being held right now, or ``None`` while they flow."""
+        return self._hold
+
+    @property
+    def physical(self) -> QP | None:
+        """The physical QP currently bound (for tests and diagnostics)."""
+        return self._phys
+
+    @property
+    def physical_cm(self) -> PhysCmId | None:
+        """The physical CM id of the current binding."""
+        return self._pcm
+
+    @property
+    def received(self) -> int:
+        """Counted messages received on this virtual QP, ever."""
+        return self._received
+
+    def modify(self, attr: QpAttr) -> None:
+        """Move the QP to ``attr.state``, as :meth:`rdsx.verbs.QP.modify`.
+
+        While the QP is held by a migration only ERR and RESET are accepted;
+        they take effect on the virtual QP at once.
+
+        Raises:
+            InvalidState: an illegal transition, or a transition other than ERR
+                or RESET while the QP is held by a migration.
+            InvalidArgument: a required attribute is missing or out of range.
+        """
+        self._check_open()
+        check_modify(self.state, attr)
+        target = attr.state
+        if target in (S.ERR, S.RESET):
+            # The layer above ends the connection: nothing more to resume.
+            self.peer = None
+        if self._hold is not None or self._phys is None:
+            if target is S.ERR:
+                self._give_up(None)
+                return
+            if target is S.RESET:
+                self._give_up(None)
+                self._sends.clear()
+                self._recvs.clear()
+                self._vstate = S.RESET
+                self._replay.clear()
+                self._resume_fresh()
+                return
+            raise InvalidState(f"QP {self.qp_num} is held by a migration; only ERR/RESET now")
+        self._phys.modify(attr)
+        self._vstate = target
+        if target is S.RESET:
+            self._replay.clear()
+            self._sends.clear()
+            self._recvs.clear()
+        else:
+            self._replay.append(attr)
+
+    def post_send(self, wrs: SendWR | Sequence[SendWR]) -> None:
+        """Post send WRs; during a migration they are held, never refused.
+
+        Raises:
+            InvalidState: the QP is in RESET, INIT or RTR.
+            QueueFull: more than ``max_send_wr`` outstanding (held ones count).
+            InvalidArgument: too many SGEs, a message over ``max_msg_sz``, a
+                negative length, a ``*_WITH_IMM`` without ``imm_data``.
+        """
+        self._check_open()
+        batch = [wrs] if isinstance(wrs, SendWR) else list(wrs)
+        state = self.state
+        if state in (S.RESET, S.INIT, S.RTR):
+            raise InvalidState(f"post_send on a QP in {state.name}")
+        limit = self._ctx.port_attr.max_msg_sz
+        for wr in batch:
+            if len(wr.sg_list) > self._cap.max_send_sge:
+                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_send_sge")
+            if any(sge.length < 0 for sge in wr.sg_list):
+                raise InvalidArgument("negative SGE length")
+            if sum(sge.length for sge in wr.sg_list) > limit:
+                raise InvalidArgument(f"message longer than max_msg_sz {limit}")
+            if wr.opcode in (Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM) and (
+                wr.imm_data is None
+            ):
+                raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
+        if len(self._sends) + len(batch) > self._cap.max_send_wr:
+            raise QueueFull(f"more than {self._cap.max_send_wr} sends outstanding")
+        if state is S.ERR and (self._phys is None or self.failure is not None):
+            for wr in batch:
+                self._send_cq.push(self._send_wc(wr, WcStatus.WR_FLUSH_ERR))
+            return
+        entries = [_Entry(next(self._seq), wr) for wr in batch]
+        for entry in entries:
+            self._sends[entry.seq] = entry
+        if self._can_post():
+            try:
+                self._post_sends(entries, from_user=True)
+            except VerbsError:
+                for entry in entries:
+                    del self._sends[entry.seq]
+                raise
+        else:
+            self._ctx.core.recorder.held(len(entries))
+
+    def post_recv(self, wrs: RecvWR | Sequence[RecvWR]) -> None:
+        """Post receive WRs; during a migration they are kept and posted later.
+
+        Raises:
+            InvalidState: the QP is in RESET.
+            QueueFull: more than ``max_recv_wr`` outstanding.
+            InvalidArgument: more SGEs than ``max_recv_sge``.
+        """
+        self._check_open()
+        batch = [wrs] if isinstance(wrs, RecvWR) else list(wrs)
+        state = self.state
+        if state is S.RESET:
+            raise InvalidState("post_recv on a QP in RESET")
+        for wr in batch:
+            if len(wr.sg_list) > self._cap.max_recv_sge:
+                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_recv_sge")
+        if len(self._recvs) + len(batch) > self._cap.max_recv_wr:
+            raise QueueFull(f"more than {self._cap.max_recv_wr} receives outstanding")
+        if state is S.ERR and (self._phys is None or self.failure is not None):
+            for wr in batch:
+                self._recv_cq.push(self._recv_wc(wr, WcStatus.WR_FLUSH_ERR))
+            return
+        entries = [_Entry(next(self._seq), wr) for wr in batch]
+        for entry in entries:
+            self._recvs[entry.seq] = entry
+        if self._can_post():
+            try:
+                self._post_recvs(entries, from_user=True)
+            except VerbsError:
+                for entry in entries:
+                    del self._recvs[entry.seq]
+                raise
+
+    def close(self) -> None:
+        """Destroy the QP; outstanding WRs are discarded without completions."""
+        if self._closed:
+            return
+        self._closed = True
+        self.peer = None
+        self._drop_phys()
+        self._sends.clear()
+        self._recvs.clear()
+        self._ctx.core.qpns.release(self.qp_num)
+        self._ctx.forget_qp(self)
+
+    # ------------------------------------------------------------------ posting
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidHandle(f"QP {self.qp_num} is destroyed")
+
+    def _can_post(self) -> bool:
+        return self._phys is not None and self._hold is None
+
+    def _translate_sges(self, sges: tuple[Sge, ...]) -> tuple[Sge, ...]:
+        keys = self._ctx.core
+        return tuple(Sge(sge.addr, sge.length, keys.physical_lkey(sge.lkey)) for sge in sges)
+
+    def _post_sends(self, entries: list[_Entry], *, from_user: bool) -> None:
+        assert self._phys is not None and self._session is not None
+        session = self._session
+        physical: list[SendWR] = []
+        for entry in entries:
+            wr = entry.wr
+            assert isinstance(wr, SendWR)
+            wr_id = session.register(self, entry)
+            physical.append(
+                attrs.evolve(
+                    wr,
+                    wr_id=wr_id,
+                    sg_list=self._translate_sges(wr.sg_list),
+                    rkey=self._ctx.core.physical_rkey(self.peer, wr.rkey),
+                    signaled=True,
+                )
+            )
+        try:
+            self._phys.post_send(physical)
+        except DeviceRemoved:
+            for wr in physical:
+                session.unregister(wr.wr_id)
+            session.report_removal(None)
+            self._hold_for(Hold.LOCAL)
+            return
+        except VerbsError:
+            for wr in physical:
+                session.unregister(wr.wr_id)
+            if from_user:
+                raise
+            log.warning("QP %d: repost of %d sends refused", self.qp_num, len(entries))
+            return
+        for entry in entries:
+            entry.posted = True
+
+    def _post_recvs(self, entries: list[_Entry], *, from_user: bool) -> None:
+        assert self._phys is not None and self._session is not None
+        session = self._session
+        physical: list[RecvWR] = []
+        for entry in entries:
+            wr = entry.wr
+            physical.append(RecvWR(session.register(self, entry), self._translate_sges(wr.sg_list)))
+        try:
+            self._phys.post_recv(physical)
+        except DeviceRemoved:
+            for wr in physical:
+                session.unregister(wr.wr_id)
+            session.report_removal(None)
+            self._hold_for(Hold.LOCAL)
+            return
+        except VerbsError:
+            for wr in physical:
+                session.unregister(wr.wr_id)
+            if from_user:
+                raise
+            log.warning("QP %d: repost of %d receives refused", self.qp_num, len(entries))
+            return
+        for entry in entries:
+            entry.posted = True
+
+    # ------------------------------------------------------------------ completions
+
+    def _send_wc(self, wr: SendWR | RecvWR, status: WcStatus, message: str = "") -> WorkCompletion:
+        assert isinstance(wr, SendWR)
+        length = sum(sge.length for sge in wr.sg_list)
+        return WorkCompletion(
+            wr.wr_id, status, _SEND_WC[wr.opcode], length, self.qp_num, None, message
+        )
+
+    def _recv_wc(self, wr: SendWR | RecvWR, status: WcStatus) -> WorkCompletion:
+        return WorkCompletion(wr.wr_id, status, WcOpcode.RECV, 0, self.qp_num)
+
+    def _swallows(self, status: WcStatus) -> bool:
+        return self.peer is not None and (self._hold is not None or status in TRANSPORT_FAILURES)
+
+    def on_completion(self, entry: _Entry, wc: WorkCompletion) -> None:
+        """Handle one physical completion of ``entry`` (called by the dispatcher)."""
+        is_send = isinstance(entry.wr, SendWR)
+        table = self._sends if is_send else self._recvs
+        if table.get(entry.seq) is not entry:
+            return
+        if wc.status is WcStatus.SUCCESS:
+            del table[entry.seq]
+            if is_send:
+                if entry.counted:
+                    self._acked += 1
+                if self._quiescing:
+                    self._ctx.core.recorder.drained(1)
+                wr = entry.wr
+                assert isinstance(wr, SendWR)
+                if wr.signaled or self._sq_sig_all:
+                    self._send_cq.push(attrs.evolve(wc, wr_id=wr.wr_id, qp_num=self.qp_num))
+                if self._quiescing and not any(e.posted for e in self._sends.values()):
+                    self._drained.set()
+            else:
+                self._received += 1
+                self._recv_cq.push(attrs.evolve(wc, wr_id=entry.wr.wr_id, qp_num=self.qp_num))
+            return
+        if self._swallows(wc.status):
+            entry.posted = False
+            if is_send and self._first_error is None and wc.status is not WcStatus.WR_FLUSH_ERR:
+                self._first_error = (entry.seq, wc.status, wc.message)
+            if self._hold is None:
+                log.info("QP %d: %s; holding until the peer is back", self.qp_num, wc.status)
+                self._hold_for(Hold.LOST)
+            if self._quiescing and not any(e.posted for e in self._sends.values()):
+                self._drained.set()
+            return
+        # A failure the layer above must see; the physical QP is in ERR now.
+        del table[entry.seq]
+        self.peer = None
+        cq = self._send_cq if is_send else self._recv_cq
+        cq.push(attrs.evolve(wc, wr_id=entry.wr.wr_id, qp_num=self.qp_num))
+
+    def on_sq_drained(self) -> bool:
+        """The physical QP reported SQ_DRAINED; True if the shim asked for it."""
+        if self._quiescing:
+            self._drained.set()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ hold / bind
+
+    def _resume_fresh(self) -> None:
+        if self._resumed.is_set():
+            self._resumed = trio.Event()
+
+    def _hold_for(self, reason: Hold) -> None:
+        """Stop posting to the physical QP; posts queue until :meth:`bind`."""
+        if self._hold is Hold.LOCAL and reason is not Hold.LOCAL:
+            return
+        first = self._hold is None
+        self._hold = reason
+        self._resume_fresh()
+        if reason is not Hold.LOCAL:
+            timeout = self._ctx.core.config.resume_timeout
+            self._resume_deadline = trio.current_time() + timeout
+            if first and self._session is not None:
+                self._session.nursery.start_soon(self._watchdog)
+
+    def extend_resume_deadline(self) -> None:
+        """The peer is alive and trying: restart the resume bound."""
+        self._resume_deadline = trio.current_time() + self._ctx.core.config.resume_timeout
+
+    async def _watchdog(self) -> None:
+        while self._hold in (Hold.SUSPENDED, Hold.LOST):
+            with trio.move_on_at(self._resume_deadline):
+                await self._resumed.wait()
+            if self._hold not in (Hold.SUSPENDED, Hold.LOST):
+                return
+            if trio.current_time() >= self._resume_deadline:
+                self.fail(
+                    PeerResumeTimeout(
+                        f"QP {self.qp_num}: peer {self.peer} did not resume within "
+                        f"{self._ctx.core.config.resume_timeout}s"
+                    )
+                )
+                return
+
+    async def wait_resumed(self, deadline: float) -> bool:
+        """Wait until the QP is bound again (or ``deadline``); True if it is."""
+        with trio.move_on_at(deadline):
+            while self._hold is not None and self.failure is None:
+                await self._resumed.wait()
+        return self._hold is None and self.failure is None
+
+    def _create_phys(self, session: Session) -> QP:
+        ppd = self._pd.physical
+        assert ppd is not None
+        qp = ppd.create_qp(self._send_cq.physical_cq(), self._recv_cq.physical_cq(), self._cap)
+        self._phys = qp
+        self._session = session
+        session.bind_qp(qp, self)
+        return qp
+
+    def new_physical(self, session: Session) -> QP:
+        """A fresh physical QP in RESET on ``session``'s device, not yet bound."""
+        ppd = self._pd.physical
+        assert ppd is not None
+        return ppd.create_qp(self._send_cq.physical_cq(), self._recv_cq.physical_cq(), self._cap)
+
+    def _drop_phys(self) -> None:
+        """Forget the physical QP (closing it); entries stay, marked unposted."""
+        session, qp, pcm = self._session, self._phys, self._pcm
+        self._phys = None
+        self._pcm = None
+        for entry in (*self._sends.values(), *self._recvs.values()):
+            entry.posted = False
+        if session is not None:
+            session.forget_entries(self)
+            if qp is not None:
+                session.unbind_qp(qp)
+        for resource in (pcm, qp):
+            if resource is not None:
+                with contextlib.suppress(VerbsError):
+                    resource.close()
+
+    def detach(self) -> None:
+        """Our device is going: hold, and let go of the physical QP."""
+        if self.failure is not None or self._closed:
+            self._drop_phys()
+            self._session = None
+            return
+        if self.peer is not None or self._phys is not None:
+            self._hold_for(Hold.LOCAL)
+        self._drop_phys()
+        self._session = None
+
+    def attach_unconnected(self, session: Session) -> None:
+        """On a new device: a physical QP for a QP with no peer, its state replayed."""
+        self._session = session
+        if self.failure is not None:
+            return
+        qp = self._create_phys(session)
+        try:
+            for attr in self._replay:
+                qp.modify(attr)
+        except VerbsError as exc:
+            log.warning("QP %d: replaying its state failed: %s", self.qp_num, exc)
+        self._hold = None
+        self._resumed.set()
+        if self._vstate in (S.RTS, S.SQD, S.ERR, S.INIT, S.RTR):
+            self._post_recvs(list(self._recvs.values()), from_user=False)
+        if self._vstate in (S.RTS, S.ERR):
+            self._post_sends(list(self._sends.values()), from_user=False)
+
+    def connected(
+        self, session: Session, pcm: PhysCmId, peer: PeerLink | None, cm_id: VirtualCmId
+    ) -> None:
+        """The layer above connected this QP through the CM (first connection)."""
+        self._pcm = pcm
+        self.peer = peer
+        self.cm_id = cm_id
+        self._vstate = S.RTS
+        self._replay.clear()
+        session.watch_cm(self, pcm)
+
+    def quiesce_begin(self, reason: Hold) -> bool:
+        """Hold, and move the physical QP to SQD; True if there is anything to drain."""
+        self._hold_for(reason)
+        qp = self._phys
+        if qp is None:
+            return False
+        self._quiescing = True
+        self._drained = trio.Event()
+        try:
+            if qp.state is S.RTS:
+                qp.modify(QpAttr(state=S.SQD, en_sqd_async_notify=True))
+        except VerbsError as exc:
+            log.info("QP %d: no SQD (%s); relying on completions", self.qp_num, exc)
+        if not any(e.posted for e in self._sends.values()):
+            self._drained.set()
+        return True
+
+    async def quiesce_wait(self, deadline: float) -> bool:
+        """Wait (until ``deadline``) for our sends to drain; True if they did."""
+        with trio.move_on_at(deadline):
+            await self._drained.wait()
+        self._send_cq.drain_now()
+        self._recv_cq.drain_now()
+        self._quiescing = False
+        return not any(e.posted for e in self._sends.values())
+
+    def prepare_rebind(self) -> None:
+        """The peer reconnects: settle and drop the old physical QP so ``received`` is final."""
+        if self._hold is None:
+            self._hold_for(Hold.LOST)
+        self.extend_resume_deadline()
+        self._send_cq.drain_now()
+        self._recv_cq.drain_now()
+        self._drop_phys()
+
+    def bind(self, session: Session, qp: QP, pcm: PhysCmId, peer_received: int, inc: int) -> None:
+        """Resume on the new physical ``qp``: resequence, repost, release the held sends.
+
+        Args:
+            session: the session of the device ``qp`` lives on.
+            qp: the new physical QP, connected to the peer's new physical QP (RTS).
+            pcm: its CM id.
+            peer_received: counted messages the peer has received from us, ever.
+            inc: the peer's device incarnation.
+        """
+        recorder = self._ctx.core.recorder
+        if self._phys is not None:
+            self._send_cq.drain_now()
+            self._recv_cq.drain_now()
+        self._drop_phys()
+        assert self.peer is not None
+        self.peer = attrs.evolve(self.peer, inc=inc)
+        self._phys = qp
+        self._pcm = pcm
+        self._session = session
+        session.bind_qp(qp, self)
+        session.watch_cm(self, pcm)
+        pending = list(self._sends.values())
+        try:
+            done = plan_resend([e.counted for e in pending], self._acked, peer_received)
+        except Exception as exc:
+            # The peer lost what it had acknowledged (its receive completions died
+            # with its device before they were polled): resend what we still hold.
+            log.warning("QP %d: %s", self.qp_num, exc)
+            recorder.lost(max(0, self._acked - peer_received))
+            done = 0
+            self._acked = peer_received
+        for entry in pending[:done]:
+            del self._sends[entry.seq]
+            if entry.counted:
+                self._acked += 1
+            wr = entry.wr
+            assert isinstance(wr, SendWR)
+            if wr.signaled or self._sq_sig_all:
+                self._send_cq.push(self._send_wc(wr, WcStatus.SUCCESS))
+        recorder.duplicates_dropped(done)
+        rest = pending[done:]
+        recorder.resent(len(rest))
+        self._hold = None
+        self._first_error = None
+        self._post_recvs(list(self._recvs.values()), from_user=False)
+        if self._phys is not None and rest:
+            self._post_sends(rest, from_user=False)
+        self._resumed.set()
+
+    def fail(self, exc: PeerResumeTimeout) -> None:
+        """Give up resuming: report ``exc`` and flush like a QP in ERR."""
+        if self.failure is not None or self._closed:
+            return
+        log.warning("%s", exc)
+        self.failure = exc
+        self._ctx.core.recorder.resume_timeout()
+        self._give_up(exc)
+
+    def _give_up(self, exc: PeerResumeTimeout | None) -> None:
+        first = self._first_error
+        self._drop_phys()
+        self.peer = None
+        self._hold = None
+        self._vstate = S.ERR
+        self._resumed.set()
+        for entry in list(self._sends.values()):
+            status, message = WcStatus.WR_FLUSH_ERR, ""
+            if first is not None and first[0] == entry.seq:
+                status, message = first[1], first[2]
+            self._send_cq.push(self._send_wc(entry.wr, status, message))
+        for entry in list(self._recvs.values()):
+            self._recv_cq.push(self._recv_wc(entry.wr, WcStatus.WR_FLUSH_ERR))
+        self._sends.clear()
+        self._recvs.clear()
+        if exc is not None:
+            if self.cm_id is not None:
+                self.cm_id.push_error(exc)
+            self._ctx.push_event(
+                AsyncEvent(AsyncEventType.QP_FATAL, qp_num=self.qp_num, info=str(exc))
+            )
+
+    def on_disconnected(self) -> bool:
+        """The physical CM id saw DISCONNECTED; True if the layer above should see it."""
+        if self._hold in (Hold.LOCAL, Hold.SUSPENDED):
+            return False
+        # A disconnect of a live (or lost) connection is the peer's doing.
+        self.peer = None
+        if self._hold is Hold.LOST:
+            self._give_up(None)
+        return True

@@ -1,0 +1,453 @@
+"""One physical device's life under the shim: rebuild, serve, quiesce, release.
+
+A :class:`Session` is everything tied to one physical device. Its tasks (CQ
+pollers, event pumps, CM pumps, the control server, reconnects, watchdogs) all
+live in one nursery, so releasing the device is: cancel that nursery, then
+close every physical handle; nothing of the old device survives that.
+
+Graceful removal (``DEVICE_REMOVAL`` with a deadline), for each virtual QP at
+once and within ``drain_share`` of the grace window:
+
+1. hold new posts in the shim;
+2. move the physical QP to SQD (problem 3: our sends drain);
+3. ask the peer's shim to ``SUSPEND`` (problem 4: it drains its own sends
+   towards us and holds, so its QP neither errors nor keeps sending);
+
+then release everything (problem 1) well before the deadline. A surprise
+removal skips straight to the release: what was not acknowledged is still in
+the virtual QPs and is resequenced on reconnect.
+
+On the next device the session re-creates PD/MR/CQ/QP (problem 2: new
+physical handles behind the same virtual ones) and reconnects every virtual QP
+that had a peer through the peer's control port with ``RECONNECT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import (
+    ConnectionRejected,
+    ConnectTimeout,
+    PeerResumeTimeout,
+    RemoteProtocolError,
+    Unreachable,
+    VerbsError,
+)
+from ..verbs import (
+    CQ,
+    PD,
+    QP,
+    AsyncEvent,
+    AsyncEventType,
+    CmEventType,
+    CmId,
+    CmListener,
+    CmRequest,
+    Context,
+    Device,
+    QpCap,
+    WorkCompletion,
+)
+from .protocol import (
+    Message,
+    Reconnect,
+    Refused,
+    RefuseReason,
+    Resumed,
+    Suspend,
+    Suspended,
+    decode,
+    encode,
+)
+from .qp import Hold, VirtualQP, _Entry
+
+if TYPE_CHECKING:
+    from .core import Core
+
+__all__ = ["Session", "run_session"]
+
+log = logging.getLogger("rdsx.shim")
+
+_FORWARDED = frozenset({AsyncEventType.PORT_ACTIVE, AsyncEventType.PORT_ERR})
+
+
+class Session:
+    """The shim's hold on one physical device."""
+
+    def __init__(self, core: Core, device: Device, inc: int, nursery: trio.Nursery) -> None:
+        self.core = core
+        self.device = device
+        self.inc = inc
+        self.nursery = nursery
+        self.removal = trio.Event()
+        self.deadline: float | None = None
+        self.released = False
+        self.ctrl: Context | None = None
+        self._ctrl_pd: PD | None = None
+        self._ctrl_cq: CQ | None = None
+        self._wr_ids = itertools.count(1)
+        self._wrs: dict[int, tuple[VirtualQP, _Entry]] = {}
+        self._qps: dict[int, VirtualQP] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def register(self, qp: VirtualQP, entry: _Entry) -> int:
+        """A physical wr_id for ``entry`` of ``qp``."""
+        wr_id = next(self._wr_ids)
+        self._wrs[wr_id] = (qp, entry)
+        entry.pwr = wr_id
+        return wr_id
+
+    def unregister(self, wr_id: int) -> None:
+        """Forget a physical wr_id (its post failed)."""
+        self._wrs.pop(wr_id, None)
+
+    def forget_entries(self, qp: VirtualQP) -> None:
+        """Forget every physical wr_id of ``qp`` (its physical QP is gone)."""
+        for wr_id in [w for w, (owner, _) in self._wrs.items() if owner is qp]:
+            del self._wrs[wr_id]
+
+    def bind_qp(self, phys: QP, qp: VirtualQP) -> None:
+        """Route events of physical QP ``phys`` to ``qp``."""
+        self._qps[phys.qp_num] = qp
+
+    def unbind_qp(self, phys: QP) -> None:
+        """Stop routing events of ``phys``."""
+        self._qps.pop(phys.qp_num, None)
+
+    def dispatch(self, batch: list[WorkCompletion]) -> None:
+        """Hand physical completions to the virtual QPs that posted them."""
+        for wc in batch:
+            found = self._wrs.pop(wc.wr_id, None)
+            if found is not None:
+                qp, entry = found
+                qp.on_completion(entry, wc)
+
+    def report_removal(self, deadline: float | None) -> None:
+        """The device is going (``deadline``) or gone (``None``)."""
+        if self.removal.is_set():
+            if deadline is None:
+                self.deadline = None
+            return
+        self.deadline = deadline
+        self.core.recorder.removal(trio.current_time(), deadline)
+        self.removal.set()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def poll_cq(self, cq: CQ) -> None:
+        """Feed one physical CQ to the dispatcher until the session ends."""
+        while True:
+            try:
+                batch = await cq.wait(256)
+            except VerbsError:
+                if not self.released:
+                    self.report_removal(None)
+                return
+            self.dispatch(batch)
+
+    def _broadcast(self, event: AsyncEvent) -> None:
+        for vctx in self.core.contexts:
+            if vctx.session is self:
+                vctx.push_event(event)
+
+    async def pump_events(self, ctx: Context) -> None:
+        """Read the physical context's async events and act on them."""
+        while True:
+            try:
+                event = await ctx.get_async_event()
+            except VerbsError:
+                if not self.released:
+                    self.report_removal(None)
+                return
+            kind = event.type
+            if kind is AsyncEventType.DEVICE_REMOVAL:
+                self.report_removal(event.deadline)
+            elif kind is AsyncEventType.DEVICE_FATAL:
+                self.report_removal(None)
+            elif kind in (AsyncEventType.SQ_DRAINED, AsyncEventType.QP_FATAL):
+                qp = self._qps.get(event.qp_num or -1)
+                if qp is None:
+                    continue
+                if kind is AsyncEventType.SQ_DRAINED and qp.on_sq_drained():
+                    continue
+                if kind is AsyncEventType.QP_FATAL and qp.peer is not None:
+                    continue  # the completions say it too, and drive the hold
+                qp._ctx.push_event(AsyncEvent(kind, event.deadline, qp.qp_num, event.info))
+            elif kind in _FORWARDED and not self.removal.is_set():
+                self._broadcast(event)
+
+    def watch_cm(self, qp: VirtualQP, pcm: CmId) -> None:
+        """Forward the events of ``qp``'s physical CM id that the layer above should see."""
+        self.nursery.start_soon(self._pump_cm, qp, pcm)
+
+    async def _pump_cm(self, qp: VirtualQP, pcm: CmId) -> None:
+        while True:
+            try:
+                event = await pcm.next_event()
+            except VerbsError:
+                return
+            if qp.physical_cm is not pcm:
+                return
+            if event.type in (CmEventType.DEVICE_REMOVAL, CmEventType.ESTABLISHED):
+                continue
+            if event.type is CmEventType.DISCONNECTED and not qp.on_disconnected():
+                continue
+            if qp.cm_id is not None:
+                qp.cm_id.push_event(event)
+
+    # ------------------------------------------------------------------ control plane
+
+    async def call(self, address: str, message: Message, timeout: float) -> Message | None:
+        """One control RPC: a connect request the peer's shim answers with a reject.
+
+        Returns:
+            The peer's answer, or ``None`` if it could not be reached.
+        """
+        assert self.ctrl is not None and self._ctrl_pd is not None and self._ctrl_cq is not None
+        qp = self._ctrl_pd.create_qp(self._ctrl_cq, self._ctrl_cq, QpCap(1, 1, 1, 1))
+        try:
+            cm = await self.ctrl.cm_connect(
+                qp, address, self.core.config.control_port, encode(message), timeout=timeout
+            )
+        except ConnectionRejected as exc:
+            try:
+                return decode(exc.private_data)[0]
+            except RemoteProtocolError:
+                return None
+        except (Unreachable, ConnectTimeout):
+            return None
+        else:
+            cm.close()
+            return None
+        finally:
+            qp.close()
+
+    async def serve_control(self, listener: CmListener) -> None:
+        """Answer peers' SUSPEND and RECONNECT requests on the control port."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    request = await listener.get_request()
+                except VerbsError:
+                    return
+                nursery.start_soon(self._serve_one, request)
+
+    def _find(self, vqpn: int, source: str, src_vqpn: int) -> VirtualQP | None:
+        qp = self.core.qpns.lookup(vqpn)
+        if qp is None or qp.failure is not None or qp.peer is None:
+            return None
+        if qp.peer.address != source or qp.peer.vqpn != src_vqpn:
+            return None
+        return qp
+
+    async def _serve_one(self, request: CmRequest) -> None:
+        self.core.recorder.control_requests += 1
+        try:
+            message, _ = decode(request.private_data)
+        except RemoteProtocolError:
+            message = None
+        try:
+            if isinstance(message, Suspend):
+                await self._on_suspend(request, message)
+            elif isinstance(message, Reconnect):
+                await self._on_reconnect(request, message)
+            else:
+                await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+        except VerbsError as exc:
+            log.info("control request from %s failed: %s", request.source, exc)
+
+    async def _on_suspend(self, request: CmRequest, message: Suspend) -> None:
+        qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+        if qp is None:
+            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+            return
+        qp.quiesce_begin(Hold.SUSPENDED)
+        drained = await qp.quiesce_wait(trio.current_time() + message.budget)
+        await request.reject(encode(Suspended(drained=drained)))
+
+    async def _on_reconnect(self, request: CmRequest, message: Reconnect) -> None:
+        qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+        if qp is None or message.peer_inc > self.inc:
+            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+            return
+        if qp._ctx.session is not self or self.removal.is_set():
+            await request.reject(encode(Refused(reason=RefuseReason.BUSY)))
+            return
+        if message.peer_inc < self.inc and not request.source < self.core.address:
+            # Both sides were replaced; the lower address's attempt wins (no duels).
+            await request.reject(encode(Refused(reason=RefuseReason.DUEL)))
+            return
+        qp.prepare_rebind()
+        phys = qp.new_physical(self)
+        try:
+            pcm = await request.accept(phys, encode(Resumed(received=qp.received, inc=self.inc)))
+        except VerbsError:
+            phys.close()
+            raise
+        qp.bind(self, phys, pcm, message.received, message.inc)
+        self.core.recorder.resumed()
+
+    # ------------------------------------------------------------------ reconnect
+
+    async def reconnect_all(self, qps: list[VirtualQP]) -> None:
+        """Reconnect every virtual QP that had a peer; record when all are resumed."""
+        async with trio.open_nursery() as nursery:
+            for qp in qps:
+                nursery.start_soon(self.reconnect, qp)
+        if qps:
+            self.core.recorder.update(resumed_at=trio.current_time())
+
+    async def reconnect(self, qp: VirtualQP) -> None:
+        """Bind ``qp`` to a new physical QP connected to its peer, or give up in time."""
+        config = self.core.config
+        deadline = trio.current_time() + config.resume_timeout
+        pause = config.retry_interval
+        while qp.held is not None and qp.failure is None:
+            peer = qp.peer
+            ctx = qp._ctx.physical
+            if peer is None or ctx is None or qp.failure is not None:
+                return
+            now = trio.current_time()
+            if now >= deadline:
+                qp.fail(PeerResumeTimeout(f"QP {qp.qp_num}: could not reconnect to {peer}"))
+                return
+            phys = qp.new_physical(self)
+            request = Reconnect(
+                src_vqpn=qp.qp_num,
+                dst_vqpn=peer.vqpn,
+                received=qp.received,
+                inc=self.inc,
+                peer_inc=peer.inc,
+            )
+            answer: Message | None = None
+            try:
+                pcm = await ctx.cm_connect(
+                    phys,
+                    peer.address,
+                    config.control_port,
+                    encode(request),
+                    timeout=min(config.connect_timeout, deadline - now),
+                )
+            except ConnectionRejected as exc:
+                phys.close()
+                try:
+                    answer = decode(exc.private_data)[0]
+                except RemoteProtocolError:
+                    answer = None
+                log.debug("QP %d: reconnect refused: %s", qp.qp_num, answer)
+            except (Unreachable, ConnectTimeout) as exc:
+                phys.close()
+                log.debug("QP %d: reconnect attempt failed: %r", qp.qp_num, exc)
+            else:
+                resumed, _ = decode(pcm.private_data)
+                if qp.held is None or not isinstance(resumed, Resumed):
+                    pcm.close()
+                    phys.close()
+                    continue
+                qp.bind(self, phys, pcm, resumed.received, resumed.inc)
+                self.core.recorder.resumed()
+                return
+            if isinstance(answer, Refused) and answer.reason is RefuseReason.UNKNOWN:
+                qp.fail(PeerResumeTimeout(f"QP {qp.qp_num}: peer {peer} no longer knows it"))
+                return
+            if isinstance(answer, Refused) and answer.reason is RefuseReason.DUEL:
+                if await qp.wait_resumed(deadline):
+                    return
+                continue
+            with trio.move_on_at(deadline):
+                await trio.sleep(pause)
+            pause = min(pause * 2, config.max_retry_interval)
+
+    # ------------------------------------------------------------------ quiesce / release
+
+    async def quiesce(self, deadline: float) -> None:
+        """Suspend peers and drain our sends, within ``drain_share`` of the grace."""
+        now = trio.current_time()
+        budget_end = now + max(deadline - now, 0.0) * self.core.config.drain_share
+        qps = [qp for qp in self.core.all_qps() if qp.failure is None and qp.physical is not None]
+        async with trio.open_nursery() as nursery:
+            for qp in qps:
+                nursery.start_soon(self._quiesce_one, qp, budget_end)
+
+    async def _quiesce_one(self, qp: VirtualQP, budget_end: float) -> None:
+        qp.quiesce_begin(Hold.LOCAL)
+        peer = qp.peer
+        if peer is not None:
+            remaining = budget_end - trio.current_time()
+            with trio.move_on_at(budget_end):
+                answer = await self.call(
+                    peer.address,
+                    Suspend(src_vqpn=qp.qp_num, dst_vqpn=peer.vqpn, budget=remaining / 2),
+                    timeout=remaining,
+                )
+                if isinstance(answer, Suspended):
+                    self.core.recorder.suspended()
+        await qp.quiesce_wait(budget_end)
+
+    def release(self) -> None:
+        """Close every physical handle of this device (it can be detached now)."""
+        self.released = True
+        for vctx in list(self.core.contexts):
+            if vctx.session is self:
+                vctx.detach()
+        for ctx in [self.ctrl]:
+            if ctx is not None:
+                with contextlib.suppress(VerbsError):
+                    ctx.close()
+        self._wrs.clear()
+        self._qps.clear()
+
+
+async def run_session(core: Core, device: Device, inc: int, first: trio.Event) -> None:
+    """Use ``device`` until it is removed, then release it.
+
+    Args:
+        core: the shim.
+        device: the physical device that just arrived.
+        inc: its incarnation number (1 for the node's first device).
+        first: set once the virtual device exists (after the first device opened).
+    """
+    recorder = core.recorder
+    recorder.devices += 1
+    if inc > 1:
+        recorder.update(arrival_at=trio.current_time())
+    async with trio.open_nursery() as nursery:
+        session = Session(core, device, inc, nursery)
+        try:
+            ctrl = await device.open()
+        except VerbsError:
+            return
+        session.ctrl = ctrl
+        nursery.start_soon(session.pump_events, ctrl)
+        try:
+            if not first.is_set():
+                core.set_first_device(device.address, ctrl.query_device(), ctrl.query_port())
+                first.set()
+            session._ctrl_pd = ctrl.alloc_pd()
+            session._ctrl_cq = ctrl.create_cq(16)
+            listener = await ctrl.cm_listen(core.config.control_port)
+            nursery.start_soon(session.serve_control, listener)
+            core.session = session
+            for vctx in list(core.contexts):
+                await vctx.attach(session)
+            core.attached(session)
+            waiting = [qp for qp in core.all_qps() if qp.held is Hold.LOCAL and qp.failure is None]
+            nursery.start_soon(session.reconnect_all, waiting)
+        except VerbsError as exc:
+            log.info("device %s failed while being set up: %s", device.name, exc)
+            session.report_removal(None)
+        await session.removal.wait()
+        if session.deadline is not None:
+            with trio.move_on_at(session.deadline):
+                await session.quiesce(session.deadline)
+        nursery.cancel_scope.cancel()
+    core.detached()
+    session.release()
+    recorder.update(released_at=trio.current_time())
