@@ -250,11 +250,11 @@ async def open_zmq_pair(a: str, b: str) -> AsyncIterator[tuple[BaselineNode, Bas
         ctx.term()
 
 
-async def run_baseline(kind: str, opts: Options) -> Outcome:
+async def run_baseline(kind: str, opts: Options, stop_on_sigint: bool = False) -> Outcome:
     """Run rdsx-stress's traffic over the ``tcp`` or ``zmq`` baseline."""
     opener = open_tcp_pair if kind == "tcp" else open_zmq_pair
     async with opener(opts.recv_addr, opts.send_addr) as (a, b):
-        return await run_stress(opts, a, b)
+        return await run_stress(opts, a, b, stop_on_sigint=stop_on_sigint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             print("pyzmq is not installed (pip install '.[bench]'): zmq baseline skipped")
             return 0
-    outcome = trio.run(functools.partial(run_baseline, kind, opts))
+    outcome = trio.run(functools.partial(run_baseline, kind, opts, opts.time == 0))
     if opts.json_path:
         with open(opts.json_path, "w") as fh:
             json.dump({**outcome.report, "baseline": kind}, fh, indent=2)

@@ -7,11 +7,15 @@ message from a good one. Two fields are rdsx-stress's own: ``ack_of`` (the
 request sequence an ack answers, so request loss and ack loss are told apart)
 and ``size`` (the whole message length, header included).
 
+With ``-D`` a request also carries the cookie of the memory region the
+acker writes into (``cookie``).
+
 Sequence numbers count per stream: (sending task, receiving task, operation),
-starting at 0. Layout, big-endian, 40 bytes::
+starting at 0. Layout, big-endian, 48 bytes::
 
     magic "RX" | op u8 | flags u8 | seq u64 | from_addr 4 | from_port u16 |
-    to_addr 4 | to_port u16 | index u16 | reserved u16 | ack_of u64 | size u32
+    to_addr 4 | to_port u16 | index u16 | reserved u16 | ack_of u64 |
+    cookie u64 | size u32
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import attrs
 
 __all__ = ["HEADER_SIZE", "Header", "Op", "decode", "encode", "pack_addr", "payload"]
 
-_FORMAT = struct.Struct(">2sBBQ4sH4sHHHQI")
+_FORMAT = struct.Struct(">2sBBQ4sH4sHHHQQI")
 _MAGIC = b"RX"
 HEADER_SIZE = _FORMAT.size
 
@@ -62,6 +66,7 @@ class Header:
         to_port: the receiver's RDS port.
         index: the sending task's index.
         ack_of: for an ack, the sequence of the request it answers; 0 otherwise.
+        cookie: for a request with ``-D``, the RDMA cookie of its region; else 0.
         size: the whole message length, header included.
     """
 
@@ -73,11 +78,12 @@ class Header:
     to_port: int
     index: int
     ack_of: int = 0
+    cookie: int = 0
     size: int
 
 
 def encode(header: Header) -> bytes:
-    """Return the 40 header bytes of ``header``."""
+    """Return the header bytes of ``header``."""
     return _FORMAT.pack(
         _MAGIC,
         header.op,
@@ -90,6 +96,7 @@ def encode(header: Header) -> bytes:
         header.index,
         0,
         header.ack_of,
+        header.cookie,
         header.size,
     )
 
@@ -98,7 +105,9 @@ def decode(data: bytes) -> Header | None:
     """Decode the header at the start of ``data``; None if it is too short or not ours."""
     if len(data) < HEADER_SIZE:
         return None
-    magic, op, _flags, seq, fa, fp, ta, tp, index, _res, ack_of, size = _FORMAT.unpack_from(data)
+    magic, op, _flags, seq, fa, fp, ta, tp, index, _res, ack_of, cookie, size = _FORMAT.unpack_from(
+        data
+    )
     if magic != _MAGIC:
         return None
     return Header(
@@ -110,6 +119,7 @@ def decode(data: bytes) -> Header | None:
         to_port=tp,
         index=index,
         ack_of=ack_of,
+        cookie=cookie,
         size=size,
     )
 

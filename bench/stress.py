@@ -303,6 +303,7 @@ async def run_stress(
     *,
     out: TextIO | None = None,
     experiment: Experiment | None = None,
+    stop_on_sigint: bool = False,
 ) -> Outcome:
     """Run rds-stress's traffic between two open nodes and verify every message.
 
@@ -314,6 +315,8 @@ async def run_stress(
         out: where rows go (default ``sys.stdout``).
         experiment: run beside the traffic from the start; its result is
             added to the JSON report under ``experiment``.
+        stop_on_sigint: Ctrl-C ends the reported seconds (then drain and
+            summary) instead of interrupting; needs the main thread.
 
     Returns:
         The rows, summary, verification tally and JSON report.
@@ -341,7 +344,12 @@ async def run_stress(
                     extra["experiment"] = await experiment(start)
 
                 traffic.start_soon(_experiment)
-            first, last = await _report_seconds(opts, mine, printer, rows, start)
+            marks: list[_Stamp] = []
+            with trio.CancelScope() as reporting:
+                if stop_on_sigint:
+                    traffic.start_soon(_cancel_on_sigint, reporting)
+                await _report_seconds(opts, mine, printer, rows, start, marks)
+            first, last = marks[0], marks[-1]
             for task in everyone:
                 task.stop_sending()
             drained = await _drain(everyone, quiet, opts.drain_timeout)
@@ -396,15 +404,30 @@ def _cpu(opts: Options, a: _Stamp, b: _Stamp) -> float:
     return cpu_percent(a[2], b[2], a[3], b[3]) if opts.report_cpu else -1.0
 
 
+async def _cancel_on_sigint(scope: trio.CancelScope) -> None:
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
 async def _report_seconds(
     opts: Options,
     tasks: Sequence[_Task],
     printer: _Printer,
     rows: list[tuple[float, Row]],
     start: float,
-) -> tuple[_Stamp, _Stamp]:
-    """Print one row per second until ``-T`` (forever with ``-T 0``)."""
-    first = prev = _stamp(tasks)
+    marks: list[_Stamp],
+) -> None:
+    """Print one row per second until ``-T`` (forever with ``-T 0``).
+
+    ``marks`` gets the stamp at the start and after every row, so a
+    cancelled run still knows which seconds it reported.
+    """
+    prev = _stamp(tasks)
+    marks.append(prev)
     k = 1
     while opts.time == 0 or k <= opts.time + 1e-9:
         await trio.sleep_until(start + k)
@@ -413,6 +436,7 @@ async def _report_seconds(
         rows.append((now[0] - start, row))
         if not opts.summary_only:
             printer.line(format_row(row))
+        marks.append(now)
         prev = now
         k += 1
     # A fractional -T gets a last, shorter interval.
@@ -424,8 +448,7 @@ async def _report_seconds(
             rows.append((now[0] - start, row))
             if not opts.summary_only:
                 printer.line(format_row(row))
-            prev = now
-    return first, prev
+            marks.append(now)
 
 
 def _summary_row(opts: Options, tasks: Sequence[_Task], first: _Stamp, last: _Stamp) -> Row:
@@ -447,7 +470,9 @@ async def _drain(tasks: Sequence[_Task], quiet: _Quiet, timeout: float) -> bool:
     return False
 
 
-async def run_in_process(opts: Options, out: TextIO | None = None) -> Outcome:
+async def run_in_process(
+    opts: Options, out: TextIO | None = None, stop_on_sigint: bool = False
+) -> Outcome:
     """Open a network of ``opts.transport`` with both nodes in this process and run.
 
     Raises:
@@ -472,7 +497,14 @@ async def run_in_process(opts: Options, out: TextIO | None = None) -> Outcome:
             rdsx.open_node(opts.recv_addr, dev_a, mode=opts.mode) as active,  # type: ignore[attr-defined]
             rdsx.open_node(opts.send_addr, dev_p, mode=opts.mode) as passive,  # type: ignore[attr-defined]
         ):
-            return await run_stress(opts, active, passive, out=out, experiment=experiment)
+            return await run_stress(
+                opts,
+                active,
+                passive,
+                out=out,
+                experiment=experiment,
+                stop_on_sigint=stop_on_sigint,
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -485,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.virtual_time:
         clock = trio.testing.MockClock(autojump_threshold=0)
     try:
-        outcome = trio.run(functools.partial(run_in_process, opts), clock=clock)
+        run = functools.partial(run_in_process, opts, stop_on_sigint=opts.time == 0)
+        outcome = trio.run(run, clock=clock)
     except KeyboardInterrupt:
         return 130
     except RdsError as exc:

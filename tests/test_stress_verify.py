@@ -36,9 +36,10 @@ def test_header_round_trip() -> None:
         to_port=4002,
         index=1,
         ack_of=7,
+        cookie=2**63 + 5,
         size=HEADER_SIZE,
     )
-    assert len(encode(hdr)) == HEADER_SIZE == 40
+    assert len(encode(hdr)) == HEADER_SIZE == 48
     assert decode(encode(hdr)) == hdr
     assert decode(b"XX" + encode(hdr)[2:]) is None and decode(b"RX") is None
 
@@ -150,7 +151,7 @@ def test_payload_check_with_v() -> None:
     req[HEADER_SIZE + 5] ^= 0xFF
     v = b.receive(bytes(req), _src(A, 0), now=0.0)
     assert v.anomalies == (Anomaly.BAD_PAYLOAD,)
-    assert "corrupted payload at offset 5; 1 out of 216 bytes corrupted" in v.report
+    assert "corrupted payload at offset 5; 1 out of 208 bytes corrupted" in v.report
 
 
 def test_rollback_forgets_an_unsent_request() -> None:
