@@ -339,6 +339,7 @@ class TcpCmId(CmId):
         if not self._disconnected:
             self._disconnected = True
             self.post(CmEventType.DISCONNECTED, info=f"CM connection lost: {error or 'EOF'}")
+            self.post(CmEventType.TIMEWAIT_EXIT)
 
     def _peer_disconnected(self, info: str) -> None:
         if self._disconnected:
@@ -348,6 +349,8 @@ class TcpCmId(CmId):
         if not qp._closed and qp._state not in (QpState.RESET, QpState.ERR):
             qp.modify(QpAttr(QpState.ERR))
         self.post(CmEventType.DISCONNECTED, info=info)
+        # No time-wait to sit out: TCP's own TIME_WAIT keeps stale segments away.
+        self.post(CmEventType.TIMEWAIT_EXIT)
 
     async def next_event(self) -> CmEvent:
         """Wait for the next event: DISCONNECTED or DEVICE_REMOVAL."""

@@ -374,6 +374,8 @@ class TcpDevice(Device):
         while True:
             try:
                 stream = await self._listener.accept()
+            except trio.ClosedResourceError:
+                return  # the device is being removed
             except OSError as exc:  # EMFILE and friends: back off instead of spinning
                 log.warning("accept on %s failed: %s", self.locator, exc)
                 await trio.sleep(0.1)

@@ -15,7 +15,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -86,6 +86,7 @@ class Link:
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
         self._closing = False
+        self._error: BaseException | None = None
         self._running = False
         self.closed = False
         with contextlib.suppress(OSError):  # a stream that died before we got here
@@ -177,36 +178,42 @@ class Link:
         Never raises for the link's own failures: a malformed or stalled peer is
         counted and reported to ``handler.link_closed`` with the error.
         """
-        error: BaseException | None = None
         self._running = True
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, nursery.cancel_scope)
-                    while True:
-                        frames = await self._receive_batch()
-                        if frames is None:
-                            break
-                        handler.frames_received(self, frames)
-                    nursery.cancel_scope.cancel()
+                    nursery.start_soon(self._guarded, self._writer, nursery.cancel_scope)
+                    await self._guarded(self._reader, nursery.cancel_scope, handler)
+        finally:
+            self._abort()
+        if not self._closing:
+            handler.link_closed(self, self._error)
+
+    async def _guarded(self, fn: Any, scope: trio.CancelScope, *args: Any) -> None:
+        """Run the reader or the writer; its end (or failure) ends the other one too."""
+        try:
+            await fn(*args)
         except RemoteProtocolError as exc:
             if not isinstance(exc, StalledPeer):
                 self.counters.tcp_protocol_errors += 1
             self.counters.tcp_conn_reset += 1
             log.info("resetting link %s -> %s: %s", self.local, self.peer, exc)
-            error = exc
+            self._error = exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            error = exc
-        finally:
-            self._abort()
-        if not self._closing:
-            handler.link_closed(self, error)
+            self._error = self._error or exc
+        scope.cancel()
 
-    async def _writer(self, scope: trio.CancelScope) -> None:
+    async def _reader(self, handler: LinkHandler) -> None:
+        while True:
+            frames = await self._receive_batch()
+            if frames is None:
+                return
+            handler.frames_received(self, frames)
+
+    async def _writer(self) -> None:
         while True:
             if not self._out:
                 if self._closing:
-                    scope.cancel()
                     return
                 self._wake = trio.Event()
                 await self._wake.wait()
@@ -218,17 +225,17 @@ class Link:
     def close(self, *, flush: bool = False) -> None:
         """Close the link. With ``flush`` the frames already queued go out first.
 
-        The handler is not told about a close it asked for itself.
+        A flushing close of a link whose :meth:`run` has not started yet leaves
+        the sending to ``run``. The handler is not told about a close it asked for.
         """
         if self.closed:
             return
-        if flush and self._running:
-            self._closing = True
+        self._closing = True
+        if flush:
             self._wake.set()
             # The writer ends the run after its last send_all; bound how long that may take.
             self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + 1.0)
             return
-        self._closing = True
         self._cancel.cancel()
         self._abort()
 

@@ -695,7 +695,7 @@ class TcpQP(_Handle, QP):
         if self.dest is not None and self.initiator:
             scope = trio.CancelScope()
             self._connecting = scope
-            self.device.spawn(self._connect_loop, scope)
+            self.device.spawn(self._connect_loop, scope, self.dest)
 
     def _path_change(self) -> None:
         self._drop_link()
@@ -703,10 +703,8 @@ class TcpQP(_Handle, QP):
         self._rnr_wait = False
         self._start_link()
 
-    async def _connect_loop(self, scope: trio.CancelScope) -> None:
+    async def _connect_loop(self, scope: trio.CancelScope, dest: QpDest) -> None:
         """Open the stream to the peer QP, retrying (with back-off) while nobody answers."""
-        assert self.dest is not None
-        dest = self.dest
         delay = _CONNECT_BACKOFF[0]
         request = {"t": "qp", "dst": dest.qpn, "qpn": self.qp_num, "loc": self.device.locator}
         link: Link | None = None
@@ -717,7 +715,13 @@ class TcpQP(_Handle, QP):
                     attempt = await self.device.open_link(dest.port_address, request)
                     await self.device.expect_reply(attempt, "ok")
                     link, attempt = attempt, None
-                except (CmError, RemoteProtocolError, OSError, trio.BrokenResourceError) as exc:
+                except (
+                    CmError,
+                    RemoteProtocolError,
+                    OSError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                ) as exc:
                     if isinstance(exc, AuthenticationFailed):
                         log.warning("QP %#x: %s", self.qp_num, exc)
                     await trio.sleep(delay)  # back-off between connection attempts
