@@ -28,7 +28,9 @@ from collections.abc import Iterable
 
 import attrs
 
-from .header import HEADER_SIZE, Header, Op, decode, encode, pack_addr, payload
+from .header import HEADER_SIZE, Header, Op, cookie_of, decode, pack, pack_addr, payload
+
+_OPS = {int(op): op for op in Op}
 
 __all__ = [
     "Anomaly",
@@ -224,36 +226,45 @@ class TaskLedger:
         if op is Op.REQUEST:
             self.outstanding[peer].pop(seq, None)
 
-    def make_request(self, peer: int, now: float) -> bytes:
-        """Build the next request to task ``peer`` and remember when it left."""
+    def make_request(self, peer: int, now: float, cookie: int = 0) -> bytes:
+        """Build the next request to task ``peer`` and remember when it left.
+
+        Args:
+            peer: the receiving task's index.
+            now: the send time (for the RTT).
+            cookie: the RDMA cookie of the region the acker should write (``-D``).
+        """
         seq = self._next_seq(Op.REQUEST, peer)
         self.outstanding[peer][seq] = now
-        hdr = Header(
-            op=Op.REQUEST,
-            seq=seq,
-            from_addr=self._local,
-            from_port=self.local_port,
-            to_addr=self._peer,
-            to_port=self.peer_port(peer),
-            index=self.index,
-            size=self.req_bytes,
+        hdr = pack(
+            Op.REQUEST,
+            seq,
+            self._local,
+            self.local_port,
+            self._peer,
+            self.peer_port(peer),
+            self.index,
+            0,
+            cookie,
+            self.req_bytes,
         )
-        return encode(hdr) + self._req_pad
+        return hdr + self._req_pad
 
     def make_ack(self, peer: int, ack_of: int) -> bytes:
         """Build the next ack to task ``peer``, answering its request ``ack_of``."""
-        hdr = Header(
-            op=Op.ACK,
-            seq=self._next_seq(Op.ACK, peer),
-            from_addr=self._local,
-            from_port=self.local_port,
-            to_addr=self._peer,
-            to_port=self.peer_port(peer),
-            index=self.index,
-            ack_of=ack_of,
-            size=self.ack_bytes,
+        hdr = pack(
+            Op.ACK,
+            self._next_seq(Op.ACK, peer),
+            self._local,
+            self.local_port,
+            self._peer,
+            self.peer_port(peer),
+            self.index,
+            ack_of,
+            0,
+            self.ack_bytes,
         )
-        return encode(hdr) + self._ack_pad
+        return hdr + self._ack_pad
 
     def outstanding_count(self) -> int:
         """Requests this task sent that no ack has answered yet."""
@@ -261,6 +272,54 @@ class TaskLedger:
 
     def receive(self, data: bytes, source: tuple[str, int], now: float) -> Received:
         """Verify one message that arrived from ``source`` (address, port)."""
+        good = self._receive_expected(data, source, now)
+        return good if good is not None else self._receive_checked(data, source, now)
+
+    def _receive_expected(
+        self, data: bytes, source: tuple[str, int], now: float
+    ) -> Received | None:
+        """The fast path: ``data`` is exactly the next message expected, or None."""
+        src_addr, src_port = source
+        peer = src_port - self.base_port - 1
+        if len(data) < HEADER_SIZE or src_addr != self.peer_addr or not 0 <= peer < self.tasks:
+            return None
+        op = data[2]
+        if op == Op.REQUEST:
+            size, ack_of, pad = self.req_bytes, 0, self._req_pad
+        elif op == Op.ACK:
+            waiting = self.outstanding[peer]
+            if not waiting:
+                return None
+            size, ack_of, pad = self.ack_bytes, next(iter(waiting)), self._ack_pad
+        else:
+            return None
+        key = (_OPS[op], peer)
+        stream = self.streams.get(key)
+        seq = stream.expected if stream is not None else 0
+        want = pack(
+            op,
+            seq,
+            self._peer,
+            src_port,
+            self._local,
+            self.local_port,
+            peer,
+            ack_of,
+            cookie_of(data),
+            size,
+        )
+        if len(data) != size or not data.startswith(want):
+            return None
+        if self.verify_payload and data[HEADER_SIZE:] != pad:
+            return None
+        if stream is None:
+            stream = self.streams[key] = StreamState()
+        stream.receive(seq)
+        rtt = now - self.outstanding[peer].pop(ack_of) if op == Op.ACK else None
+        return Received(op=key[0], peer=peer, seq=seq, ack_of=ack_of, rtt=rtt, deliver=True)
+
+    def _receive_checked(self, data: bytes, source: tuple[str, int], now: float) -> Received:
+        """The slow path: find and report everything that is wrong with ``data``."""
         got = decode(data)
         if got is None:
             self.errors += 1
