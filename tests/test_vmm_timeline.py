@@ -26,6 +26,7 @@ def _tl(**kw: object) -> Timeline:
         start=0.0,
         end=6.55,
         smps=2,
+        device_ready=6.5,
         old_lid=1,
         new_lid=2,
         precopy_stop="converged",
@@ -38,7 +39,7 @@ def test_accessors() -> None:
     tl = _tl()
     assert tl.rounds == 2
     assert tl.pause == pytest.approx(0.05)
-    assert tl.device_gap == (0.0, 6.55)
+    assert tl.device_gap == (0.0, 6.5)
     assert tl.stage("attach") is not None and tl.stage("attach").duration == pytest.approx(1.5)
     assert [s.label for s in tl.named("pre-copy")] == ["pre-copy 1", "pre-copy 2"]
     assert tl.duration == pytest.approx(6.55)

@@ -13,8 +13,9 @@ Stage names, in the order the two strategies run them::
 ``stop-and-copy`` is the VM's own pause (suspend, last dirty pages, resume);
 ``attach`` is the hot-plug of the new VF into the resumed guest; ``sm-update``
 is the subnet manager making the new port usable (vGUID and LID under the
-shared port model, LFT entries under vSwitch). The device reaches the VM when
-``sm-update`` ends.
+shared port model, LFT entries under vSwitch). The new VF reaches the VM during
+``sm-update``, once the SM has reacted (:attr:`Timeline.device_ready`); the
+SMPs' own round trips, microseconds, are charged after it.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class Timeline:
         end: when it returned (or failed).
         smps: SMPs the subnet manager sent between start and end.
         sa_queries: SA queries answered between start and end.
+        lft_blocks: the LFT-block SMPs among ``smps`` (the vSwitch "one SMP").
+        device_ready: when the new VF reached the VM; None if none did.
         old_lid: the VM's LID before; None if it had none.
         new_lid: its LID after; None if no new VF was attached.
         surprise: True when the VF was removed with no grace (surprise removal).
@@ -122,6 +125,8 @@ class Timeline:
     end: float
     smps: int = 0
     sa_queries: int = 0
+    lft_blocks: int = 0
+    device_ready: float | None = None
     old_lid: int | None = None
     new_lid: int | None = None
     surprise: bool = False
@@ -144,15 +149,14 @@ class Timeline:
 
     @property
     def device_gap(self) -> tuple[float, float] | None:
-        """When the VM had no usable device: detach start to sm-update end.
+        """When the VM had no usable device: detach start to :attr:`device_ready`.
 
         None if no VF was detached; the end is ``self.end`` if none came back.
         """
         detach = self.stage(DETACH)
         if detach is None:
             return None
-        ready = self.stage(SM_UPDATE)
-        return (detach.start, ready.end if ready is not None else self.end)
+        return (detach.start, self.device_ready if self.device_ready is not None else self.end)
 
     @property
     def rounds(self) -> int:
@@ -179,6 +183,8 @@ class Timeline:
             "pause": self.pause,
             "smps": self.smps,
             "sa_queries": self.sa_queries,
+            "lft_blocks": self.lft_blocks,
+            "device_ready": self.device_ready,
             "old_lid": self.old_lid,
             "new_lid": self.new_lid,
             "surprise": self.surprise,
@@ -212,7 +218,8 @@ class Timeline:
         lines.append(
             f"VM pause {self.pause * 1e3:.3f} ms, total {self.duration:.4f} s, "
             f"{self.rounds} pre-copy rounds ({self.precopy_stop or '-'}), "
-            f"SMPs {self.smps}, SA queries {self.sa_queries}, LID {self.old_lid} -> {self.new_lid}"
+            f"SMPs {self.smps} (LFT blocks {self.lft_blocks}), SA queries {self.sa_queries}, "
+            f"LID {self.old_lid} -> {self.new_lid}"
             + (", surprise removal" if self.surprise else "")
         )
         return "\n".join(lines)
