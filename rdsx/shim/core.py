@@ -65,6 +65,8 @@ class Core:
         self.listen_ports: set[int] = set()
         self.session: Session | None = None
         self.address = ""
+        #: peer address -> (its device incarnation, its virtual -> physical rkeys).
+        self.peer_keys: dict[str, tuple[int, dict[int, int]]] = {}
         self.device_attr: DeviceAttr
         self.port_attr: PortAttr
         self._attached = trio.Event()
@@ -117,9 +119,23 @@ class Core:
     def physical_rkey(self, peer: PeerLink | None, rkey: int) -> int:
         """The peer's current physical key for its virtual ``rkey``.
 
-        A peer's virtual keys are its first physical ones, so until the peer has
-        migrated (``inc`` 1) this is the identity. After that the key is passed
-        as it is and a stale key is a remote access error, never corruption of
-        someone else's memory, since the peer's new keys are fresh.
+        A virtual key is the physical key it was first registered with whenever
+        that number is free, so most keys translate to themselves; a peer that
+        migrated pushes the pairs that do not (:class:`~rdsx.shim.protocol.KeyMap`)
+        before it reconnects.
         """
-        return rkey
+        if peer is None:
+            return rkey
+        known = self.peer_keys.get(peer.address)
+        if known is None or known[0] != peer.inc:
+            return rkey
+        return known[1].get(rkey, rkey)
+
+    def key_pairs(self) -> list[int]:
+        """Our remote keys whose physical value differs from the virtual one, flattened."""
+        pairs: list[int] = []
+        for ctx in self.contexts:
+            for mr in ctx.mrs():
+                if mr.physical is not None and mr.physical.rkey != mr.rkey:
+                    pairs += [mr.rkey, mr.physical.rkey]
+        return pairs

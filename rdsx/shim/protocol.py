@@ -39,10 +39,13 @@ from ..errors import RemoteProtocolError
 __all__ = [
     "CM_PRIVATE_DATA_MAX",
     "HEADER_RESERVE",
+    "KEYMAP_CHUNK",
     "MAGIC",
     "USER_PRIVATE_DATA_MAX",
     "Accept",
+    "Ack",
     "Connect",
+    "KeyMap",
     "Message",
     "Reconnect",
     "RefuseReason",
@@ -75,6 +78,8 @@ class _Kind(enum.IntEnum):
     RECONNECT = 5
     RESUMED = 6
     REFUSED = 7
+    KEYMAP = 8
+    ACK = 9
 
 
 class RefuseReason(enum.IntEnum):
@@ -169,7 +174,40 @@ class Refused:
     reason: RefuseReason
 
 
-Message = Connect | Accept | Suspend | Suspended | Reconnect | Resumed | Refused
+def _pairs(value: Sequence[int]) -> tuple[int, ...]:
+    pairs = tuple(value)
+    if len(pairs) % 2 or any(not 0 <= key < 1 << 32 for key in pairs):
+        raise ValueError("key map must be (virtual, physical) pairs of 32-bit keys")
+    return pairs
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class KeyMap:
+    """Part of the sender's remote-key table for its device incarnation ``inc``.
+
+    Only keys whose physical value differs from the virtual one are listed;
+    any other key of that incarnation translates to itself.
+
+    Attributes:
+        inc: the sender's device incarnation these keys belong to.
+        pairs: ``virtual, physical, virtual, physical, ...``.
+        first: True on the first chunk (the receiver forgets older maps).
+    """
+
+    inc: int = attrs.field(converter=_count)
+    pairs: tuple[int, ...] = attrs.field(converter=_pairs)
+    first: bool = True
+
+
+@attrs.frozen(slots=True)
+class Ack:
+    """A control request was served."""
+
+
+#: Key pairs per :class:`KeyMap` chunk, so one fits the CM private data limit.
+KEYMAP_CHUNK = 16
+
+Message = Connect | Accept | Suspend | Suspended | Reconnect | Resumed | Refused | KeyMap | Ack
 
 _FIELDS: dict[_Kind, tuple[type[Any], tuple[str, ...]]] = {
     _Kind.CONNECT: (Connect, ("vqpn", "inc")),
@@ -179,6 +217,8 @@ _FIELDS: dict[_Kind, tuple[type[Any], tuple[str, ...]]] = {
     _Kind.RECONNECT: (Reconnect, ("src_vqpn", "dst_vqpn", "received", "inc", "peer_inc")),
     _Kind.RESUMED: (Resumed, ("received", "inc")),
     _Kind.REFUSED: (Refused, ("reason",)),
+    _Kind.KEYMAP: (KeyMap, ("inc", "pairs", "first")),
+    _Kind.ACK: (Ack, ()),
 }
 _KIND_OF: dict[type[Any], _Kind] = {cls: kind for kind, (cls, _) in _FIELDS.items()}
 
@@ -194,10 +234,13 @@ def encode(message: Message, user_data: bytes = b"") -> bytes:
     fields = [getattr(message, name) for name in names]
     if kind is _Kind.REFUSED:
         fields = [int(fields[0])]
+    elif kind is _Kind.KEYMAP:
+        fields[1] = list(fields[1])
     body: bytes = msgpack.packb([int(kind), *fields])
     header = MAGIC + bytes([len(body)]) + body
-    if len(header) > HEADER_RESERVE:
-        raise ValueError(f"shim header of {len(header)} bytes exceeds {HEADER_RESERVE}")
+    limit = HEADER_RESERVE if kind in (_Kind.CONNECT, _Kind.ACCEPT) else CM_PRIVATE_DATA_MAX
+    if len(header) > limit or len(body) > 255:
+        raise ValueError(f"shim header of {len(header)} bytes exceeds {limit}")
     return header + user_data
 
 

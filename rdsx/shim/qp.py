@@ -106,7 +106,7 @@ class PeerLink:
 
 
 class _Entry:
-    __slots__ = ("counted", "posted", "pwr", "seq", "wr")
+    __slots__ = ("counted", "posted", "pwr", "seq", "tries", "wr")
 
     def __init__(self, seq: int, wr: SendWR | RecvWR) -> None:
         self.seq = seq
@@ -114,6 +114,7 @@ class _Entry:
         self.counted = isinstance(wr, SendWR) and wr.opcode in COUNTED
         self.posted = False
         self.pwr = 0
+        self.tries = 0
 
 
 class VirtualQP(QP):
@@ -389,6 +390,7 @@ class VirtualQP(QP):
             return
         for entry in entries:
             entry.posted = True
+            entry.tries += 1
 
     def _post_recvs(self, entries: list[_Entry], *, from_user: bool) -> None:
         assert self._phys is not None and self._session is not None
@@ -669,7 +671,7 @@ class VirtualQP(QP):
                 self._send_cq.push(self._send_wc(wr, WcStatus.SUCCESS))
         recorder.duplicates_dropped(done)
         rest = pending[done:]
-        recorder.resent(len(rest))
+        recorder.resent(sum(1 for entry in rest if entry.tries))
         self._hold = None
         self._first_error = None
         self._post_recvs(list(self._recvs.values()), from_user=False)

@@ -55,6 +55,9 @@ from ..verbs import (
     WorkCompletion,
 )
 from .protocol import (
+    KEYMAP_CHUNK,
+    Ack,
+    KeyMap,
     Message,
     Reconnect,
     Refused,
@@ -94,6 +97,8 @@ class Session:
         self._wr_ids = itertools.count(1)
         self._wrs: dict[int, tuple[VirtualQP, _Entry]] = {}
         self._qps: dict[int, VirtualQP] = {}
+        self._key_locks: dict[str, trio.Lock] = {}
+        self._keys_pushed: set[str] = set()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -258,6 +263,9 @@ class Session:
                 await self._on_suspend(request, message)
             elif isinstance(message, Reconnect):
                 await self._on_reconnect(request, message)
+            elif isinstance(message, KeyMap):
+                self._on_keymap(request.source, message)
+                await request.reject(encode(Ack()))
             else:
                 await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
         except VerbsError as exc:
@@ -272,6 +280,39 @@ class Session:
         drained = await qp.quiesce_wait(trio.current_time() + message.budget)
         await request.reject(encode(Suspended(drained=drained)))
 
+    def _on_keymap(self, source: str, message: KeyMap) -> None:
+        known = self.core.peer_keys.get(source)
+        if message.first or known is None or known[0] != message.inc:
+            known = (message.inc, {})
+            self.core.peer_keys[source] = known
+        pairs = message.pairs
+        known[1].update(zip(pairs[0::2], pairs[1::2], strict=True))
+
+    async def push_keys(self, address: str) -> bool:
+        """Tell the peer at ``address`` (once) which of our remote keys changed on this device."""
+        lock = self._key_locks.setdefault(address, trio.Lock())
+        async with lock:
+            if address in self._keys_pushed:
+                return True
+            if await self._push_keys(address):
+                self._keys_pushed.add(address)
+                return True
+            return False
+
+    async def _push_keys(self, address: str) -> bool:
+        pairs = self.core.key_pairs()
+        step = 2 * KEYMAP_CHUNK
+        chunks = [pairs[i : i + step] for i in range(0, len(pairs), step)] or [[]]
+        for index, chunk in enumerate(chunks):
+            answer = await self.call(
+                address,
+                KeyMap(inc=self.inc, pairs=chunk, first=index == 0),
+                timeout=self.core.config.connect_timeout,
+            )
+            if not isinstance(answer, Ack):
+                return False
+        return True
+
     async def _on_reconnect(self, request: CmRequest, message: Reconnect) -> None:
         qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
         if qp is None or message.peer_inc > self.inc:
@@ -284,6 +325,9 @@ class Session:
             # Both sides were replaced; the lower address's attempt wins (no duels).
             await request.reject(encode(Refused(reason=RefuseReason.DUEL)))
             return
+        if self.inc > 1:
+            # The requester may not know our keys yet (both sides migrated).
+            await self.push_keys(request.source)
         qp.prepare_rebind()
         phys = qp.new_physical(self)
         try:
@@ -318,6 +362,11 @@ class Session:
             if now >= deadline:
                 qp.fail(PeerResumeTimeout(f"QP {qp.qp_num}: could not reconnect to {peer}"))
                 return
+            if self.inc > 1 and not await self.push_keys(peer.address):
+                with trio.move_on_at(deadline):
+                    await trio.sleep(pause)
+                pause = min(pause * 2, config.max_retry_interval)
+                continue
             phys = qp.new_physical(self)
             request = Reconnect(
                 src_vqpn=qp.qp_num,

@@ -88,6 +88,10 @@ class VirtualContext(Context):
         """The physical context currently under this one."""
         return self._phys
 
+    def mrs(self) -> list[VirtualMR]:
+        """Every live virtual MR of this context."""
+        return [mr for pd in self._pds for mr in pd.mrs]
+
     @property
     def qps(self) -> list[VirtualQP]:
         """The live virtual QPs of this context."""

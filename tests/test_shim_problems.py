@@ -1,0 +1,153 @@
+"""The seed's four problems, one at a time, with and without the shim (virtual time)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from shim_world import ACCESS, migrate, ok, open_world, take
+
+from rdsx.errors import DeviceBusy
+from rdsx.shim.qp import Hold, VirtualQP
+from rdsx.shim.resources import VirtualMR
+from rdsx.verbs import Opcode, QpState, SendWR, Sge, WcStatus
+from transports.sim import open_fabric
+
+
+def vqp(qp: object) -> VirtualQP:
+    assert isinstance(qp, VirtualQP)
+    return qp
+
+
+async def test_problem1_detach_refused_while_a_raw_qp_is_held(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Without the shim nobody releases the context: the hot-unplug fails (1b)."""
+    with trio.fail_after(30):
+        async with open_fabric(seed=1) as fabric:
+            host = fabric.add_host("hostA", num_vfs=2)
+            vm = fabric.create_vm("vmA", address="127.0.0.1")
+            device = await fabric.attach(vm, host)
+            ctx = await device.open()
+            pd = ctx.alloc_pd()
+            cq = ctx.create_cq()
+            pd.create_qp(cq, cq)
+            with pytest.raises(DeviceBusy):
+                await fabric.detach(vm, grace=0.5)
+            assert vm.device is device and not device.removed
+            ctx.close()
+
+
+async def test_problem1_shim_releases_before_the_deadline(autojump_clock: trio.abc.Clock) -> None:
+    """With the shim the same QP (connected, even) is released in time; the detach succeeds."""
+    with trio.fail_after(30):
+        async with open_world(seed=2) as world:
+            device = world.a.vm.device
+            assert device is not None
+            start = trio.current_time()
+            await world.fabric.detach(world.a.vm, grace=0.5)
+            assert device.removed and world.a.vm.device is None
+            record = world.a.shim.statistics().migrations[0]
+            assert record.graceful and record.released_at is not None
+            assert record.deadline == pytest.approx(start + 0.5)
+            assert record.released_at < record.deadline
+            assert vqp(world.a.qp).held is Hold.LOCAL
+            assert world.a.qp.state is QpState.RTS  # the layer above sees no change
+
+
+async def test_problem2_virtual_handles_survive_a_host_that_uses_them(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Shared port: the destination HCA already hands out our QPN and keys to another VM."""
+    with trio.fail_after(60):
+        async with open_world(port_model="shared", seed=3) as world:
+            a, b = world.a, world.b
+            qpn, lkey, rkey, addr = a.qp.qp_num, a.mr.lkey, a.mr.rkey, a.mr.addr
+            assert vqp(a.qp).physical is not None
+            # Another VM on host C takes QPNs and keys from the shared HCA space.
+            other = world.fabric.create_vm("vmX", address="127.0.0.9")
+            squatter = await world.fabric.attach(other, world.hosts["C"])
+            ctx = await squatter.open()
+            pd = ctx.alloc_pd()
+            cq = ctx.create_cq()
+            qps = [pd.create_qp(cq, cq) for _ in range(8)]
+            mrs = [pd.reg_mr(bytearray(64), ACCESS) for _ in range(8)]
+            assert qpn in {qp.qp_num for qp in qps}
+            assert lkey in {mr.lkey for mr in mrs} or rkey in {mr.rkey for mr in mrs}
+
+            await migrate(world, a.vm, "C")
+            a.send(b"hello after")
+            assert ok(await take(b.rcq, 1))
+            physical = vqp(a.qp).physical
+            assert physical is not None and physical.qp_num != qpn
+            assert (a.qp.qp_num, a.mr.lkey, a.mr.rkey, a.mr.addr) == (qpn, lkey, rkey, addr)
+            assert isinstance(a.mr, VirtualMR) and a.mr.physical is not None
+            assert (a.mr.physical.lkey, a.mr.physical.rkey) != (lkey, rkey)
+
+            # The peer still names our memory with the old (virtual) rkey and address.
+            payload = b"rdma-written-after-migration"
+            b.buf[0 : len(payload)] = payload
+            b.qp.post_send(
+                SendWR(
+                    99,
+                    Opcode.RDMA_WRITE,
+                    (Sge(b.mr.addr, len(payload), b.mr.lkey),),
+                    remote_addr=addr + 4096,
+                    rkey=rkey,
+                )
+            )
+            (wc,) = await take(b.scq, 1)
+            assert wc.status is WcStatus.SUCCESS, wc
+            assert bytes(a.buf[4096 : 4096 + len(payload)]) == payload
+            ctx.close()
+
+
+async def test_problem3_sends_drain_before_the_detach(autojump_clock: trio.abc.Clock) -> None:
+    """Sends outstanding at the removal notice all complete before the VF goes."""
+    with trio.fail_after(60):
+        async with open_world(seed=4, recvs=48) as world:
+            a, b = world.a, world.b
+            for i in range(40):
+                a.send(b"x%d" % i)
+            await world.fabric.detach(a.vm, grace=1.0)
+            # Every completion arrived before the detach returned: nothing crosses it.
+            done = a.scq.poll(64)
+            assert len(done) == 40 and ok(done)
+            assert [wc.wr_id for wc in done] == list(range(40))
+            assert len(b.rcq.poll(64)) == 40
+            record = a.shim.statistics().migrations[0]
+            assert record.drained > 0
+            await world.fabric.attach(a.vm, world.hosts["C"])
+            a.send(b"later")
+            assert ok(await take(b.rcq, 1))
+            assert a.shim.statistics().resent == 0
+
+
+async def test_problem4_peer_suspends_and_resumes_on_a_new_qp(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The peer drains to SQD (never ERR) while we are gone, holds its posts, then resumes."""
+    with trio.fail_after(60):
+        async with open_world(seed=5) as world:
+            a, b = world.a, world.b
+            old = vqp(b.qp).physical
+            assert old is not None
+            await world.fabric.detach(a.vm, grace=1.0)
+            assert vqp(b.qp).held is Hold.SUSPENDED
+            assert old.state is QpState.SQD
+            for i in range(5):
+                b.send(b"while-suspended-%d" % i)  # held, never an error
+            assert b.scq.poll() == []
+            await trio.sleep(2.0)  # longer than any RC retry budget: still no error
+            assert old.state is QpState.SQD
+            assert b.qp.state is QpState.RTS and b.scq.poll() == []
+            await world.fabric.attach(a.vm, world.hosts["C"])
+            recvs = await take(a.rcq, 5)
+            assert [a.received(wc) for wc in recvs] == [b"while-suspended-%d" % i for i in range(5)]
+            sends = await take(b.scq, 5)
+            assert ok(sends)
+            new = vqp(b.qp).physical
+            assert new is not None and new is not old and new.state is QpState.RTS
+            assert vqp(b.qp).held is None
+            stats_b = b.shim.statistics()
+            assert stats_b.held == 5 and stats_b.resume_timeouts == 0
+            assert a.shim.statistics().migrations[0].peers_suspended == 1
