@@ -207,3 +207,20 @@ async def test_the_table_prints_every_stage(autojump_clock: trio.abc.Clock) -> N
         assert text.count("\n") == len(tl.stages) + 2
         assert "late-detach" in text and "LID" in text
         assert not math.isnan(tl.pause)
+
+
+async def test_the_guest_size_comes_from_the_call_the_vm_or_the_profile(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with world("vswitch") as fabric:
+        vm = fabric.vms["vm1"]
+        vmm = VMM(fabric)
+        tl = await vmm.migrate(vm, "hostB", memory=64 * 2**20, dirty_rate=0)
+        assert [s.bytes for s in tl.named("pre-copy")] == [64 * 2**20]
+        assert tl.stage("stop-and-copy").bytes == 0
+        vm.memory = 32 * 2**20  # type: ignore[attr-defined]
+        tl = await vmm.migrate(vm, "hostA", dirty_rate=0)
+        assert [s.bytes for s in tl.named("pre-copy")] == [32 * 2**20]
+        del vm.memory  # type: ignore[attr-defined]
+        tl = await vmm.migrate(vm, "hostB")
+        assert tl.named("pre-copy")[0].bytes == vmm.profile["vm_memory"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import weakref
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -70,8 +71,14 @@ from .vm import Vm
 
 __all__ = ["VMM"]
 
+T = TypeVar("T")
+
 # VMs being migrated, per fabric, whichever VMM instance migrates them.
 _MIGRATING: weakref.WeakKeyDictionary[Fabric, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _first(given: T | None, fallback: T | None) -> T | None:
+    return given if given is not None else fallback
 
 
 class _Crash(Exception):
@@ -176,9 +183,12 @@ class VMM:
             grace: seconds the guest gets to release the VF when it is detached
                 (the ``DEVICE_REMOVAL`` deadline). ``0`` (or None) is a surprise
                 removal: the VF is pulled at once.
-            memory: guest memory in bytes (default: the profile's ``vm_memory``).
-            dirty_rate: bytes per second the guest dirties (profile default).
-            working_set: where dirty bytes saturate (profile default).
+            memory: guest memory in bytes (default: ``vm.memory`` if the VM has
+                one, else the profile's ``vm_memory``).
+            dirty_rate: bytes per second the guest dirties (``vm.dirty_rate``,
+                else the profile's).
+            working_set: where dirty bytes saturate (``vm.working_set``, else
+                the profile's).
 
         Returns:
             The migration's :class:`Timeline`. The VM then runs on ``to`` with
@@ -218,7 +228,12 @@ class VMM:
         if dest.crashed:
             raise InvalidMigration(f"destination {dest.name} has crashed")
         dest.hca.free_vf()  # ResourceExhausted now rather than after the VM moved
-        plan = self.plan(memory=memory, dirty_rate=dirty_rate, working_set=working_set)
+        # Explicit arguments first, then what the VM says of itself, then the profile.
+        plan = self.plan(
+            memory=_first(memory, getattr(vm, "memory", None)),
+            dirty_rate=_first(dirty_rate, getattr(vm, "dirty_rate", None)),
+            working_set=_first(working_set, getattr(vm, "working_set", None)),
+        )
         busy.add(vm.name)
         try:
             return await self._migrate(vm, source, dest, strat, grace, plan)
