@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,9 +51,18 @@ from .report import (
     format_summary,
     make_row,
 )
-from .verify import Tally, TaskLedger, reconcile
+from .verify import LedgerSnapshot, LedgerView, Tally, TaskLedger, reconcile
 
-__all__ = ["Outcome", "StressNode", "StressSocket", "main", "run_in_process", "run_stress"]
+__all__ = [
+    "Outcome",
+    "Remote",
+    "StressNode",
+    "StressSocket",
+    "main",
+    "run_in_process",
+    "run_sides",
+    "run_stress",
+]
 
 Address = tuple[str, int]
 
@@ -296,6 +306,24 @@ def _make_tasks(
     return tasks
 
 
+class Remote(Protocol):
+    """The other side of a two-process run, reached over the control connection."""
+
+    async def start(self) -> None:
+        """Both sides have bound their tasks: start the traffic."""
+
+    async def finish(self, drained: bool) -> bool:
+        """Tell the peer this side drained (or gave up); wait for it; return its verdict."""
+
+    async def exchange(
+        self, ledgers: list[LedgerSnapshot], errors: int
+    ) -> tuple[list[LedgerSnapshot], int]:
+        """Swap ledger snapshots and send-error counts with the peer."""
+
+
+Side = tuple[StressNode, str, str]
+
+
 async def run_stress(
     opts: Options,
     active: StressNode,
@@ -321,18 +349,46 @@ async def run_stress(
     Returns:
         The rows, summary, verification tally and JSON report.
     """
+    sides = [
+        (active, opts.recv_addr, opts.send_addr),
+        (passive, opts.send_addr, opts.recv_addr),
+    ]
+    return await run_sides(
+        opts, sides, out=out, experiment=experiment, stop_on_sigint=stop_on_sigint
+    )
+
+
+async def run_sides(
+    opts: Options,
+    sides: Sequence[Side],
+    *,
+    out: TextIO | None = None,
+    experiment: Experiment | None = None,
+    stop_on_sigint: bool = False,
+    remote: Remote | None = None,
+) -> Outcome:
+    """Run the tasks of every local side; the first side's rows are printed.
+
+    Args:
+        opts: the options.
+        sides: (node, its address, its peer's address) per local side.
+        out, experiment, stop_on_sigint: as :func:`run_stress`.
+        remote: in a two-process run, the peer side's control connection.
+    """
     out = out if out is not None else sys.stdout
     printer = _Printer(out, opts.max_reports)
     quiet = _Quiet()
-    mine = _make_tasks(active, opts.recv_addr, opts.send_addr, opts, printer, quiet)
-    theirs = _make_tasks(passive, opts.send_addr, opts.recv_addr, opts, printer, quiet)
+    per_side = [_make_tasks(node, local, peer, opts, printer, quiet) for node, local, peer in sides]
+    mine, theirs = per_side[0], [t for side in per_side[1:] for t in side]
     everyone = mine + theirs
     rows: list[tuple[float, Row]] = []
     extra: dict[str, Any] = {}
-    printer.line("Starting up....")
-    if not opts.summary_only:
-        printer.line(HEADER)
     try:
+        if remote is not None:
+            await remote.start()
+        printer.line("Starting up....")
+        if not opts.summary_only:
+            printer.line(HEADER)
         async with trio.open_nursery() as traffic:
             start = trio.current_time()
             for task in everyone:
@@ -353,12 +409,24 @@ async def run_stress(
             for task in everyone:
                 task.stop_sending()
             drained = await _drain(everyone, quiet, opts.drain_timeout)
+            if remote is not None:
+                # Keep answering the peer's requests until it has drained too.
+                with trio.fail_after(opts.drain_timeout + 30):
+                    drained = await remote.finish(drained) and drained
             traffic.cancel_scope.cancel()
     finally:
         for task in everyone:
             task.sock.close()
     extra["drained"] = drained
-    tally = reconcile((t.ledger for t in everyone), sum(t.send_errors for t in everyone))
+    ledgers: list[LedgerView] = [t.ledger for t in everyone]
+    errors = sum(t.send_errors for t in everyone)
+    if remote is not None:
+        snaps, remote_errors = await remote.exchange(
+            [LedgerSnapshot.of(t.ledger) for t in everyone], errors
+        )
+        ledgers += snaps
+        errors += remote_errors
+    tally = reconcile(ledgers, errors)
     summary = _summary_row(opts, mine, first, last)
     printer.out.write(format_summary(summary, opts.summary_only))
     histogram = RttHistogram()
@@ -371,8 +439,8 @@ async def run_stress(
         f"{tally.reordered} reordered, {tally.errors} errors"
         + ("" if drained else f" (drain timed out after {opts.drain_timeout:g} s)")
     )
-    passive_summary = _summary_row(opts, theirs, first, last)
-    extra["passive"] = attrs.asdict(passive_summary)
+    if theirs:
+        extra["passive"] = attrs.asdict(_summary_row(opts, theirs, first, last))
     report = build_json(
         options=opts,
         summary=summary,
@@ -482,9 +550,12 @@ async def run_in_process(
     from rdsx.registry import load_transport
 
     transport = load_transport(opts.transport)
-    net_options: dict[str, Any] = {"seed": opts.seed}
+    net_options: dict[str, Any] = {}
     if opts.transport == "sim":
-        net_options["port_model"] = opts.port_model
+        net_options.update(seed=opts.seed, port_model=opts.port_model)
+    elif opts.transport == "tcp":
+        # Both ends live in this process: a throw-away secret, any free ports.
+        net_options.update(secret=secrets.token_bytes(32), port=0)
     async with transport.open_network(**net_options) as net:
         dev_a = await net.add_node(opts.recv_addr)
         dev_p = await net.add_node(opts.send_addr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any, Protocol
 
 import attrs
 
@@ -34,6 +35,8 @@ _OPS = {int(op): op for op in Op}
 
 __all__ = [
     "Anomaly",
+    "LedgerSnapshot",
+    "LedgerView",
     "Received",
     "StreamState",
     "Tally",
@@ -449,7 +452,95 @@ class Tally:
         return not (self.lost or self.duplicated or self.reordered or self.errors)
 
 
-def reconcile(ledgers: Iterable[TaskLedger], extra_errors: int = 0) -> Tally:
+class LedgerView(Protocol):
+    """What :func:`reconcile` reads from a ledger (a live one or a remote snapshot)."""
+
+    local_addr: str
+    index: int
+    peer_addr: str
+    errors: int
+    sent: dict[tuple[Op, int], int]
+    streams: dict[tuple[Op, int], StreamState]
+
+    def outstanding_count(self) -> int: ...
+
+
+@attrs.define(slots=True, kw_only=True)
+class LedgerSnapshot:
+    """A ledger's counts, as a remote side sends them after a two-process run."""
+
+    local_addr: str
+    index: int
+    peer_addr: str
+    errors: int
+    sent: dict[tuple[Op, int], int]
+    streams: dict[tuple[Op, int], StreamState]
+    outstanding: int
+
+    def outstanding_count(self) -> int:
+        """Requests still unanswered when the snapshot was taken."""
+        return self.outstanding
+
+    @classmethod
+    def of(cls, ledger: TaskLedger) -> LedgerSnapshot:
+        """Snapshot a live ledger."""
+        return cls(
+            local_addr=ledger.local_addr,
+            index=ledger.index,
+            peer_addr=ledger.peer_addr,
+            errors=ledger.errors,
+            sent=dict(ledger.sent),
+            streams=ledger.streams,
+            outstanding=ledger.outstanding_count(),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain lists and numbers (msgpack- and JSON-friendly)."""
+        return {
+            "local_addr": self.local_addr,
+            "index": self.index,
+            "peer_addr": self.peer_addr,
+            "errors": self.errors,
+            "outstanding": self.outstanding,
+            "sent": [[int(op), peer, n] for (op, peer), n in self.sent.items()],
+            "streams": [
+                [int(op), peer, s.expected, sorted(s.missing), s.unique, s.duplicated, s.reordered]
+                for (op, peer), s in self.streams.items()
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> LedgerSnapshot:
+        """Rebuild a snapshot from :meth:`to_wire`'s output.
+
+        Raises:
+            ValueError: the data is malformed.
+        """
+        try:
+            streams = {
+                (Op(op), int(peer)): StreamState(
+                    expected=int(exp),
+                    missing={int(m) for m in missing},
+                    unique=int(uniq),
+                    duplicated=int(dup),
+                    reordered=int(reo),
+                )
+                for op, peer, exp, missing, uniq, dup, reo in data["streams"]
+            }
+            return cls(
+                local_addr=str(data["local_addr"]),
+                index=int(data["index"]),
+                peer_addr=str(data["peer_addr"]),
+                errors=int(data["errors"]),
+                outstanding=int(data["outstanding"]),
+                sent={(Op(op), int(peer)): int(n) for op, peer, n in data["sent"]},
+                streams=streams,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed ledger snapshot: {exc!r}") from None
+
+
+def reconcile(ledgers: Iterable[LedgerView], extra_errors: int = 0) -> Tally:
     """Compare what every task sent with what every task received.
 
     Args:

@@ -187,3 +187,24 @@ def test_mismatch_table_layout() -> None:
         "    ack_of               0  =               0\n"
         "      size            1024  =            1024\n"
     )
+
+
+def test_snapshot_round_trip_reconciles_like_the_live_ledger() -> None:
+    import msgpack
+
+    from bench.verify import LedgerSnapshot
+
+    a, b, _ = _exchange(drop=2, swap=3)
+    wire = msgpack.unpackb(msgpack.packb(LedgerSnapshot.of(b).to_wire()))
+    remote_b = LedgerSnapshot.from_wire(wire)
+    assert reconcile([a, remote_b]) == reconcile([a, b])
+    assert reconcile([a, remote_b]).lost == 1 and reconcile([a, remote_b]).reordered == 1
+
+
+def test_malformed_snapshot_is_rejected() -> None:
+    import pytest
+
+    from bench.verify import LedgerSnapshot
+
+    with pytest.raises(ValueError, match="malformed ledger snapshot"):
+        LedgerSnapshot.from_wire({"index": 0})
