@@ -69,12 +69,33 @@ from .timeline import (
 )
 from .vm import Vm
 
-__all__ = ["VMM"]
+__all__ = ["VMM", "plan_for"]
 
 T = TypeVar("T")
 
 # VMs being migrated, per fabric, whichever VMM instance migrates them.
 _MIGRATING: weakref.WeakKeyDictionary[Fabric, set[str]] = weakref.WeakKeyDictionary()
+
+
+def plan_for(
+    profile: TimingProfile,
+    *,
+    memory: int | None = None,
+    dirty_rate: float | None = None,
+    working_set: int | None = None,
+) -> PrecopyPlan:
+    """Return the pre-copy plan of a guest under ``profile`` (its defaults where not given)."""
+    p = profile
+    return plan_precopy(
+        memory=int(p["vm_memory"] if memory is None else memory),
+        dirty_rate=p["vm_dirty_rate"] if dirty_rate is None else dirty_rate,
+        working_set=int(p["vm_working_set"] if working_set is None else working_set),
+        bandwidth=p["migration_bandwidth"],
+        page_size=int(p["page_size"]),
+        max_rounds=int(p["max_rounds"]),
+        stop_threshold=p["stop_threshold"],
+        max_sent_factor=p["max_sent_factor"],
+    )
 
 
 def _first(given: T | None, fallback: T | None) -> T | None:
@@ -151,17 +172,7 @@ class VMM:
         working_set: int | None = None,
     ) -> PrecopyPlan:
         """Return the pre-copy plan for a guest (the profile's defaults where not given)."""
-        p = self.profile
-        return plan_precopy(
-            memory=int(p["vm_memory"] if memory is None else memory),
-            dirty_rate=p["vm_dirty_rate"] if dirty_rate is None else dirty_rate,
-            working_set=int(p["vm_working_set"] if working_set is None else working_set),
-            bandwidth=p["migration_bandwidth"],
-            page_size=int(p["page_size"]),
-            max_rounds=int(p["max_rounds"]),
-            stop_threshold=p["stop_threshold"],
-            max_sent_factor=p["max_sent_factor"],
-        )
+        return plan_for(self.profile, memory=memory, dirty_rate=dirty_rate, working_set=working_set)
 
     async def migrate(
         self,
