@@ -211,7 +211,7 @@ class VirtualCmListener(CmListener):
         assert isinstance(phys_ctx, Context)
         listener = await phys_ctx.cm_listen(self.port, backlog=self._backlog)
         self._phys = listener
-        session.nursery.start_soon(self._pump, listener)
+        session.spawn(self._pump, listener)
 
     def detach(self) -> None:
         """Forget the physical listener (it dies with its context)."""

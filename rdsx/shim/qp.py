@@ -153,6 +153,7 @@ class VirtualQP(QP):
         self._resume_deadline = float("inf")
         self._drained = trio.Event()
         self._quiescing = False
+        self._user_sqd = False
         self._reconnecting = False
         self.peer: PeerLink | None = None
         self._received = 0
@@ -246,6 +247,7 @@ class VirtualQP(QP):
             raise InvalidState(f"QP {self.qp_num} is held by a migration; only ERR/RESET now")
         self._phys.modify(attr)
         self._vstate = target
+        self._user_sqd = target is S.SQD
         if target is S.RESET:
             self._replay.clear()
             self._sends.clear()
@@ -472,11 +474,10 @@ class VirtualQP(QP):
         cq.push(attrs.evolve(wc, wr_id=entry.wr.wr_id, qp_num=self.qp_num))
 
     def on_sq_drained(self) -> bool:
-        """The physical QP reported SQ_DRAINED; True if the shim asked for it."""
+        """The physical QP reported SQ_DRAINED; True if the shim (not the user) asked for it."""
         if self._quiescing:
             self._drained.set()
-            return True
-        return False
+        return not self._user_sqd
 
     # ------------------------------------------------------------------ hold / bind
 
@@ -495,7 +496,7 @@ class VirtualQP(QP):
             timeout = self._ctx.core.config.resume_timeout
             self._resume_deadline = trio.current_time() + timeout
             if first and self._session is not None:
-                self._session.nursery.start_soon(self._watchdog)
+                self._session.spawn(self._watchdog)
 
     def extend_resume_deadline(self) -> None:
         """The peer is alive and trying: restart the resume bound."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -34,6 +35,7 @@ import trio
 from ..errors import (
     ConnectionRejected,
     ConnectTimeout,
+    DeviceRemoved,
     PeerResumeTimeout,
     RemoteProtocolError,
     Unreachable,
@@ -146,6 +148,28 @@ class Session:
 
     # ------------------------------------------------------------------ tasks
 
+    def spawn(
+        self,
+        fn: Callable[..., Awaitable[object]],
+        *args: object,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        """Run ``fn(*args)`` in the session's (or the given) nursery, guarded.
+
+        A device that vanishes under a task is a removal, not a crash of the
+        shim; any other verbs error ends only that task (and is logged).
+        """
+        (nursery or self.nursery).start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        try:
+            await fn(*args)
+        except DeviceRemoved:
+            if not self.released:
+                self.report_removal(None)
+        except (VerbsError, RemoteProtocolError) as exc:
+            log.info("shim task %s ended: %r", getattr(fn, "__name__", fn), exc)
+
     async def poll_cq(self, cq: CQ) -> None:
         """Feed one physical CQ to the dispatcher until the session ends."""
         while True:
@@ -190,7 +214,7 @@ class Session:
 
     def watch_cm(self, qp: VirtualQP, pcm: CmId) -> None:
         """Forward the events of ``qp``'s physical CM id that the layer above should see."""
-        self.nursery.start_soon(self._pump_cm, qp, pcm)
+        self.spawn(self._pump_cm, qp, pcm)
 
     async def _pump_cm(self, qp: VirtualQP, pcm: CmId) -> None:
         while True:
@@ -242,7 +266,7 @@ class Session:
                     request = await listener.get_request()
                 except VerbsError:
                     return
-                nursery.start_soon(self._serve_one, request)
+                self.spawn(self._serve_one, request, nursery=nursery)
 
     def _find(self, vqpn: int, source: str, src_vqpn: int) -> VirtualQP | None:
         qp = self.core.qpns.lookup(vqpn)
@@ -344,7 +368,7 @@ class Session:
         """Reconnect every virtual QP that had a peer; record when all are resumed."""
         async with trio.open_nursery() as nursery:
             for qp in qps:
-                nursery.start_soon(self.reconnect, qp)
+                self.spawn(self.reconnect, qp, nursery=nursery)
         if qps:
             self.core.recorder.update(resumed_at=trio.current_time())
 
@@ -423,7 +447,7 @@ class Session:
         qps = [qp for qp in self.core.all_qps() if qp.failure is None and qp.physical is not None]
         async with trio.open_nursery() as nursery:
             for qp in qps:
-                nursery.start_soon(self._quiesce_one, qp, budget_end)
+                self.spawn(self._quiesce_one, qp, budget_end, nursery=nursery)
 
     async def _quiesce_one(self, qp: VirtualQP, budget_end: float) -> None:
         qp.quiesce_begin(Hold.LOCAL)
@@ -474,7 +498,7 @@ async def run_session(core: Core, device: Device, inc: int, first: trio.Event) -
         except VerbsError:
             return
         session.ctrl = ctrl
-        nursery.start_soon(session.pump_events, ctrl)
+        session.spawn(session.pump_events, ctrl)
         try:
             if not first.is_set():
                 core.set_first_device(device.address, ctrl.query_device(), ctrl.query_port())
@@ -482,13 +506,13 @@ async def run_session(core: Core, device: Device, inc: int, first: trio.Event) -
             session._ctrl_pd = ctrl.alloc_pd()
             session._ctrl_cq = ctrl.create_cq(16)
             listener = await ctrl.cm_listen(core.config.control_port)
-            nursery.start_soon(session.serve_control, listener)
+            session.spawn(session.serve_control, listener)
             core.session = session
             for vctx in list(core.contexts):
                 await vctx.attach(session)
             core.attached(session)
             waiting = [qp for qp in core.all_qps() if qp.held is Hold.LOCAL and qp.failure is None]
-            nursery.start_soon(session.reconnect_all, waiting)
+            session.spawn(session.reconnect_all, waiting)
         except VerbsError as exc:
             log.info("device %s failed while being set up: %s", device.name, exc)
             session.report_removal(None)

@@ -462,7 +462,7 @@ class VirtualCQ(CQ):
         """Create the physical CQ on the new device and start its poller."""
         self._phys = phys_ctx.create_cq(self.cqe)
         self._session = session
-        session.nursery.start_soon(session.poll_cq, self._phys)
+        session.spawn(session.poll_cq, self._phys)
 
     def detach(self) -> None:
         """Forget the physical CQ."""
