@@ -43,6 +43,7 @@ __all__ = [
     "MigrationError",
     "MigrationFailed",
     "MigrationInProgress",
+    "ModeUnavailable",
     "NotAttached",
     "NotBound",
     "NotConnected",
@@ -198,6 +199,14 @@ class Congested(WouldBlock):
     def __init__(self, message: str, destination: tuple[str, int] | None = None) -> None:
         super().__init__(message)
         self.destination = destination
+
+
+class ModeUnavailable(RdsError, LookupError):
+    """The node mode asked for is not available in this build.
+
+    ``open_node(..., mode="transparent")`` raises it while the bottom-up verbs
+    shim (``rdsx.shim``) is not installed.
+    """
 
 
 class TransportNotFound(RdsError, LookupError):

@@ -24,3 +24,28 @@ def test_errors_share_one_root() -> None:
 
 def test_transports_are_registered() -> None:
     assert {"sim", "tcp"} <= set(rdsx.available_transports())
+
+
+def test_node_api_is_exported() -> None:
+    for name in (
+        "open_node",
+        "Node",
+        "Socket",
+        "NodeConfig",
+        "RdmaArgs",
+        "RdmaNotification",
+        "RdmaStatus",
+        "Counters",
+        "NodeInfo",
+        "SocketInfo",
+        "ConnectionInfo",
+        "MessageInfo",
+        "Datagram",
+        "CongestionUpdate",
+        "ModeUnavailable",
+    ):
+        assert hasattr(rdsx, name), name
+    for cls in (rdsx.Node, rdsx.Socket):
+        for attr, member in vars(cls).items():
+            if not attr.startswith("_") and callable(member):
+                assert inspect.getdoc(member), f"{cls.__name__}.{attr} has no docstring"

@@ -1,0 +1,415 @@
+"""A path: one engine :class:`~rdsx.engine.Connection` driven over one verbs RC QP.
+
+The path owns a CQ (shared by both queues), a QP, a send ring and a receive
+ring, each one registered MR cut into fixed slots of ``HEADER_SIZE +
+frag_size`` bytes. It follows the call sequence of :mod:`rdsx.engine`:
+
+* **send**: :meth:`Path.pump` pulls ``frames_to_send(limit=free slots)``,
+  copies each ``(header, payload)`` once into a free slot and posts the whole
+  batch with one ``post_send``. A message that carries RDMA is preceded by its
+  RDMA WRITE/READ work request on the same QP, so the RC ordering performs the
+  RDMA before the message is delivered, and a failed RDMA fails the QP before
+  the message's SEND can land.
+* **receive**: one reader task waits on the CQ, feeds each receive
+  completion to ``receive_frame``, reposts the batch of buffers, frees send
+  slots, then dispatches the engine's events and pumps again. The engine's
+  timer (the delayed ack) is the deadline of that wait, so there is no
+  separate timer task.
+
+A path never retries: any error (a failed completion, a DISCONNECTED CM
+event, a malformed frame) ends it through :meth:`Path.fail`, which hands the
+connection back DOWN with its queues; the node reconnects with a new path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._device import DeviceState, close_quietly
+from .engine import HEADER_SIZE, ConnState
+from .errors import DeviceRemoved, RemoteProtocolError, VerbsError
+from .verbs import (
+    MR,
+    Access,
+    CmEventType,
+    CmId,
+    CmRequest,
+    Opcode,
+    QpCap,
+    RecvWR,
+    SendWR,
+    Sge,
+    WcStatus,
+    WorkCompletion,
+)
+
+if TYPE_CHECKING:
+    from .node import Node, _Conn
+
+__all__ = ["KIND_RDMA", "KIND_RECV", "KIND_SEND", "RDMA_EXT_TAG", "Path", "PathReplaced"]
+
+log = logging.getLogger("rdsx.path")
+
+#: The low two bits of a wr_id say what it is; the rest is a slot or an RDMA op id.
+KIND_SEND = 0
+KIND_RECV = 1
+KIND_RDMA = 2
+
+_FLAGS_OFFSET = 24
+_INDEX_OFFSET = 26
+_EXT_OFFSET = 32
+_FLAG_EXT = 0x08
+#: First ext byte of a message that carries an RDMA op: then a u64 op id, u32 bytes.
+RDMA_EXT_TAG = 0x52
+_BATCH = 64
+
+
+class PathReplaced(Exception):
+    """Internal: the connection moved to another transport while this one was being set up."""
+
+
+class Path:
+    """One connection's transport on one device: QP, CQ, rings, reader.
+
+    Args:
+        node: the owning node (events are dispatched through it).
+        conn: the node's connection record (engine and bookkeeping).
+        dev: the device whose PD the resources come from.
+        epoch: the connection's transport epoch this path belongs to; a path
+            whose epoch is no longer current never touches the engine.
+
+    Raises:
+        DeviceRemoved: the device went away while creating the resources.
+        VerbsError: the device refused a resource (limits).
+    """
+
+    def __init__(self, node: Node, conn: _Conn, dev: DeviceState, epoch: int) -> None:
+        cfg = node.config
+        self.node = node
+        self.conn = conn
+        self.dev = dev
+        self.epoch = epoch
+        self.slot_size = HEADER_SIZE + conn.engine.config.frag_size
+        self.send_slots = cfg.send_slots
+        self.recv_slots = cfg.recv_slots
+        self.cm_id: CmId | None = None
+        self.up = False
+        self.failed = False
+        self._scope: trio.CancelScope | None = None
+        self._wait_scope: trio.CancelScope | None = None
+        self._mrs: list[MR] = []
+        self.cq = dev.ctx.create_cq(2 * self.send_slots + self.recv_slots)
+        try:
+            # RC completes in order, so RDMA WRs never outnumber the SENDs behind them.
+            cap = QpCap(
+                max_send_wr=2 * self.send_slots,
+                max_recv_wr=self.recv_slots,
+                max_send_sge=1,
+                max_recv_sge=1,
+            )
+            self.qp = dev.pd.create_qp(self.cq, self.cq, cap)
+            self.send_buf = bytearray(self.send_slots * self.slot_size)
+            self.recv_buf = bytearray(self.recv_slots * self.slot_size)
+            self.send_mr = dev.reg(self.send_buf, Access.LOCAL_WRITE)
+            self._mrs.append(self.send_mr)
+            self.recv_mr = dev.reg(self.recv_buf, Access.LOCAL_WRITE)
+            self._mrs.append(self.recv_mr)
+        except BaseException:
+            self.close()
+            raise
+        self._recv_view = memoryview(self.recv_buf)
+        self.free_send = list(range(self.send_slots - 1, -1, -1))
+
+    # ------------------------------------------------------------------ establishing
+
+    def _post_receive_ring(self) -> None:
+        lkey, base, size = self.recv_mr.lkey, self.recv_mr.addr, self.slot_size
+        self.qp.post_recv(
+            [
+                RecvWR(i << 2 | KIND_RECV, (Sge(base + i * size, size, lkey),))
+                for i in range(self.recv_slots)
+            ]
+        )
+
+    async def connect(self) -> None:
+        """The active side: CM connect with the engine's handshake, then UP.
+
+        The engine must be CONNECTING (``start_connect``). The ring's buffers
+        are announced as credits before the handshake and posted as soon as the
+        QP leaves RESET (the CM moves it; until then nothing can be posted, and
+        an early SEND meets RNR, which retries forever).
+
+        Raises:
+            CmError: rejected, unreachable or timed out.
+            DeviceRemoved: the device went away.
+            RemoteProtocolError: the peer's handshake did not check out.
+        """
+        engine = self.conn.engine
+        engine.receives_posted(self.recv_slots)
+        handshake = engine.handshake()
+        self.cm_id = await self.dev.ctx.cm_connect(
+            self.qp,
+            self.conn.remote,
+            self.node.config.cm_port,
+            handshake,
+            timeout=self.node.config.connect_timeout,
+        )
+        self._established()
+
+    async def accept(self, request: CmRequest) -> None:
+        """The passive side: accept ``request`` with the engine's handshake, then UP.
+
+        The engine must have agreed (``incoming_connect`` returned True).
+
+        Raises:
+            CmError: the active side went away.
+            DeviceRemoved: the device went away.
+            RemoteProtocolError: the peer's handshake did not check out.
+        """
+        engine = self.conn.engine
+        engine.receives_posted(self.recv_slots)
+        handshake = engine.handshake()
+        self.cm_id = await request.accept(self.qp, handshake)
+        self._established()
+
+    def _established(self) -> None:
+        assert self.cm_id is not None
+        if not self.current:
+            raise PathReplaced
+        self._post_receive_ring()
+        self.conn.engine.transport_up(self.cm_id.private_data, trio.current_time())
+        self.up = True
+
+    @property
+    def current(self) -> bool:
+        """Whether this path's epoch is still the connection's."""
+        return self.conn.epoch == self.epoch and not self.failed
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Serve the path until it fails, is replaced or its device goes.
+
+        On a failure the engine goes DOWN (queues kept) before this returns;
+        the peer is told with a CM disconnect.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._watch_cm)
+                self.pump()
+            if self.failed and not self.dev.gone.is_set() and self.cm_id is not None:
+                with trio.move_on_after(self.node.config.connect_timeout):
+                    with contextlib.suppress(VerbsError):
+                        await self.cm_id.disconnect()
+        finally:
+            self.close()
+
+    def abort(self) -> None:
+        """Stop serving without touching the engine (the path was replaced)."""
+        self.failed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def fail(self, why: str) -> None:
+        """End the path: the connection goes DOWN, keeping what it must resend."""
+        if self.failed:
+            return
+        was_current = self.current
+        self.failed = True
+        self.up = False
+        if self._scope is not None:
+            self._scope.cancel()
+        if not was_current:
+            return
+        log.info("%s <-> %s: path down: %s", self.node.address, self.conn.remote, why)
+        self.node._transport_down(self.conn)
+
+    def close(self) -> None:
+        """Release the QP, CQ, rings and CM id (idempotent, never raises)."""
+        self.up = False
+        self.node._rdma_path_closed(self)
+        for obj in (self.cm_id, getattr(self, "qp", None), self.cq, *self._mrs):
+            if obj is not None:
+                close_quietly(obj)
+        self._mrs.clear()
+
+    async def _watch_cm(self) -> None:
+        assert self.cm_id is not None
+        try:
+            while True:
+                event = await self.cm_id.next_event()
+                if event.type is CmEventType.DISCONNECTED:
+                    self.fail("peer disconnected")
+                    return
+                # DEVICE_REMOVAL is handled once per device by the node.
+        except DeviceRemoved:
+            self.dev.removal(None)
+        except VerbsError as exc:
+            self.fail(f"CM id: {exc}")
+
+    async def _reader(self) -> None:
+        cq = self.cq
+        while True:
+            scope = trio.CancelScope(deadline=self._timer_deadline())
+            self._wait_scope = scope
+            try:
+                with scope:
+                    completions = await cq.wait(_BATCH)
+            except DeviceRemoved:
+                self.dev.removal(None)
+                return
+            finally:
+                self._wait_scope = None
+            if scope.cancelled_caught:
+                polled = self._poll()
+                if polled is None:
+                    return
+                completions = polled
+            self._on_completions(completions)
+            if self.failed:
+                return
+            engine = self.conn.engine
+            timer = engine.get_timer()
+            if timer is not None:
+                now = trio.current_time()
+                if now >= timer:
+                    engine.handle_timer(now)
+            self.pump()
+
+    def _poll(self) -> list[WorkCompletion] | None:
+        try:
+            return self.cq.poll(_BATCH)
+        except DeviceRemoved:
+            self.dev.removal(None)
+            return None
+
+    def _timer_deadline(self) -> float:
+        if not self.up:
+            return math.inf
+        timer = self.conn.engine.get_timer()
+        return math.inf if timer is None else timer
+
+    def _on_completions(self, completions: list[WorkCompletion]) -> None:
+        node = self.node
+        counters = node._counters
+        engine = self.conn.engine
+        now = trio.current_time()
+        reposts: list[RecvWR] = []
+        view = self._recv_view
+        size = self.slot_size
+        error: WorkCompletion | None = None
+        for wc in completions:
+            kind = wc.wr_id & 3
+            index = wc.wr_id >> 2
+            if kind == KIND_SEND:
+                self.free_send.append(index)
+                counters.inc("ib_tx_cq_event")
+            elif kind == KIND_RDMA:
+                node._rdma_done(index, wc.status)
+            if wc.status is not WcStatus.SUCCESS:
+                if error is None:
+                    error = wc
+                continue
+            if kind != KIND_RECV or error is not None or not self.current:
+                continue
+            counters.inc("ib_rx_cq_event")
+            offset = index * size
+            try:
+                engine.receive_frame(view[offset : offset + wc.byte_len], now)
+            except RemoteProtocolError as exc:
+                counters.inc("recv_drop_bad_frame")
+                log.warning("%s <- %s: bad frame: %s", node.address, self.conn.remote, exc)
+                error = wc
+                self.fail(f"protocol error: {exc}")
+                break
+            sge = Sge(self.recv_mr.addr + offset, size, self.recv_mr.lkey)
+            reposts.append(RecvWR(wc.wr_id, (sge,)))
+        if reposts and not self.failed:
+            try:
+                self.qp.post_recv(reposts)
+            except DeviceRemoved:
+                self.dev.removal(None)
+                return
+            except VerbsError as exc:
+                self.fail(f"post_recv: {exc}")
+                return
+            counters.inc("ib_rx_refill_from_cq")
+            if engine.state is ConnState.UP:
+                engine.receives_posted(len(reposts))
+        node._dispatch(self.conn)
+        if error is not None and not self.failed:
+            what = "RDMA" if error.wr_id & 3 == KIND_RDMA else error.opcode.name
+            self.fail(f"{what} completion {error.status.name}: {error.message}")
+
+    # ------------------------------------------------------------------ transmit
+
+    def pump(self) -> None:
+        """Post what the engine has to send, as far as the send ring allows.
+
+        Synchronous and never blocking, so a ``send`` posts its frames at once
+        and no task exists per message.
+        """
+        if not self.up or self.failed:
+            return
+        free = self.free_send
+        if not free:
+            self.node._counters.inc("ib_tx_ring_full")
+            return
+        engine = self.conn.engine
+        frames = engine.frames_to_send(trio.current_time(), limit=len(free))
+        if frames:
+            self._post_frames(frames)
+        scope = self._wait_scope
+        if scope is not None:
+            scope.deadline = self._timer_deadline()
+
+    def _post_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
+        buf = self.send_buf
+        base, lkey, size = self.send_mr.addr, self.send_mr.lkey, self.slot_size
+        free = self.free_send
+        wrs: list[SendWR] = []
+        for header, payload in frames:
+            if (
+                header[_FLAGS_OFFSET] & _FLAG_EXT
+                and header[_EXT_OFFSET + 1] == RDMA_EXT_TAG
+                and header[_INDEX_OFFSET] == 0
+                and header[_INDEX_OFFSET + 1] == 0
+            ):
+                op_id = int.from_bytes(header[_EXT_OFFSET + 2 : _EXT_OFFSET + 10], "big")
+                rdma_wr = self.node._rdma_work_request(op_id, self)
+                if rdma_wr is not None:
+                    wrs.append(rdma_wr)
+            slot = free.pop()
+            offset = slot * size
+            hlen = len(header)
+            end = offset + hlen + len(payload)
+            buf[offset : offset + hlen] = header
+            buf[offset + hlen : end] = payload
+            sge = Sge(base + offset, end - offset, lkey)
+            wrs.append(SendWR(slot << 2 | KIND_SEND, Opcode.SEND, (sge,)))
+        try:
+            self.qp.post_send(wrs)
+        except DeviceRemoved:
+            self.dev.removal(None)
+        except VerbsError as exc:
+            self.fail(f"post_send: {exc}")
+
+    @property
+    def sending(self) -> bool:
+        """Whether SENDs are outstanding (rds-info's ``s`` flag)."""
+        return len(self.free_send) < self.send_slots
+
+    def reg_local(self, buffer: bytearray | memoryview) -> MR:
+        """Register an RDMA operation's local buffer on this path's PD.
+
+        Raises:
+            DeviceRemoved, VerbsError: as :meth:`rdsx.verbs.PD.reg_mr`.
+        """
+        return self.dev.reg(buffer, Access.LOCAL_WRITE)

@@ -1,0 +1,65 @@
+"""Helpers for the node and socket tests: a sim fabric with N nodes, one host each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from rdsx.config import NodeConfig
+from rdsx.node import Node, open_node
+from transports.sim import Fabric, Host, Vm, open_fabric
+
+
+@attrs.define
+class World:
+    fabric: Fabric
+    hosts: list[Host]
+    vms: list[Vm]
+    nodes: list[Node]
+    spare: list[Host]
+
+    def addr(self, i: int) -> str:
+        return self.nodes[i].address
+
+
+@asynccontextmanager
+async def world(
+    n: int = 2, *, seed: int = 0, spare_hosts: int = 1, config: dict[str, Any] | None = None
+) -> AsyncIterator[World]:
+    """``n`` nodes 127.0.0.1.. on their own hosts, plus spare hosts to migrate to."""
+    async with open_fabric(seed=seed) as fabric, AsyncExitStack() as stack:
+        hosts = [fabric.add_host(f"h{i}", num_vfs=4) for i in range(n)]
+        spare = [fabric.add_host(f"s{i}", num_vfs=4) for i in range(spare_hosts)]
+        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(n)]
+        for vm, host in zip(vms, hosts, strict=True):
+            await fabric.attach(vm, host)
+        nodes = []
+        for i, vm in enumerate(vms):
+            cfg = NodeConfig(seed=seed * 100 + i, **(config or {}))
+            nodes.append(
+                await stack.enter_async_context(open_node(vm.address, vm.devices, config=cfg))
+            )
+        yield World(fabric, hosts, vms, nodes, spare)
+
+
+async def move(w: World, i: int, *, grace: float | None) -> None:
+    """Detach node ``i``'s VF (gracefully or by surprise) and attach one on another host."""
+    vm = w.vms[i]
+    old = vm.host
+    await w.fabric.detach(vm, grace=grace)
+    target = w.spare.pop(0)
+    assert old is not None
+    w.spare.append(old)
+    await w.fabric.attach(vm, target)
+
+
+async def recv_n(sock: Any, n: int, timeout: float = 30.0) -> list[tuple[bytes, tuple[str, int]]]:
+    out = []
+    with trio.fail_after(timeout):
+        for _ in range(n):
+            out.append(await sock.recvfrom())
+    return out
