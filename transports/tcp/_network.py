@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import attrs
 import trio
 
-from rdsx.errors import AddressInUse, AddressNotAvailable
+from rdsx.errors import AddressInUse, AddressNotAvailable, Unreachable
 from rdsx.verbs import Device, DeviceSource, Network, Transport
 
 from ._device import TcpDevice, bind_error
@@ -144,10 +144,16 @@ class TcpNetwork(Network):
         return device
 
     def resolve(self, address: str) -> str:
-        """Return the ``host:port`` locator of the node at ``address`` (the path query)."""
+        """Return the ``host:port`` locator of the node at ``address`` (the path query).
+
+        Raises:
+            Unreachable: the node is not in this network and no fixed port is set.
+        """
         node = self.nodes.get(address)
         if node is not None and node.device is not None:
             return node.device.locator
+        if self.port == 0:
+            raise Unreachable(f"no node {address} here, and port 0 names no remote listener")
         return f"{address}:{self.port}"
 
     def blocked(self, a: str, b: str) -> bool:
