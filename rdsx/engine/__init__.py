@@ -43,8 +43,13 @@ How a path drives a Connection
    error): ``conn.transport_down(now)``. Unacked messages are requeued in
    front, to be resent with their original seqs and RETRANSMITTED once the next
    ``transport_up`` has purged what the peer's handshake says it already has.
-   Completions of the old QP are not fed to the engine any more. Reconnect as
-   in step 2.
+   Completions of the old QP are not fed to the engine any more (nor after
+   ``incoming_connect`` returned True while UP: that replaced the old
+   transport). Reconnect as in step 2.
+
+Frames must be posted in the order ``frames_to_send`` returns them, on one
+reliable connected QP: the receiver treats a gap, a duplicate that is not a
+retransmission or a fragment out of place as a protocol error.
 
 Congestion: the node owns a :class:`CongestionMap` for its address; after
 changing a bit, call ``conn.queue_cong_update(local_map)`` on every
