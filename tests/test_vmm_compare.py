@@ -1,0 +1,95 @@
+"""rdsx-stress's migration experiment: option split, and one run under load in virtual time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.compare import (
+    DEFAULT_RATE,
+    format_results,
+    parse,
+    run_migration,
+    wants_migration,
+)
+
+
+def _argv(text: str) -> list[str]:
+    return text.split()
+
+
+def test_the_migration_flags_are_split_from_rdsx_stress_options() -> None:
+    opts, mig = parse(
+        _argv("--compare --migrate-at 1.5 --migration three-stage --profile modern")
+        + _argv("--rate 50 --port-model shared -T 9")
+    )
+    assert (mig.compare, mig.migrate_at, mig.strategy, mig.profile) == (
+        True,
+        1.5,
+        "three-stage",
+        "modern",
+    )
+    assert (opts.rate, opts.port_model, opts.time, opts.virtual_time) == (50, "shared", 9, True)
+    opts, mig = parse(["--migrate-at=3"])
+    assert mig.virtual and opts.rate == DEFAULT_RATE and mig.strategy == "late-detach"
+    opts, mig = parse(["--migrate-at", "3", "--clock", "real"])
+    assert not mig.virtual and opts.rate is None and not opts.virtual_time
+    with pytest.raises(SystemExit):
+        parse(["--migrate-at", "1", "--transport", "tcp"])
+    with pytest.raises(SystemExit):
+        parse(["--migrate-at", "-1"])
+
+
+def test_only_migration_flags_select_the_experiment() -> None:
+    assert wants_migration(["-T", "5", "--compare"])
+    assert wants_migration(["--migrate-at=2"])
+    assert not wants_migration(["-T", "5", "--rate", "10", "--port-model", "shared"])
+
+
+def _small_profile(tmp_path: Path) -> str:
+    source = Path(__file__).parents[1] / "transports/sim/profiles/seed-cx2-xen.json"
+    data = json.loads(source.read_text())
+    data["name"] = "small"
+    data["figures"]["vm_memory"]["value"] = 8 * 2**20  # a short pre-copy keeps the test fast
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("strategy", ["three-stage", "late-detach"])
+async def test_a_migration_under_load_loses_nothing_and_is_measured(
+    autojump_clock: trio.abc.Clock, tmp_path: Path, strategy: str
+) -> None:
+    opts, mig = parse(
+        _argv("--rate 100 -T 3 --mode reconnect --grace 1 -z --migrate-at 0.5")
+        + _argv(f"--migration {strategy} --profile {_small_profile(tmp_path)}")
+    )
+    with trio.fail_after(60):
+        result = await run_migration(opts, mig, out=_Sink())
+    assert result.ok, result.error
+    tl, d = result.timeline, result.downtime
+    assert tl is not None and d is not None
+    assert tl.strategy.value == strategy and tl.outcome == "migrated"
+    assert d.recovered and result.outcome.tally.lost == 0
+    # Nothing can be delivered while the active node has no device...
+    gap = tl.device_gap
+    assert gap is not None
+    assert d.service_downtime >= gap[1] - gap[0]
+    # ...and the worst gap is the migration's, so it covers the detach and the attach.
+    assert d.breakdown["detach"] > 0 and d.breakdown["attach"] > 0
+    assert d.added_downtime == pytest.approx(d.service_downtime - tl.pause)
+    assert sum(d.breakdown.values()) == pytest.approx(d.service_downtime)
+    table = format_results([result])
+    assert strategy in table and "ok" in table
+    assert result.to_dict()["downtime"]["worst"] == d.worst
+
+
+class _Sink:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
