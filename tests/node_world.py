@@ -63,3 +63,10 @@ async def recv_n(sock: Any, n: int, timeout: float = 30.0) -> list[tuple[bytes, 
         for _ in range(n):
             out.append(await sock.recvfrom())
     return out
+
+
+async def until(predicate: Any, timeout: float = 10.0, step: float = 0.001) -> None:
+    """Wait (in virtual time) until ``predicate()`` holds; fail after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(step)
