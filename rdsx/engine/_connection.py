@@ -548,8 +548,15 @@ class Connection:
         """
         if self._state is not _UP:
             return []
-        out: list[Frame] = []
         budget = limit if limit is not None else 1 << 62
+        if self._cur is None and not self._send_queue and not self._cong_pending:
+            # the common case on the receiving end: at most an ack to send
+            if budget > 0 and self._explicit_ack_due():
+                ack_frame = self._ack_frame()
+                if ack_frame is not None:
+                    return [ack_frame]
+            return []
+        out: list[Frame] = []
         flow = self._flow
         while len(out) < budget:
             if flow:
