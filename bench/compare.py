@@ -245,12 +245,15 @@ def _make_migration(
     vmm = VMM(fabric, profile=mig.profile)
 
     async def experiment(start: float) -> dict[str, Any]:
+        # Until the migration is done, a cancelled run means -T was too short.
+        result["error"] = "the run ended before the migration (raise -T or use -T 0)"
         await trio.sleep_until(start + mig.migrate_at)
         vm = fabric.vm_at(opts.recv_addr)
         dest = fabric.add_host(f"host-{opts.recv_addr}-dest", num_vfs=network.num_vfs)
         timeline: Timeline | None
         try:
             timeline = await vmm.migrate(vm, dest, strategy=mig.strategy, grace=opts.grace)
+            del result["error"]
         except MigrationFailed as exc:
             result["error"] = f"{type(exc).__name__}: {exc}"
             timeline = exc.timeline if isinstance(exc.timeline, Timeline) else None
@@ -374,7 +377,12 @@ def format_results(results: Sequence[RunResult]) -> str:
                 _ms(d.resolution),
             )
         )
-        verdict = "ok" if r.ok else (r.error or "verification failed")
+        if r.ok:
+            verdict = "ok"
+        elif r.error is not None:
+            verdict = r.error
+        else:
+            verdict = "not exactly-once in order" if not t.ok else "no migration"
         lines.append(
             f"{r.mode:<12}{r.strategy:<13}{r.port_model:<9}{cells[0]:>9}{cells[1]:>10}"
             f"{cells[2]:>10}{cells[3]:>7}{t.lost:>6}{t.duplicated:>5}{t.reordered:>6}  {verdict}"
@@ -408,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RdsError as exc:
         print(f"rdsx-stress: {exc}", file=sys.stderr)
         return 2
+    if not mig.compare and results[0].timeline is not None:
+        print(results[0].timeline.format_table())
+        if results[0].downtime is not None:
+            print(results[0].downtime.format_table())
     print(format_results(results))
     if opts.json_path:
         with open(opts.json_path, "w") as fh:
