@@ -580,7 +580,15 @@ async def run_in_process(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``rdsx-stress`` console script; returns the exit status."""
-    opts = parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    from .compare import wants_migration
+
+    if wants_migration(args):
+        # --migrate-at / --compare: the live-migration experiments (bench/compare.py).
+        from .compare import main as migration_main
+
+        return migration_main(args)
+    opts = parse_args(args)
     if opts.rdma_bytes:
         print("rdsx-stress: -D (RDMA) is not supported by this rdsx build", file=sys.stderr)
         return 2
