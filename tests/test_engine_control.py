@@ -11,8 +11,11 @@ from rdsx.engine import (
     Backoff,
     CongestionMap,
     CongestionUpdated,
+    DropReason,
     MessageAcked,
+    MessageDropped,
     MessageReceived,
+    PeerRestarted,
     PongReceived,
     should_initiate,
 )
@@ -145,3 +148,48 @@ def test_raced_incoming_connect() -> None:
     assert high.incoming_connect(0.0)  # the low side's connect wins
     assert low.statistics().ib_connect_raced == 1
     assert high.statistics().ib_connect_raced == 1
+
+
+def test_duel_ends_with_one_transport_and_delivery() -> None:
+    link = Link()
+    low, high = link.a.conn, link.b.conn
+    high.send(9, 9, b"from the high side")  # the high side has data, so it tried too
+    low.start_connect(0.0)
+    high.start_connect(0.0)
+    high.receives_posted(32)
+    high_attempt = high.handshake()
+    assert not low.incoming_connect(0.0)  # low rejects the high side's connect ...
+    assert high_attempt  # (which dies with that reject)
+    low.receives_posted(32)
+    hs_low = low.handshake()
+    assert high.incoming_connect(0.0)  # ... and high accepts low's, abandoning its own
+    high.receives_posted(32)
+    hs_high = high.handshake()
+    high.transport_up(hs_low, 0.0)
+    low.transport_up(hs_high, 0.0)
+    link.a.posted = link.b.posted = 32
+    link.run()
+    assert [e.data for e in link.a.events if isinstance(e, MessageReceived)] == [
+        b"from the high side"
+    ]
+
+
+def test_incoming_connect_while_up_replaces_a_stale_transport() -> None:
+    link = Link()
+    link.connect()
+    link.b.conn.send(4, 5, b"unacked when a rebooted", token="old")
+    link.pull(link.b)  # a had it in a receive buffer when it died
+    # a reboots: a new engine with a new generation connects to b, which is still UP
+    rebooted = Link(gen_a=33)
+    link.a.conn = rebooted.a.conn
+    link.a.events.clear()
+    link.b.conn.send(4, 5, b"after the reboot", token="new")
+    link.connect()
+    assert link.b.conn.statistics().ib_listen_closed_stale == 1
+    link.run()
+    b_events = link.b.events
+    assert [e for e in b_events if isinstance(e, PeerRestarted)] == [PeerRestarted(11, 33)]
+    dropped = [(e.token, e.reason) for e in b_events if isinstance(e, MessageDropped)]
+    assert dropped == [("old", DropReason.PEER_RESTARTED)]
+    got = [(e.data, e.seq) for e in link.a.events if isinstance(e, MessageReceived)]
+    assert got == [(b"after the reboot", 1)]
