@@ -18,6 +18,7 @@ from rdsx.engine._wire import (
     FLAG_TOMBSTONE,
     HEADER,
     decode_cong_update,
+    parse_fragment,
 )
 from rdsx.errors import RemoteProtocolError
 
@@ -156,6 +157,9 @@ def test_decoders_parse_or_raise_remote_protocol_error(data: bytes) -> None:
     for decode in (parse_header, decode_handshake, decode_cong_update):
         with contextlib.suppress(RemoteProtocolError):
             decode(data)
+    for frag_size in (1, 16, 4096):
+        with contextlib.suppress(RemoteProtocolError):
+            parse_fragment(data, frag_size, 1 << 20)
 
 
 @settings(max_examples=300, deadline=None)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import collections
 
-import attrs
-
 from ..errors import AddressNotAvailable, LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from ._backoff import should_initiate
 from ._config import EngineConfig
@@ -34,6 +32,15 @@ from ._events import (
     MessageReceived,
     PeerRestarted,
     PongReceived,
+)
+from ._message import (
+    CANCELED,
+    INTERNAL,
+    ConnectionInfo,
+    Message,
+    QueuedMessage,
+    reports,
+    row,
 )
 from ._state import ConnState, transition
 from ._wire import (
@@ -50,15 +57,15 @@ from ._wire import (
     decode_handshake,
     encode_cong_update,
     encode_handshake,
-    parse_header,
+    parse_fragment,
 )
 
 __all__ = ["Connection", "ConnectionInfo", "Frame", "QueuedMessage"]
 
 _S = ConnState
 _UP = ConnState.UP
-_INTERNAL = object()  # token of engine-internal messages (pongs): no events
-_CANCELED = object()  # token of canceled messages: no further events
+
+
 _EMPTY = b""
 _RESEND_FLAGS = FLAG_RETRANSMITTED | FLAG_ACK_REQUIRED
 _TOMBSTONE_FLAGS = FLAG_TOMBSTONE | _RESEND_FLAGS
@@ -67,87 +74,6 @@ _TOMBSTONE_FLAGS = FLAG_TOMBSTONE | _RESEND_FLAGS
 #: copies both, back to back, into one registered send buffer (one copy of the
 #: payload, no ``header + payload`` concatenation here).
 Frame = tuple[bytes, bytes | memoryview]
-
-
-class _Message:
-    """A message the engine holds until it is acked or dropped."""
-
-    __slots__ = ("dport", "ext", "flags", "nbytes", "payload", "rdma", "seq", "sport", "token")
-
-    def __init__(
-        self,
-        sport: int,
-        dport: int,
-        payload: bytes | memoryview,
-        token: object,
-        flags: int,
-        ext: bytes,
-        rdma: bool,
-    ) -> None:
-        self.seq = 0  # assigned at first transmission
-        self.sport = sport
-        self.dport = dport
-        self.payload = payload
-        self.nbytes = len(payload)
-        self.token = token
-        self.flags = flags
-        self.ext = ext
-        self.rdma = rdma
-
-
-@attrs.frozen(slots=True)
-class QueuedMessage:
-    """One row of rds-info's send/retransmit queue tables.
-
-    Attributes:
-        sport: source port.
-        dport: destination port.
-        seq: its sequence number (0 = not transmitted yet).
-        nbytes: payload length.
-    """
-
-    sport: int
-    dport: int
-    seq: int
-    nbytes: int
-
-
-@attrs.frozen(slots=True, kw_only=True)
-class ConnectionInfo:
-    """A snapshot of one connection for rds-info's ``-n``, ``-s`` and ``-t`` tables.
-
-    Attributes:
-        local: our address.
-        remote: the peer's address.
-        state: the life-cycle state.
-        next_tx_seq: the seq the next new message will get.
-        next_rx_seq: one past the highest seq received.
-        generation: our incarnation.
-        peer_generation: the peer's, as last seen (0 = never connected).
-        send_credits: frames we may still send (``None`` without flow control).
-        send_queue: messages waiting for (re)transmission, in order.
-        retransmit_queue: transmitted messages waiting for an ack, in order.
-    """
-
-    local: str
-    remote: str
-    state: ConnState
-    next_tx_seq: int
-    next_rx_seq: int
-    generation: int
-    peer_generation: int
-    send_credits: int | None
-    send_queue: tuple[QueuedMessage, ...]
-    retransmit_queue: tuple[QueuedMessage, ...]
-
-
-def _reports(msg: _Message) -> bool:
-    """Whether the node hears about this message's fate (not internal, canceled, a tombstone)."""
-    return msg.token is not _INTERNAL and msg.token is not _CANCELED
-
-
-def _row(msg: _Message) -> QueuedMessage:
-    return QueuedMessage(msg.sport, msg.dport, msg.seq, msg.nbytes)
 
 
 class Connection:
@@ -190,9 +116,9 @@ class Connection:
         self._events: collections.deque[Event] = collections.deque()
         # --- send side
         self._next_tx_seq = 1
-        self._send_queue: collections.deque[_Message] = collections.deque()
-        self._retrans: collections.deque[_Message] = collections.deque()
-        self._cur: _Message | None = None  # the message being cut into fragments
+        self._send_queue: collections.deque[Message] = collections.deque()
+        self._retrans: collections.deque[Message] = collections.deque()
+        self._cur: Message | None = None  # the message being cut into fragments
         self._cur_view: memoryview | None = None
         self._cur_index = 0
         self._cur_count = 0
@@ -264,8 +190,8 @@ class Connection:
             generation=self.generation,
             peer_generation=self.peer_generation,
             send_credits=self._send_credits if self._flow else None,
-            send_queue=tuple(_row(m) for m in self._send_queue),
-            retransmit_queue=tuple(_row(m) for m in self._retrans),
+            send_queue=tuple(row(m) for m in self._send_queue),
+            retransmit_queue=tuple(row(m) for m in self._retrans),
         )
 
     def next_event(self) -> Event | None:
@@ -330,7 +256,7 @@ class Connection:
         if ext:
             flags |= FLAG_EXT
             ext = bytes((len(ext),)) + ext
-        self._send_queue.append(_Message(sport, dport, payload, token, flags, ext, rdma))
+        self._send_queue.append(Message(sport, dport, payload, token, flags, ext, rdma))
         self._counters.send_queued += 1
 
     def cancel(self, sport: int, dport: int | None = None) -> list[object]:
@@ -345,23 +271,23 @@ class Connection:
         """
         tokens: list[object] = []
 
-        def hit(msg: _Message) -> bool:
+        def hit(msg: Message) -> bool:
             return (
                 msg.sport == sport
                 and (dport is None or msg.dport == dport)
-                and msg.token is not _INTERNAL
-                and msg.token is not _CANCELED
+                and msg.token is not INTERNAL
+                and msg.token is not CANCELED
             )
 
         for msg in self._retrans:
             if hit(msg):
                 tokens.append(msg.token)
-                msg.token = _CANCELED
-        kept: collections.deque[_Message] = collections.deque()
+                msg.token = CANCELED
+        kept: collections.deque[Message] = collections.deque()
         for msg in self._send_queue:
             if hit(msg):
                 tokens.append(msg.token)
-                msg.token = _CANCELED
+                msg.token = CANCELED
                 if msg.seq == 0:
                     continue  # never transmitted: no sequence number to account for
                 self._tombstone(msg)
@@ -594,12 +520,12 @@ class Connection:
                 out.append(ack_frame)
         return out
 
-    def _start_next_message(self) -> _Message | None:
+    def _start_next_message(self) -> Message | None:
         if self._cong_pending:
             self._cong_pending = False
             local = self._local_cong
             ports = local.ports() if local is not None else []
-            msg = _Message(0, 0, encode_cong_update(ports), _INTERNAL, FLAG_CONG_BITMAP, b"", False)
+            msg = Message(0, 0, encode_cong_update(ports), INTERNAL, FLAG_CONG_BITMAP, b"", False)
         elif self._send_queue:
             msg = self._send_queue.popleft()
             if msg.seq == 0:
@@ -621,7 +547,7 @@ class Connection:
         self._cur_view = memoryview(msg.payload) if count > 1 else None
         return msg
 
-    def _apply_ack_policy(self, msg: _Message) -> None:
+    def _apply_ack_policy(self, msg: Message) -> None:
         """Linux ``rds_send_xmit``: ACK_REQUIRED every N packets or M bytes."""
         nbytes = msg.nbytes
         if msg.flags & FLAG_ACK_REQUIRED:
@@ -635,7 +561,7 @@ class Connection:
             self._unacked_packets -= 1
             self._unacked_bytes -= nbytes
 
-    def _header(self, msg: _Message, index: int, count: int) -> bytes:
+    def _header(self, msg: Message, index: int, count: int) -> bytes:
         ack = self._next_rx_seq - 1 if self._next_rx_seq else 0
         grant = 0
         if self._flow:
@@ -737,30 +663,11 @@ class Connection:
             raise
 
     def _receive(self, frame: bytes | bytearray | memoryview, now: float) -> None:
-        seq, ack, length, sport, dport, flags, credit, index, count, _ = parse_header(frame)
+        seq, ack, length, sport, dport, flags, credit, index, count, ext = parse_fragment(
+            frame, self._frag, self.config.max_message_size
+        )
         plen = len(frame) - HEADER_SIZE
-        # What this fragment must look like, from the header alone.
-        if length > self.config.max_message_size:
-            raise RemoteProtocolError(f"message length {length} over the maximum")
         frag = self._frag
-        if count != (-(-length // frag) or 1):
-            raise RemoteProtocolError(f"{count} fragments for {length} bytes")
-        expected = min(frag, length - index * frag) if length else 0
-        if plen != expected:
-            raise RemoteProtocolError(f"fragment {index} has {plen} bytes, expected {expected}")
-        if seq == 0:
-            if flags & ~FLAG_CONG_BITMAP or sport or dport or (not flags and length):
-                raise RemoteProtocolError("malformed control frame")
-        elif flags & FLAG_TOMBSTONE and (length or not flags & FLAG_RETRANSMITTED):
-            raise RemoteProtocolError("malformed tombstone")
-        elif flags & FLAG_CONG_BITMAP:
-            raise RemoteProtocolError("sequenced congestion update")
-        ext = _EMPTY
-        if flags & FLAG_EXT:
-            ext_len = frame[32]
-            if not 0 < ext_len <= MAX_EXT:
-                raise RemoteProtocolError(f"ext length {ext_len}")
-            ext = bytes(frame[33 : 33 + ext_len])
         if self._rx_active:
             if (seq, length, sport, dport, flags, count, ext) != self._rx_key or (
                 index != self._rx_next
@@ -840,7 +747,7 @@ class Connection:
         if dport == 0:
             if sport and self.config.ping_enable:
                 counters.recv_ping += 1
-                self._send_queue.append(_Message(0, sport, _EMPTY, _INTERNAL, 0, _EMPTY, False))
+                self._send_queue.append(Message(0, sport, _EMPTY, INTERNAL, 0, _EMPTY, False))
                 counters.send_pong += 1
             return
         if sport == 0:
@@ -868,7 +775,7 @@ class Connection:
                 break
             retrans.popleft()
             counters.send_drop_acked += 1
-            if _reports(msg):
+            if reports(msg):
                 events.append(MessageAcked(msg.token, msg.sport, msg.dport, msg.nbytes, msg.seq))
 
     def _purge_resends(self, ack: int) -> None:
@@ -879,7 +786,7 @@ class Connection:
         while queue and queue[0].seq and queue[0].seq <= ack:
             msg = queue.popleft()
             self._counters.send_drop_acked += 1
-            if _reports(msg):
+            if reports(msg):
                 self._events.append(
                     MessageAcked(msg.token, msg.sport, msg.dport, msg.nbytes, msg.seq)
                 )
@@ -892,13 +799,13 @@ class Connection:
             self._next_rx_seq = 0
             self._highest_sent = 0
             self._last_ack_sent = 0
-            kept: collections.deque[_Message] = collections.deque()
+            kept: collections.deque[Message] = collections.deque()
             for msg in self._send_queue:
                 if msg.seq == 0:
                     kept.append(msg)
                     continue
                 self._counters.send_flushed += 1
-                if _reports(msg):
+                if reports(msg):
                     self._events.append(
                         MessageDropped(
                             msg.token, msg.sport, msg.dport, msg.nbytes, DropReason.PEER_RESTARTED
@@ -908,11 +815,11 @@ class Connection:
         if generation:
             self.peer_generation = generation
 
-    def _tombstone(self, msg: _Message) -> None:
+    def _tombstone(self, msg: Message) -> None:
         msg.payload = _EMPTY
         msg.ext = _EMPTY
         msg.flags = _TOMBSTONE_FLAGS
-        msg.token = _CANCELED
+        msg.token = CANCELED
 
     def _reset_queues(self) -> None:
         """``rds_send_path_reset``: requeue unacked messages in front, in order."""
@@ -928,14 +835,14 @@ class Connection:
             msg.flags |= _RESEND_FLAGS
             if msg.rdma:
                 self._counters.send_rdma_dropped += 1
-                if _reports(msg):
+                if reports(msg):
                     self._events.append(
                         MessageDropped(
                             msg.token, msg.sport, msg.dport, msg.nbytes, DropReason.RDMA_DROPPED
                         )
                     )
                 self._tombstone(msg)
-            elif msg.token is _CANCELED:
+            elif msg.token is CANCELED:
                 self._tombstone(msg)
         resend.extend(self._send_queue)
         self._send_queue = resend

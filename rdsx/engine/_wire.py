@@ -49,6 +49,7 @@ __all__ = [
     "decode_handshake",
     "encode_cong_update",
     "encode_handshake",
+    "parse_fragment",
     "parse_header",
 ]
 
@@ -100,6 +101,49 @@ def parse_header(frame: bytes | bytearray | memoryview) -> tuple[int, ...]:
     if count == 0 or index >= count:
         raise RemoteProtocolError(f"fragment index {index} out of range for count {count}")
     return fields
+
+
+def parse_fragment(
+    frame: bytes | bytearray | memoryview, frag_size: int, max_message_size: int
+) -> tuple[int, int, int, int, int, int, int, int, int, bytes]:
+    """Parse a frame and check everything its header alone can tell.
+
+    Args:
+        frame: header and payload, as received.
+        frag_size: the payload bytes per fragment agreed for this connection.
+        max_message_size: the largest message we accept.
+
+    Returns:
+        ``(seq, ack, len, sport, dport, flags, credit, frag_index, frag_count, ext)``.
+
+    Raises:
+        RemoteProtocolError: as :func:`parse_header`, or the fragment count or
+            payload size does not fit the message length, a control frame
+            (seq 0) carries ports or data it may not, a tombstone is not an
+            empty resend, or the ext area is malformed.
+    """
+    seq, ack, length, sport, dport, flags, credit, index, count, _ = parse_header(frame)
+    if length > max_message_size:
+        raise RemoteProtocolError(f"message length {length} over the maximum")
+    if count != (-(-length // frag_size) or 1):
+        raise RemoteProtocolError(f"{count} fragments for {length} bytes")
+    expected = min(frag_size, length - index * frag_size) if length else 0
+    if len(frame) - HEADER_SIZE != expected:
+        raise RemoteProtocolError(f"fragment {index} has the wrong size (expected {expected})")
+    if seq == 0:
+        if flags & ~FLAG_CONG_BITMAP or sport or dport or (not flags and length):
+            raise RemoteProtocolError("malformed control frame")
+    elif flags & FLAG_TOMBSTONE and (length or not flags & FLAG_RETRANSMITTED):
+        raise RemoteProtocolError("malformed tombstone")
+    elif flags & FLAG_CONG_BITMAP:
+        raise RemoteProtocolError("sequenced congestion update")
+    ext = b""
+    if flags & FLAG_EXT:
+        ext_len = frame[32]
+        if not 0 < ext_len <= MAX_EXT:
+            raise RemoteProtocolError(f"ext length {ext_len}")
+        ext = bytes(frame[33 : 33 + ext_len])
+    return seq, ack, length, sport, dport, flags, credit, index, count, ext
 
 
 @attrs.frozen(slots=True, kw_only=True)
