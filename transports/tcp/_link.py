@@ -81,8 +81,7 @@ class Link:
         self._blocked = blocked
         self.decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         self._pending: list[Frame] = []
-        self._out = bytearray()
-        self._out_frames = 0
+        self._out: list[bytes] = []
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
         self._closing = False
@@ -106,21 +105,20 @@ class Link:
         if self._blocked(self.local, self.peer):
             self.counters.tcp_fault_drops += 1
             return
-        self._out += frame
-        self._out_frames += 1
+        self._out.append(frame)
         self._wake.set()
 
     async def flush(self) -> None:
         """Write everything queued (handshake phase only, before :meth:`run`)."""
         if self._out:
-            data, self._out = self._out, bytearray()
-            self._count_tx()
-            await self.stream.send_all(data)
+            await self.stream.send_all(self._take())
 
-    def _count_tx(self) -> None:
-        self.counters.tcp_frames_tx += self._out_frames
+    def _take(self) -> bytes:
+        """Everything queued, as one buffer for one ``send_all``."""
+        frames, self._out = self._out, []
+        self.counters.tcp_frames_tx += len(frames)
         self.counters.tcp_send_batches += 1
-        self._out_frames = 0
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     # ------------------------------------------------------------------ receiving
 
@@ -218,9 +216,7 @@ class Link:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            data, self._out = self._out, bytearray()
-            self._count_tx()
-            await self.stream.send_all(data)
+            await self.stream.send_all(self._take())
 
     def close(self, *, flush: bool = False) -> None:
         """Close the link. With ``flush`` the frames already queued go out first.

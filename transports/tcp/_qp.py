@@ -370,7 +370,7 @@ class TcpQP(_Handle, QP):
                 if sge.length and (
                     mr is None
                     or mr.pd is not self.pd
-                    or Access.LOCAL_WRITE not in mr.access
+                    or not mr.local_write
                     or mr.offset(sge.addr, sge.length) is None
                 ):
                     raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x}")
@@ -507,31 +507,32 @@ class TcpQP(_Handle, QP):
     # ------------------------------------------------------------------ responder
 
     def _scatter(self, sges: tuple[Sge, ...], data: bytes, *, need_write: bool) -> None:
-        if len(data) > sum(sge.length for sge in sges):
-            raise _LocalError(WcStatus.LOC_LEN_ERR, f"{len(data)} bytes do not fit the buffers")
+        size = len(data)
+        if size > sum(sge.length for sge in sges):
+            raise _LocalError(WcStatus.LOC_LEN_ERR, f"{size} bytes do not fit the buffers")
         offset = 0
+        mrs = self.device.mrs
         for sge in sges:
-            if offset >= len(data):
+            if offset >= size:
                 break
-            mr = self.device.mrs.get(sge.lkey)
+            mr = mrs.get(sge.lkey)
             start = None if mr is None or mr.pd is not self.pd else mr.offset(sge.addr, sge.length)
-            if mr is None or start is None or (need_write and Access.LOCAL_WRITE not in mr.access):
+            if mr is None or start is None or (need_write and not mr.local_write):
                 raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
-            count = min(sge.length, len(data) - offset)
-            mr.buffer[start : start + count] = data[offset : offset + count]
+            count = min(sge.length, size - offset)
+            if count == size:
+                mr.buffer[start : start + count] = data  # the common case: no slicing copy
+            else:
+                mr.buffer[start : start + count] = data[offset : offset + count]
             offset += count
 
-    def _remote_mr(self, rkey: int, addr: int, length: int, need: Access) -> TcpMR | None:
+    def _remote_mr(self, rkey: int, addr: int, length: int, write: bool) -> TcpMR | None:
         mr = self.device.mrs.get(rkey)
-        if (
-            mr is None
-            or mr.pd is not self.pd
-            or need not in mr.access
-            or need not in self.access_flags
-            or mr.offset(addr, length) is None
-        ):
+        if mr is None or mr.pd is not self.pd or mr.offset(addr, length) is None:
             return None
-        return mr
+        if write:
+            return mr if mr.remote_write and Access.REMOTE_WRITE in self.access_flags else None
+        return mr if mr.remote_read and Access.REMOTE_READ in self.access_flags else None
 
     def _nak(self, link: Link, psn: int, code: NakCode) -> None:
         self._ack_due = False
@@ -562,9 +563,7 @@ class TcpQP(_Handle, QP):
             self._nak(link, frame.psn, NakCode.RNR)
             return
         if isinstance(frame, Write) and frame.payload:
-            mr = self._remote_mr(
-                frame.rkey, frame.remote_addr, len(frame.payload), Access.REMOTE_WRITE
-            )
+            mr = self._remote_mr(frame.rkey, frame.remote_addr, len(frame.payload), write=True)
             if mr is None:
                 self._nak(link, frame.psn, NakCode.REM_ACCESS)
                 self._enter_error(f"remote access error on WRITE rkey {frame.rkey:#x}")
@@ -604,7 +603,7 @@ class TcpQP(_Handle, QP):
         if frame.length == 0:
             data = b""
         else:
-            mr = self._remote_mr(frame.rkey, frame.remote_addr, frame.length, Access.REMOTE_READ)
+            mr = self._remote_mr(frame.rkey, frame.remote_addr, frame.length, write=False)
             if mr is None:
                 self._nak(link, frame.psn, NakCode.REM_ACCESS)
                 self._enter_error(f"remote access error on READ rkey {frame.rkey:#x}")

@@ -38,6 +38,10 @@ class TcpMR(_Handle, MR):
         self.pd = pd
         self.buffer = buffer
         self.access = access
+        # Flag membership tests are slow; the data path reads these instead.
+        self.local_write = Access.LOCAL_WRITE in access
+        self.remote_write = Access.REMOTE_WRITE in access
+        self.remote_read = Access.REMOTE_READ in access
         self.addr = addr
         self.length = len(buffer)
         self.lkey = self.rkey = key
@@ -156,7 +160,8 @@ class TcpCQ(_Handle, CQ):
         """Add a completion (transport side) and wake a waiter."""
         if not self._closed:
             self._entries.append(wc)
-            self._lot.unpark_all()
+            if self._lot:
+                self._lot.unpark_all()
 
     def wake(self) -> None:
         """Wake every waiter so it rechecks the device (removal)."""
