@@ -44,6 +44,7 @@ from transports.sim.timeline import Timeline
 from .downtime import DowntimeReport, downtime
 from .options import Options, parse_args
 from .stress import Experiment, Outcome, run_stress
+from .verify import Tally
 
 __all__ = [
     "MigrationOptions",
@@ -92,7 +93,8 @@ class RunResult:
         mode: the nodes' mode.
         strategy: the VMM strategy.
         port_model: the fabric's port model.
-        outcome: rdsx-stress's outcome (rows, verification, JSON report).
+        outcome: rdsx-stress's outcome (rows, verification, JSON report);
+            None if the run crashed (``error`` says how).
         timeline: the migration's timeline (None if it never started).
         error: the migration's failure, if it failed.
         downtime: the downtime report (None without a timeline).
@@ -101,7 +103,7 @@ class RunResult:
     mode: str
     strategy: str
     port_model: str
-    outcome: Outcome
+    outcome: Outcome | None
     timeline: Timeline | None
     error: str | None
     downtime: DowntimeReport | None
@@ -109,12 +111,17 @@ class RunResult:
     @property
     def ok(self) -> bool:
         """Every message exactly once and in order, and the VM migrated."""
-        return self.outcome.tally.ok and self.error is None and self.downtime is not None
+        return (
+            self.outcome is not None
+            and self.outcome.tally.ok
+            and self.error is None
+            and self.downtime is not None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary of the run."""
         d = self.downtime
-        tally = self.outcome.tally
+        tally = self.outcome.tally if self.outcome is not None else None
         return {
             "mode": self.mode,
             "strategy": self.strategy,
@@ -140,8 +147,8 @@ class RunResult:
                     for r in d.receivers
                 },
             },
-            "verified": attrs.asdict(tally),
-            "stress": self.outcome.report,
+            "verified": None if tally is None else attrs.asdict(tally),
+            "stress": None if self.outcome is None else self.outcome.report,
         }
 
 
@@ -351,10 +358,30 @@ async def run_compare(
             for port_model in PORT_MODELS:
                 one = attrs.evolve(opts, mode=mode, port_model=port_model)
                 sink = out if out is not None else io.StringIO()
-                results.append(
-                    await run_migration(one, attrs.evolve(mig, strategy=strategy), out=sink)
-                )
+                try:
+                    result = await run_migration(
+                        one, attrs.evolve(mig, strategy=strategy), out=sink
+                    )
+                except Exception as exc:
+                    # One broken combination must not hide the others' figures.
+                    result = RunResult(
+                        mode=mode,
+                        strategy=strategy,
+                        port_model=port_model,
+                        outcome=None,
+                        timeline=None,
+                        error=f"crashed: {_leaf(exc)}",
+                        downtime=None,
+                    )
+                results.append(result)
     return results
+
+
+def _leaf(exc: BaseException) -> str:
+    """The first real error inside (nested) exception groups, as ``Type: message``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def format_results(results: Sequence[RunResult]) -> str:
@@ -366,7 +393,7 @@ def format_results(results: Sequence[RunResult]) -> str:
     lines = [head]
     for r in results:
         d = r.downtime
-        t = r.outcome.tally
+        t = r.outcome.tally if r.outcome is not None else Tally()
         cells = (
             ("-", "-", "-", "-")
             if d is None

@@ -93,3 +93,21 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+async def test_a_crashed_combination_is_a_row_not_an_abort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bench.compare as compare
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ExceptionGroup("nursery", [ExceptionGroup("inner", [RuntimeError("closed")])])
+
+    monkeypatch.setattr(compare, "run_migration", broken)
+    opts, mig = parse(["--compare"])
+    results = await compare.run_compare(opts, mig)
+    combos = {(r.mode, r.strategy, r.port_model) for r in results}
+    assert len(results) == len(combos) == 8
+    assert all(r.error == "crashed: RuntimeError: closed" and not r.ok for r in results)
+    assert format_results(results).count("crashed") == 8
+    json.dumps([r.to_dict() for r in results])
