@@ -6,6 +6,8 @@ TCP); every connection is authenticated with a shared cluster secret. See the
 README section "The tcp transport".
 """
 
+from ._addresses import LocalAddresses as LocalAddresses
+from ._addresses import system_addresses as system_addresses
 from ._device import TcpDevice as TcpDevice
 from ._network import DEFAULT_PORT as DEFAULT_PORT
 from ._network import TcpNetwork as TcpNetwork

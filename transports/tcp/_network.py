@@ -9,6 +9,7 @@ peer outside the process is reached on the network's port (default 18634).
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -17,14 +18,17 @@ from typing import Any, ClassVar
 import attrs
 import trio
 
-from rdsx.errors import AddressInUse, AddressNotAvailable, Unreachable
+from rdsx.errors import AddressInUse, AddressNotAvailable, DeviceBusy, Unreachable
 from rdsx.verbs import Device, DeviceSource, Network, Transport
 
+from ._addresses import AddressSource, LocalAddresses, system_addresses
 from ._device import TcpDevice, bind_error
 from ._secret import check_secret, load_secret
 from ._stats import Counters, TcpStatistics
 
 __all__ = ["DEFAULT_PORT", "TcpNetwork", "TcpNode", "TcpTransport"]
+
+log = logging.getLogger("rdsx.tcp")
 
 #: The TCP port a device listens on unless told otherwise.
 DEFAULT_PORT = 18634
@@ -38,6 +42,7 @@ class TcpNode(DeviceSource):
         self.address = address
         self.counters = Counters()
         self.device: TcpDevice | None = None
+        self.closed = False
         self._generation = 0
         self._send, self._recv = trio.open_memory_channel[Device](64)
 
@@ -71,6 +76,7 @@ class TcpNode(DeviceSource):
 
     def close(self) -> None:
         """No more devices will come: ``next_device`` raises EndOfChannel after the queue."""
+        self.closed = True
         self._send.close()
 
 
@@ -111,6 +117,7 @@ class TcpNetwork(Network):
         self.min_rnr_timer = min_rnr_timer
         self.nodes: dict[str, TcpNode] = {}
         self._partitions: set[frozenset[str]] = set()
+        self._departing: set[TcpDevice] = set()
 
     async def add_node(self, address: str) -> TcpNode:
         """Bind a device to the local ``address`` and return the node's device source.
@@ -170,6 +177,44 @@ class TcpNetwork(Network):
         finally:
             self._partitions.discard(key)
 
+    async def watch_addresses(self, source: AddressSource, interval: float, grace: float) -> None:
+        """Follow the local addresses: one gone removes its device, one back attaches a new one.
+
+        Runs until cancelled (the network's task). A removal first gives the
+        device's users ``grace`` seconds; if they still hold it, the removal is
+        forced (the address is gone, so the device cannot stay).
+        """
+        while True:
+            try:
+                present = await trio.to_thread.run_sync(source)
+            except OSError as exc:
+                log.warning("cannot list local addresses: %s", exc)
+            else:
+                await self._follow(present, grace)
+            await trio.sleep(interval)  # the polling period
+
+    async def _follow(self, present: LocalAddresses, grace: float) -> None:
+        for node in list(self.nodes.values()):
+            device = node.device
+            if device is not None and node.address not in present:
+                if device not in self._departing:
+                    self._departing.add(device)
+                    self._nursery.start_soon(self._address_gone, device, grace)
+            elif device is None and node.address in present and not node.closed:
+                try:
+                    await node.attach()
+                except (AddressInUse, AddressNotAvailable) as exc:
+                    log.warning("address %s is back but cannot be bound: %s", node.address, exc)
+
+    async def _address_gone(self, device: TcpDevice, grace: float) -> None:
+        log.info("address %s went away: removing %s", device.address, device.name)
+        try:
+            await device.detach(grace)
+        except DeviceBusy:
+            await device.detach(None)
+        finally:
+            self._departing.discard(device)
+
     def statistics(self) -> TcpStatistics:
         """Return the counters of every node, summed."""
         total = Counters()
@@ -194,6 +239,10 @@ class TcpTransport(Transport):
             port: the TCP port every device listens on (default 18634; 0 = any).
             backlog, max_msg_sz, handshake_timeout, frame_timeout, park_timeout,
             max_handshakes, qp_timeout, min_rnr_timer: tuning (see README).
+            watch_addresses: follow the host's local addresses (True: from
+                ``/proc/net/fib_trie`` or ``ip -j addr``; or a callable returning
+                :class:`LocalAddresses`), every ``watch_interval`` seconds; an address
+                that goes away removes its device after ``removal_grace`` seconds.
 
         Raises:
             SecretNotConfigured: no secret given and ``RDSX_SECRET`` unset.
@@ -214,6 +263,9 @@ async def _open_network(
     max_handshakes: int = 64,
     qp_timeout: float = 0.5,
     min_rnr_timer: float = 0.001,
+    watch_addresses: bool | AddressSource = False,
+    watch_interval: float = 0.5,
+    removal_grace: float = 2.0,
 ) -> AsyncIterator[TcpNetwork]:
     key = load_secret() if secret is None else check_secret(secret)
     if not 0 <= port < 65536:
@@ -233,6 +285,9 @@ async def _open_network(
                 qp_timeout=qp_timeout,
                 min_rnr_timer=min_rnr_timer,
             )
+            if watch_addresses:
+                source = system_addresses if watch_addresses is True else watch_addresses
+                nursery.start_soon(network.watch_addresses, source, watch_interval, removal_grace)
             try:
                 yield network
             finally:

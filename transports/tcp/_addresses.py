@@ -1,0 +1,89 @@
+"""Which IPv4 addresses are local right now: the interface-address watch of the tcp transport.
+
+A device *is* its address, so an address going away is a device removal and an
+address (re)appearing is a new device. The kernel says which addresses are
+local in ``/proc/net/fib_trie`` (its ``host LOCAL`` entries; a ``/8 host
+LOCAL`` like loopback's makes the whole prefix local). That file is read
+without any dependency; where it is missing, ``ip -j -4 addr`` is asked. Netlink
+(pyroute2) would push changes instead of being polled, but is not a dependency.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["AddressSource", "LocalAddresses", "parse_fib_trie", "system_addresses"]
+
+#: Something that returns the local networks now (a test passes its own).
+AddressSource = Callable[[], "LocalAddresses"]
+
+_FIB_TRIE = Path("/proc/net/fib_trie")
+
+
+class LocalAddresses:
+    """A set of local IPv4 networks; ``address in it`` says whether a node may bind it."""
+
+    def __init__(self, networks: set[ipaddress.IPv4Network]) -> None:
+        self.networks = networks
+
+    def __contains__(self, address: object) -> bool:
+        try:
+            ip = ipaddress.IPv4Address(str(address))
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def __repr__(self) -> str:
+        return f"LocalAddresses({sorted(map(str, self.networks))})"
+
+
+def parse_fib_trie(text: str) -> LocalAddresses:
+    """Collect the ``host LOCAL`` entries of a ``/proc/net/fib_trie`` dump."""
+    networks: set[ipaddress.IPv4Network] = set()
+    leaf: str | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|-- "):
+            leaf = stripped[4:]
+        elif leaf is not None and stripped.startswith("/") and stripped.endswith("host LOCAL"):
+            prefix = stripped[1:].split()[0]
+            try:
+                networks.add(ipaddress.IPv4Network(f"{leaf}/{prefix}", strict=False))
+            except ValueError:
+                continue
+    return LocalAddresses(networks)
+
+
+def _from_ip_command() -> LocalAddresses:
+    output = subprocess.run(
+        ["ip", "-j", "-4", "addr"], capture_output=True, check=True, timeout=5
+    ).stdout
+    networks: set[ipaddress.IPv4Network] = set()
+    for link in json.loads(output):
+        for info in link.get("addr_info", []):
+            local, prefix = info.get("local"), info.get("prefixlen", 32)
+            if local is None:
+                continue
+            # Only loopback makes a whole prefix local; elsewhere the address alone is.
+            length = prefix if info.get("scope") == "host" else 32
+            networks.add(ipaddress.IPv4Network(f"{local}/{length}", strict=False))
+    return LocalAddresses(networks)
+
+
+def system_addresses() -> LocalAddresses:
+    """The host's local IPv4 addresses now (``/proc/net/fib_trie``, else ``ip -j addr``).
+
+    Raises:
+        OSError: neither source is available.
+    """
+    try:
+        return parse_fib_trie(_FIB_TRIE.read_text())
+    except OSError:
+        try:
+            return _from_ip_command()
+        except (subprocess.SubprocessError, ValueError) as exc:
+            raise OSError(f"cannot list local addresses: {exc}") from exc
