@@ -86,7 +86,10 @@ class Link:
                 return False
             side.posted -= 1
             try:
-                side.conn.receive_frame(frame, self.now)
+                # as a path does: a view of a receive buffer that is reused afterwards
+                buf = bytearray(frame)
+                side.conn.receive_frame(memoryview(buf), self.now)
+                buf[:] = bytes(len(buf))
             except RemoteProtocolError:
                 side.protocol_errors += 1
                 self.drain()
