@@ -264,3 +264,18 @@ async def test_after_the_switch_over_only_the_destination_matters(
         assert crash.vm_lost and vm.crashed and vm.device is None
         assert crash.timeline.outcome == "destination-crashed"
         assert crash.timeline.stage("stop-and-copy") is not None
+
+
+async def test_a_source_crash_while_the_detach_waits_is_a_crash_not_a_refusal(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with world() as fabric:
+        vm = fabric.vms["vm1"]
+        assert vm.device is not None
+        await vm.device.open()  # held: the detach waits out its grace
+        when = trio.current_time() + 0.5
+        crash = await _migrate_with_crash(VMM(fabric), "hostA", when, grace=2.0)
+        assert isinstance(crash, HostCrashed) and not isinstance(crash, DeviceBusy)
+        assert crash.vm_lost and vm.crashed
+        assert isinstance(crash.timeline, Timeline)
+        assert crash.timeline.outcome == "source-crashed"

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import weakref
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import trio
 
@@ -292,6 +292,10 @@ class VMM:
             run.add(STOP_AND_COPY, t0, nbytes=plan.final_bytes)
             await self._attach(run, dest, old_lid)
         except DeviceBusy as exc:
+            crashed = self._crashed(run)
+            if crashed is not None:
+                # The source died under the detach: that, not the refusal, is the outcome.
+                await self._after_crash(run, crashed, old_lid, strategy, plan, surprise)
             timeline = self._timeline(run, strategy, plan, old_lid, surprise, "detach-refused")
             raise DetachRefused(
                 f"{vm.name}: VF still in use at the grace deadline; it stays on "
@@ -349,10 +353,13 @@ class VMM:
                 return
             await trio.sleep_until(min(deadline, now + self.crash_check))
 
+    def _crashed(self, run: _Run) -> Host | None:
+        return next((host for host in run.watch if host.crashed), None)
+
     def _check(self, run: _Run) -> None:
-        for host in run.watch:
-            if host.crashed:
-                raise _Crash(host)
+        crashed = self._crashed(run)
+        if crashed is not None:
+            raise _Crash(crashed)
 
     async def _after_crash(
         self,
@@ -362,7 +369,7 @@ class VMM:
         strategy: Strategy,
         plan: PrecopyPlan,
         surprise: bool,
-    ) -> None:
+    ) -> NoReturn:
         vm = run.vm
         lost = crashed is (run.dest if run.resumed_on_dest else run.source)
         outcome = f"{'destination' if crashed is run.dest else 'source'}-crashed"
