@@ -64,8 +64,6 @@ __all__ = ["Connection", "ConnectionInfo", "Frame", "QueuedMessage"]
 
 _S = ConnState
 _UP = ConnState.UP
-
-
 _EMPTY = b""
 _RESEND_FLAGS = FLAG_RETRANSMITTED | FLAG_ACK_REQUIRED
 _TOMBSTONE_FLAGS = FLAG_TOMBSTONE | _RESEND_FLAGS
