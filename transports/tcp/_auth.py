@@ -112,7 +112,7 @@ async def connect_handshake(
     await link.flush()
     challenge = await expect_control(link, "challenge")
     nonce_s = _nonce(challenge)
-    peer_max = _max_frame(challenge)
+    peer_max = link.peer_max_frame = _max_frame(challenge)
     their_mac: bytes = _field(challenge, "m", bytes)
     if not hmac.compare_digest(their_mac, _mac(secret, _LABEL_S, nonce_c, nonce_s)):
         link.counters.tcp_auth_failures += 1
@@ -141,7 +141,7 @@ async def accept_handshake(link: Link, secret: bytes, max_frame: int) -> dict[st
             await _deny(link, f"protocol version {VERSION} only")
             raise RemoteProtocolError(f"unsupported version {hello.fields['v']!r}")
         nonce_c = _nonce(hello)
-        _max_frame(hello)
+        link.peer_max_frame = _max_frame(hello)
         nonce_s = secrets.token_bytes(_NONCE)
         link.send(
             encode_control(

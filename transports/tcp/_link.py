@@ -80,6 +80,8 @@ class Link:
         self.frame_timeout = frame_timeout
         self._blocked = blocked
         self.decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
+        #: The largest frame the peer said it accepts (set by the handshake).
+        self.peer_max_frame = PRE_AUTH_MAX_FRAME
         self._pending: list[Frame] = []
         self._out: list[bytes] = []
         self._wake = trio.Event()

@@ -399,6 +399,12 @@ class TcpQP(_Handle, QP):
                 self._complete_send(wr, exc.status, 0, message=str(exc))
                 self._enter_error(f"{exc.status.name}: {exc}")
                 return
+            if link is not None and len(frame) - 4 > link.peer_max_frame:
+                # Never send what the peer said it would refuse: it would reset the stream.
+                message = f"{length} bytes exceed the peer's frame limit"
+                self._complete_send(wr, WcStatus.LOC_LEN_ERR, 0, message=message)
+                self._enter_error(f"LOC_LEN_ERR: {message}")
+                return
             self._next_psn = (psn + 1) & PSN_MASK
             self._outstanding.append(_Inflight(wr, psn, frame, length))
             if send:
