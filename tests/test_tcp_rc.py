@@ -12,6 +12,7 @@ from rdsx.verbs import (
     AsyncEventType,
     Opcode,
     QpAttr,
+    QpDest,
     QpState,
     SendWR,
     WcOpcode,
@@ -233,3 +234,44 @@ async def test_rdma_read_key_checks(how: str) -> None:
             a.qp.post_send(SendWR(1, Opcode.RDMA_READ, (a.sge(0, 8),), remote_addr=addr, rkey=rkey))
             (wc,) = await wait_wcs(a.cq, 1)
             assert wc.status is WcStatus.REM_ACCESS_ERR
+
+
+async def test_path_change_while_draining_resends_to_the_new_peer() -> None:
+    with trio.fail_after(5):
+        async with pair() as (net, da, db):
+            a, b = await make_end(da), await make_end(db)
+            bring_up(a, b, timeout=0.1, retry_cnt=7)
+            b.post_recvs(8)
+            a.send(0, b"to b")
+            await wait_wcs(a.cq, 1)
+            with net.partition(da.address, db.address):
+                for i in range(1, 4):
+                    a.send(i, f"moved-{i}".encode(), offset=16 * i)
+                a.qp.modify(QpAttr(QpState.SQD, en_sqd_async_notify=True))
+                assert a.qp.sq_draining  # b never acknowledges them
+                dc = (await net.add_node("127.0.0.3")).device
+                assert dc is not None
+                c = await make_end(dc)
+                c.qp.modify(QpAttr(QpState.INIT, access_flags=Access.LOCAL_WRITE))
+                c.qp.modify(
+                    QpAttr(
+                        QpState.RTR,
+                        dest=QpDest(a.ctx.query_port().address, a.qp.qp_num),
+                        path_mtu=4096,
+                        rq_psn=500,
+                        min_rnr_timer=0.001,
+                    )
+                )
+                c.post_recvs(8)
+                a.qp.modify(QpAttr(QpState.SQD, dest=QpDest(dc.locator, c.qp.qp_num), sq_psn=500))
+                sends = await wait_wcs(a.cq, 3)
+                assert [(wc.wr_id, wc.status) for wc in sends] == [
+                    (i, WcStatus.SUCCESS) for i in range(1, 4)
+                ]
+                event = await a.ctx.get_async_event()
+                assert event.type is AsyncEventType.SQ_DRAINED
+            recvs = await wait_wcs(c.cq, 3)
+            assert [
+                bytes(c.mr.buffer[wc.wr_id * 256 : wc.wr_id * 256 + wc.byte_len]) for wc in recvs
+            ] == [f"moved-{i}".encode() for i in range(1, 4)]
+            assert len(await wait_wcs(b.cq, 1)) == 1 and b.cq.poll() == []  # b got only "to b"

@@ -23,6 +23,7 @@ Who opens the TCP connection: of the two ends, the one with the smaller
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -87,6 +88,7 @@ log = logging.getLogger("rdsx.tcp.qp")
 
 S = QpState
 _HALF = 1 << 23
+_PSN = struct.Struct("!I")
 #: An RNR timer of 0 would turn "retry forever" into a busy loop over the network.
 _MIN_RNR_WAIT = 0.0005
 _CONNECT_BACKOFF = (0.01, 0.5)
@@ -229,11 +231,22 @@ class TcpQP(_Handle, QP):
         if attr.rnr_retry is not None:
             self.rnr_retry = attr.rnr_retry
         if attr.sq_psn is not None:
-            self._next_psn = attr.sq_psn
+            self._renumber(attr.sq_psn)
         if attr.rq_psn is not None and self._state is not S.INIT:
             self._epsn = attr.rq_psn
         if attr.en_sqd_async_notify is not None:
             self.notify_drained = attr.en_sqd_async_notify
+
+    def _renumber(self, sq_psn: int) -> None:
+        """Start the send PSNs at ``sq_psn``; requests still unacknowledged (a path
+        change while draining) are renumbered so the new peer sees them in order."""
+        psn = sq_psn
+        for inflight in self._outstanding:
+            inflight.psn = psn
+            # Every request frame starts with length (4), type (1), PSN (4).
+            inflight.frame = inflight.frame[:5] + _PSN.pack(psn) + inflight.frame[9:]
+            psn = (psn + 1) & PSN_MASK
+        self._next_psn = psn
 
     def post_send(self, wrs: SendWR | Sequence[SendWR]) -> None:
         """Post send WRs; never blocks (see :meth:`rdsx.verbs.QP.post_send`)."""
