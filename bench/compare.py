@@ -168,18 +168,31 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
     Raises:
         SystemExit: status 2 on a bad option.
     """
-    p = argparse.ArgumentParser(prog="rdsx-stress", add_help=False)
-    p.add_argument("--compare", action="store_true")
-    p.add_argument("--migrate-at", type=float, default=None)
-    p.add_argument("--migration", choices=STRATEGIES, default="late-detach")
-    p.add_argument("--profile", default="seed-cx2-xen")
-    p.add_argument("--clock", choices=("virtual", "real"), default="virtual")
+    p = argparse.ArgumentParser(
+        prog="rdsx-stress", add_help=False, description="live-migration experiments (sim)"
+    )
+    add = p.add_argument
+    add("--compare", action="store_true", help="every mode x strategy x port model")
+    add("--migrate-at", type=float, default=None, metavar="S", help="migrate S s in (2)")
+    add("--migration", choices=STRATEGIES, default="late-detach", help="VMM strategy")
+    add("--profile", default="seed-cx2-xen", metavar="NAME|FILE", help="timing profile")
+    add("--clock", choices=("virtual", "real"), default="virtual", help="trio clock")
+    if "-h" in argv or "--help" in argv:
+        # rdsx-stress's own parser prints the rest and exits.
+        p.print_help()
+        print()
     ns, rest = p.parse_known_args(list(argv))
     opts = parse_args(rest)
     if opts.transport != "sim":
         p.error("live migration needs --transport sim")
     if ns.migrate_at is not None and ns.migrate_at < 0:
         p.error("--migrate-at must not be negative")
+    from transports.sim.profile import load_profile
+
+    try:
+        load_profile(ns.profile)
+    except RdsError as exc:
+        p.error(str(exc))
     mig = MigrationOptions(
         compare=ns.compare,
         migrate_at=2.0 if ns.migrate_at is None else ns.migrate_at,

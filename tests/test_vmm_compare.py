@@ -41,6 +41,8 @@ def test_the_migration_flags_are_split_from_rdsx_stress_options() -> None:
         parse(["--migrate-at", "1", "--transport", "tcp"])
     with pytest.raises(SystemExit):
         parse(["--migrate-at", "-1"])
+    with pytest.raises(SystemExit):
+        parse(["--compare", "--profile", "no-such-profile"])
 
 
 def test_only_migration_flags_select_the_experiment() -> None:
