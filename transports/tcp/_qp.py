@@ -257,16 +257,23 @@ class TcpQP(_Handle, QP):
         if len(self._pending) + len(self._outstanding) + len(batch) > self.cap.max_send_wr:
             raise QueueFull(f"more than max_send_wr={self.cap.max_send_wr} outstanding")
         max_msg = self.device.max_msg_sz
+        max_sge = self.cap.max_send_sge
         for wr in batch:
-            if len(wr.sg_list) > self.cap.max_send_sge:
-                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_send_sge")
-            if any(sge.length < 0 for sge in wr.sg_list):
-                raise InvalidArgument("negative SGE length")
-            if sum(sge.length for sge in wr.sg_list) > max_msg:
+            sg_list = wr.sg_list
+            if len(sg_list) > max_sge:
+                raise InvalidArgument(f"{len(sg_list)} SGEs > max_send_sge")
+            total = 0
+            for sge in sg_list:
+                if sge.length < 0:
+                    raise InvalidArgument("negative SGE length")
+                total += sge.length
+            if total > max_msg:
                 raise InvalidArgument(f"message longer than max_msg_sz={max_msg}")
-            if wr.opcode in _WITH_IMM and wr.imm_data is None:
-                raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
-            if wr.imm_data is not None and not 0 <= wr.imm_data < 1 << 32:
+            imm = wr.imm_data
+            if imm is None:
+                if wr.opcode in _WITH_IMM:
+                    raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
+            elif not 0 <= imm < 1 << 32:
                 raise InvalidArgument("imm_data must fit 32 bits")
         if self._state is S.ERR:
             for wr in batch:
