@@ -96,3 +96,14 @@ async def test_surprise_removal_makes_zombies_and_tells_cm_ids() -> None:
             a.send(1, b"into the void")
             assert (await wait_wcs(a.cq, 1))[0].status is WcStatus.RETRY_EXC_ERR
             assert isinstance(da, TcpDevice) and not da.removed
+
+
+async def test_a_device_removed_before_it_was_read_is_skipped() -> None:
+    with trio.fail_after(5):
+        async with pair() as (net, _da, db):
+            node = net.nodes[db.address]
+            await db.detach(None)
+            gone = await node.attach()
+            await gone.detach(None)
+            fresh = await node.attach()
+            assert await node.next_device() is fresh

@@ -47,8 +47,17 @@ class TcpNode(DeviceSource):
         self._send, self._recv = trio.open_memory_channel[Device](64)
 
     async def next_device(self) -> Device:
-        """Wait for the next device of this node (the current one first)."""
-        return await self._recv.receive()
+        """Wait for the next device of this node (the current one first).
+
+        Devices removed before anyone asked for them are skipped.
+
+        Raises:
+            trio.EndOfChannel: the network is closing; no device will come.
+        """
+        while True:
+            device = await self._recv.receive()
+            if not device.removed:
+                return device
 
     async def attach(self) -> TcpDevice:
         """Bind a new device to the node's address (the interface came back).
