@@ -53,7 +53,7 @@ from ._link import Link
 from ._qp import TcpQP
 
 if TYPE_CHECKING:
-    from ._device import TcpContext
+    from ._context import TcpContext
 
 __all__ = ["TcpCmId", "TcpCmListener", "TcpCmRequest", "cm_connect"]
 

@@ -1,4 +1,4 @@
-"""A soft-verbs device bound to one local interface address, and its contexts.
+"""A soft-verbs device bound to one local interface address: its listener, tables and timers.
 
 The device owns one TCP listener on ``(address, port)``. Every connection to it
 starts with the authenticated handshake (:mod:`._auth`) and then says what it is
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import logging
 import math
 import secrets
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,38 +32,29 @@ from rdsx.errors import (
     DeviceBusy,
     DeviceRemoved,
     InvalidArgument,
-    InvalidHandle,
     RemoteProtocolError,
     ResourceExhausted,
     Unreachable,
 )
 from rdsx.verbs import (
-    CQ,
-    PD,
-    QP,
-    AsyncEvent,
     AsyncEventType,
     CmEventType,
-    CmId,
-    CmListener,
     Context,
     Device,
-    DeviceAttr,
-    PortAttr,
-    PortState,
 )
 
 from ._auth import accept_handshake, connect_handshake, expect_control
 from ._frames import Control, encode_control
 from ._link import Link, StalledPeer
-from ._resources import TcpCQ, TcpMR, TcpPD
+from ._resources import TcpMR
 
 if TYPE_CHECKING:
-    from ._cm import TcpCmId, TcpCmListener
+    from ._cm import TcpCmListener
+    from ._context import TcpContext
     from ._network import TcpNetwork, TcpNode
     from ._qp import TcpQP
 
-__all__ = ["TcpContext", "TcpDevice", "parse_locator"]
+__all__ = ["TcpDevice", "bind_error", "parse_locator"]
 
 log = logging.getLogger("rdsx.tcp.device")
 
@@ -169,6 +158,8 @@ class TcpDevice(Device):
         """Open a context (see :meth:`rdsx.verbs.Device.open`)."""
         if self._removed:
             raise DeviceRemoved(f"{self.name} was removed")
+        from ._context import TcpContext
+
         ctx = TcpContext(self)
         self.contexts.add(ctx)
         return ctx
@@ -463,158 +454,6 @@ class TcpDevice(Device):
             link.send(encode_control("rej", why="busy"))
             await link.flush()
             link.close()
-
-
-class TcpContext(Context):
-    """An open context: owns PDs, CQs, CM ids and listeners; has the async event queue."""
-
-    device: TcpDevice
-
-    def __init__(self, device: TcpDevice) -> None:
-        self.device = device
-        self._closed = False
-        self.pds: set[TcpPD] = set()
-        self.cqs: set[TcpCQ] = set()
-        self.cm_ids: set[TcpCmId] = set()
-        self.cm_listeners: set[TcpCmListener] = set()
-        self._events: deque[AsyncEvent] = deque()
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def _check(self) -> None:
-        if self.device.removed:
-            raise DeviceRemoved(f"{self.device.name} was removed")
-        if self._closed:
-            raise InvalidHandle("context is closed")
-
-    def post_event(
-        self,
-        kind: AsyncEventType,
-        *,
-        deadline: float | None = None,
-        qp_num: int | None = None,
-        info: str = "",
-    ) -> None:
-        """Queue an async event for :meth:`get_async_event`."""
-        if not self._closed:
-            self._events.append(AsyncEvent(kind, deadline, qp_num, info))
-            self._lot.unpark_all()
-
-    def wake_all(self) -> None:
-        """Wake every waiter on this context (the device is gone)."""
-        self._lot.unpark_all()
-        for cq in list(self.cqs):
-            cq.wake()
-        for cm_id in list(self.cm_ids):
-            cm_id.wake()
-        for listener in list(self.cm_listeners):
-            listener.wake()
-
-    def query_device(self) -> DeviceAttr:
-        """Return the device's attributes and limits."""
-        self._check()
-        limits = self.device.limits
-        return DeviceAttr(
-            node_guid=self.device.guid,
-            vendor="rdsx-tcp",
-            max_qp=limits.max_qp,
-            max_qp_wr=limits.max_qp_wr,
-            max_sge=limits.max_sge,
-            max_cq=limits.max_cq,
-            max_cqe=limits.max_cqe,
-            max_mr=limits.max_mr,
-            max_mr_size=limits.max_mr_size,
-            max_pd=limits.max_pd,
-        )
-
-    def query_port(self) -> PortAttr:
-        """Return the port: ACTIVE, LID 0, ``address`` = the device's ``host:port``."""
-        self._check()
-        return PortAttr(
-            state=PortState.ACTIVE,
-            lid=0,
-            address=self.device.locator,
-            port_guid=self.device.guid ^ 1,
-            active_mtu=4096,
-            max_msg_sz=self.device.max_msg_sz,
-        )
-
-    async def get_async_event(self) -> AsyncEvent:
-        """Wait for the next async event (see :meth:`rdsx.verbs.Context.get_async_event`)."""
-        if self._closed:
-            raise InvalidHandle("context is closed")
-        while not self._events:
-            if self.device.removed:
-                raise DeviceRemoved(f"{self.device.name} was removed")
-            await self._lot.park()
-            if self._closed:
-                raise InvalidHandle("context is closed")
-        return self._events.popleft()
-
-    def alloc_pd(self) -> PD:
-        """Allocate a protection domain."""
-        self._check()
-        if len(self.pds) >= self.device.limits.max_pd:
-            raise ResourceExhausted("max_pd reached")
-        pd = TcpPD(self)
-        self.pds.add(pd)
-        return pd
-
-    def create_cq(self, cqe: int = 4096) -> CQ:
-        """Create a completion queue."""
-        self._check()
-        if not 1 <= cqe <= self.device.limits.max_cqe:
-            raise InvalidArgument(f"cqe must be 1..{self.device.limits.max_cqe}")
-        cq = TcpCQ(self, cqe)
-        self.cqs.add(cq)
-        return cq
-
-    async def cm_listen(self, port: int, *, backlog: int = 64) -> CmListener:
-        """Listen for CM requests on CM port ``port`` of this device (0 picks one)."""
-        from ._cm import TcpCmListener
-
-        self._check()
-        device = self.device
-        if not 0 <= port < 65536:
-            raise InvalidArgument(f"CM port {port} outside 0..65535")
-        if port == 0:
-            port = next(p for p in itertools.count(49152) if p not in device.cm_listeners)
-        if port in device.cm_listeners:
-            raise AddressInUse(f"CM port {port} is already listened on at {device.address}")
-        listener = TcpCmListener(self, port, backlog)
-        device.cm_listeners[port] = listener
-        self.cm_listeners.add(listener)
-        return listener
-
-    async def cm_connect(
-        self,
-        qp: QP,
-        address: str,
-        port: int,
-        private_data: bytes = b"",
-        *,
-        timeout: float = 5.0,
-    ) -> CmId:
-        """Connect ``qp`` to the CM listener at ``(address, port)``."""
-        from ._cm import cm_connect
-
-        self._check()
-        return await cm_connect(self, qp, address, port, private_data, timeout)
-
-    def close(self) -> None:
-        """Release the context and everything created through it. Idempotent."""
-        if self._closed:
-            return
-        for cm_id in list(self.cm_ids):
-            cm_id.close()
-        for listener in list(self.cm_listeners):
-            listener.close()
-        for pd in list(self.pds):
-            pd.close()
-        for cq in list(self.cqs):
-            cq.close()
-        self._closed = True
-        self._lot.unpark_all()
-        self.device.context_closed(self)
 
 
 def bind_error(exc: OSError, address: str, port: int) -> Exception:

@@ -11,7 +11,7 @@ from rdsx.errors import DeviceRemoved, InvalidArgument, InvalidHandle, ResourceE
 from rdsx.verbs import CQ, MR, PD, QP, Access, QpCap, WorkCompletion
 
 if TYPE_CHECKING:
-    from ._device import TcpContext
+    from ._context import TcpContext
 
 __all__ = ["TcpCQ", "TcpMR", "TcpPD"]
 
