@@ -269,9 +269,18 @@ class TcpCmRequest(CmRequest):
             with trio.fail_after(ctx.device.network.handshake_timeout):
                 await link.flush()
                 await expect_control(link, "rtu")
-        except (trio.TooSlowError, trio.BrokenResourceError, OSError, RemoteProtocolError):
+        except (
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+            RemoteProtocolError,
+        ):
             link.close()
             raise ConnectTimeout(f"{self.source} went away before the connection was up") from None
+        except BaseException:  # cancelled: the connection dies with the attempt
+            link.close()
+            raise
         cm_id = TcpCmId(ctx, tqp, self.private_data, self.source, link)
         ctx.device.spawn(cm_id.serve)
         return cm_id
