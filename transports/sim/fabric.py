@@ -59,7 +59,7 @@ class TraceRecord:
     """One entry of :attr:`Fabric.trace`.
 
     Attributes:
-        time: ``trio.current_time()`` when it happened.
+        time: seconds since the fabric opened, to 0.1 ns.
         event: what happened (``"deliver"``, ``"drop"``, ``"attach"``, ...).
         subject: what it happened to (a packet, a VM, a host).
         detail: extra words (why a packet was dropped, the new LID, ...).
@@ -138,6 +138,8 @@ class Fabric:
         self._wake_at = -math.inf
         self._next_guid = 0x0002_C903_0000_0001
         self._comm_id = 0
+        #: ``trio.current_time()`` when the fabric opened; trace times count from it.
+        self.epoch = 0.0
         self._sent = self._delivered = self._dropped = self._bytes = 0
         for index in range(switches):
             self.sm.assign_lid(("switch", index))
@@ -321,7 +323,9 @@ class Fabric:
     def record(self, event: str, subject: str, detail: str = "") -> None:
         """Append to :attr:`trace` (if tracing)."""
         if self.tracing:
-            self.trace.append(TraceRecord(trio.current_time(), event, subject, detail))
+            self.trace.append(
+                TraceRecord(round(trio.current_time() - self.epoch, 10), event, subject, detail)
+            )
 
     def _schedule(self, due: float, item: Any, now: float) -> None:
         if self._realtime and due - now < self._slack:
@@ -329,6 +333,9 @@ class Fabric:
             if not self._draining:
                 self._drain()
             return
+        # Quantised relative to the epoch so that float noise cannot reorder
+        # two runs of the same seed that started at different clock readings.
+        due = self.epoch + round(due - self.epoch, 10)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, item))
         if due < self._wake_at:
@@ -469,6 +476,7 @@ async def open_fabric(
     )
     if realtime is None:
         realtime = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    fabric.epoch = trio.current_time()
     fabric._realtime = realtime
     fabric._slack = REALTIME_SLACK if realtime else 0.0
     try:

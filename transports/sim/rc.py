@@ -74,6 +74,8 @@ _FATAL_NAK = {
     Syndrome.REMOTE_OP: (WcStatus.REM_OP_ERR, "remote operation error"),
 }
 _LIVE = (S.RTS, S.SQD)
+#: Timers fire at due times quantised by the fabric; closer than this counts as due.
+EPSILON = 1e-9
 _RECEIVING = (S.RTR, S.RTS, S.SQD)
 
 
@@ -182,6 +184,7 @@ class RcQp:
         self.min_rnr_timer = 0.00064
         self.notify_drain = True
         self.draining = False
+        self.drain_quota = 0
         self.sq_pending: deque[SendWR] = deque()
         self.sq: deque[SendWqe] = deque()
         self.next_psn = 0
@@ -237,7 +240,14 @@ class RcQp:
 
     def transmit(self) -> None:
         """Start every pending send WR (called by the fabric, in RTS only)."""
-        if self._state is not S.RTS or not self.sq_pending:
+        state = self._state
+        if state is S.RTS:
+            budget = len(self.sq_pending)
+        elif state is S.SQD:
+            budget = self.drain_quota  # posted before SQD: still part of the drain
+        else:
+            return
+        if not budget:
             return
         now = trio.current_time()
         if self.rnr_until > now:
@@ -245,7 +255,10 @@ class RcQp:
         if self.una == self.next_psn:
             self.progress_at = now
         mtu = self.mtu
-        while self.sq_pending:
+        while self.sq_pending and budget:
+            budget -= 1
+            if state is S.SQD:
+                self.drain_quota -= 1
             wr = self.sq_pending.popleft()
             length = 0
             for sge in wr.sg_list:
@@ -313,7 +326,7 @@ class RcQp:
         if self._state not in _LIVE or self.una >= self.next_psn:
             return
         now = trio.current_time()
-        if self.progress_at + self.timeout > now:
+        if self.progress_at + self.timeout > now + EPSILON:
             self._arm()
             return
         self.retry_left -= 1
@@ -325,7 +338,7 @@ class RcQp:
         self._arm()
 
     def _on_rnr_timer(self) -> None:
-        if self._state not in _LIVE or trio.current_time() < self.rnr_until:
+        if self._state not in _LIVE or trio.current_time() < self.rnr_until - EPSILON:
             return
         self.rnr_until = 0.0
         self.progress_at = trio.current_time()
@@ -406,7 +419,7 @@ class RcQp:
                         wr.wr_id, WcStatus.SUCCESS, _WC_OPCODE[wr.opcode], wqe.length, self.qp_num
                     )
                 )
-        if self.draining and not sq:
+        if self.draining and not sq and not self.drain_quota:
             self._drained()
 
     def _drained(self) -> None:
@@ -586,6 +599,7 @@ class RcQp:
         """Enter ERR: every outstanding and pending WR completes (flushed, in order)."""
         self._state = S.ERR
         self.draining = False
+        self.drain_quota = 0
         self.rx = None
         self.wx = None
         self.fabric.record("qp_err", self.name, f"{status.name} {message}".strip())

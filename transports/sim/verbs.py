@@ -568,8 +568,13 @@ class SimQP(_Handle, RcQp, QP):
             return
         self._state = target
         if target is S.SQD and current is S.RTS:
-            if self.sq:
+            # WRs posted before the transition belong to the drain even if the
+            # pump has not started them yet (under the real clock it would have).
+            self.drain_quota = len(self.sq_pending)
+            if self.sq or self.drain_quota:
                 self.draining = True
+                if self.drain_quota:
+                    self.fabric.ready(self)
             else:
                 self._drained()
         elif target is S.RTS and self.sq_pending:
