@@ -55,6 +55,9 @@ MAX_RNR_TIMER = 60.0
 _LEN = struct.Struct("!I")
 _HEAD = struct.Struct("!IB")
 _SEND = struct.Struct("!IBI")
+# Length, type and SEND header in one pack: the hot path's only struct call.
+_SEND_FRAME = struct.Struct("!IBIBI")
+_ACK_FRAME = struct.Struct("!IBI")
 _WRITE = struct.Struct("!IBIQI")
 _READ_REQ = struct.Struct("!IQII")
 _PSN = struct.Struct("!I")
@@ -173,8 +176,8 @@ def encode_control(kind: str, **fields: Any) -> bytes:
 
 def encode_send(psn: int, imm: int | None, payload: bytes | memoryview) -> bytes:
     """Encode a SEND (with immediate data when ``imm`` is not None)."""
-    header = _SEND.pack(psn, 0 if imm is None else _FLAG_IMM, imm or 0)
-    return _frame(FrameType.SEND, header, payload)
+    flags = 0 if imm is None else _FLAG_IMM
+    return _SEND_FRAME.pack(1 + _SEND.size + len(payload), 16, psn, flags, imm or 0) + payload
 
 
 def encode_write(
@@ -197,7 +200,7 @@ def encode_read_resp(psn: int, payload: bytes | memoryview) -> bytes:
 
 def encode_ack(psn: int) -> bytes:
     """Encode a cumulative ACK up to ``psn``."""
-    return _frame(FrameType.ACK, _PSN.pack(psn))
+    return _ACK_FRAME.pack(5, FrameType.ACK, psn)
 
 
 def encode_nak(psn: int, code: NakCode, rnr_timer: float = 0.0) -> bytes:

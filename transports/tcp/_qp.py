@@ -369,12 +369,20 @@ class TcpQP(_Handle, QP):
 
     # ------------------------------------------------------------------ requester
 
-    def _gather(self, sges: tuple[Sge, ...]) -> bytes:
+    def _gather(self, sges: tuple[Sge, ...]) -> bytes | memoryview:
+        mrs = self.device.mrs
+        if len(sges) == 1:  # the common case: a view, copied once into the frame
+            sge = sges[0]
+            mr = mrs.get(sge.lkey)
+            start = None if mr is None or mr.pd is not self.pd else mr.offset(sge.addr, sge.length)
+            if mr is None or start is None:
+                raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
+            return mr.buffer[start : start + sge.length]
         parts: list[bytes | memoryview] = []
         for sge in sges:
             if sge.length == 0:
                 continue
-            mr = self.device.mrs.get(sge.lkey)
+            mr = mrs.get(sge.lkey)
             start = None if mr is None or mr.pd is not self.pd else mr.offset(sge.addr, sge.length)
             if mr is None or start is None:
                 raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
@@ -534,10 +542,22 @@ class TcpQP(_Handle, QP):
 
     def _scatter(self, sges: tuple[Sge, ...], data: bytes, *, need_write: bool) -> None:
         size = len(data)
+        mrs = self.device.mrs
+        if len(sges) == 1:  # the common case
+            sge = sges[0]
+            if size > sge.length:
+                raise _LocalError(WcStatus.LOC_LEN_ERR, f"{size} bytes do not fit the buffer")
+            if size == 0:
+                return
+            mr = mrs.get(sge.lkey)
+            start = None if mr is None or mr.pd is not self.pd else mr.offset(sge.addr, sge.length)
+            if mr is None or start is None or (need_write and not mr.local_write):
+                raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
+            mr.buffer[start : start + size] = data
+            return
         if size > sum(sge.length for sge in sges):
             raise _LocalError(WcStatus.LOC_LEN_ERR, f"{size} bytes do not fit the buffers")
         offset = 0
-        mrs = self.device.mrs
         for sge in sges:
             if offset >= size:
                 break
@@ -546,10 +566,7 @@ class TcpQP(_Handle, QP):
             if mr is None or start is None or (need_write and not mr.local_write):
                 raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x} or range")
             count = min(sge.length, size - offset)
-            if count == size:
-                mr.buffer[start : start + count] = data  # the common case: no slicing copy
-            else:
-                mr.buffer[start : start + count] = data[offset : offset + count]
+            mr.buffer[start : start + count] = data[offset : offset + count]
             offset += count
 
     def _remote_mr(self, rkey: int, addr: int, length: int, write: bool) -> TcpMR | None:
