@@ -275,3 +275,23 @@ async def test_path_change_while_draining_resends_to_the_new_peer() -> None:
                 bytes(c.mr.buffer[wc.wr_id * 256 : wc.wr_id * 256 + wc.byte_len]) for wc in recvs
             ] == [f"moved-{i}".encode() for i in range(1, 4)]
             assert len(await wait_wcs(b.cq, 1)) == 1 and b.cq.poll() == []  # b got only "to b"
+
+
+async def test_rnr_probes_with_one_request_not_the_whole_window() -> None:
+    with trio.fail_after(5):
+        async with pair() as (_net, da, db):
+            a, b = await make_end(da), await make_end(db)
+            bring_up(a, b, rnr_retry=7, min_rnr_timer=0.005)
+            for i in range(50):
+                a.send(i, f"w{i}".encode(), offset=8 * i)
+            await trio.sleep(0.1)  # about 20 RNR rounds with nobody receiving
+            rounds = da.counters.tcp_rnr_naks_rx
+            assert rounds >= 3
+            assert da.counters.tcp_retransmits <= rounds  # one probe per round, not 50
+            b.post_recvs(50)
+            sends = await wait_wcs(a.cq, 50)
+            assert [wc.wr_id for wc in sends] == list(range(50))
+            recvs = await wait_wcs(b.cq, 50)
+            assert [
+                bytes(b.mr.buffer[wc.wr_id * 256 : wc.wr_id * 256 + wc.byte_len]) for wc in recvs
+            ] == [f"w{i}".encode() for i in range(50)]

@@ -169,6 +169,9 @@ class TcpQP(_Handle, QP):
         self._retries = 0
         self._rnr_retries = 0
         self._rnr_wait = False
+        # Requests at the tail of _outstanding not (re)sent since the last RNR NAK: after
+        # one, only the NAKed request is probed, and the rest follow once it is taken.
+        self._held = 0
         self.deadline: float | None = None
         self._ack_due = False
 
@@ -341,6 +344,7 @@ class TcpQP(_Handle, QP):
         self._state = S.ERR
         self.deadline = None
         self._rnr_wait = False
+        self._held = 0
         while self._outstanding:
             inflight = self._outstanding.popleft()
             self._complete_send(inflight.wr, WcStatus.WR_FLUSH_ERR, 0, force=True)
@@ -414,7 +418,7 @@ class TcpQP(_Handle, QP):
         if self._state is not S.RTS:
             return
         link = self._link
-        send = link is not None and not self._rnr_wait
+        send = link is not None and not self._rnr_wait and not self._held
         while self._pending:
             if self._link_dead:
                 self._fail(WcStatus.RETRY_EXC_ERR, "the TCP connection to the peer is gone")
@@ -438,6 +442,8 @@ class TcpQP(_Handle, QP):
             if send:
                 assert link is not None
                 link.send(frame)
+            elif link is not None:
+                self._held += 1
         if self._outstanding and self.deadline is None:
             self._arm(self.timeout)
 
@@ -449,6 +455,8 @@ class TcpQP(_Handle, QP):
         self.device.arm(self)
 
     def _retransmit(self) -> None:
+        """Go back N: send everything outstanding again."""
+        self._held = 0
         if self._link is not None:
             for inflight in self._outstanding:
                 self._link.send(inflight.frame)
@@ -460,15 +468,21 @@ class TcpQP(_Handle, QP):
         if self._state not in (S.RTS, S.SQD) or not self._outstanding:
             return
         if self._rnr_wait:
+            # Probe with the NAKed request alone: a slow receiver is not flooded.
             self._rnr_wait = False
-        else:
-            self._retries += 1
-            if self._retries > self.retry_cnt:
-                self._fail(
-                    WcStatus.RETRY_EXC_ERR,
-                    f"no acknowledgement in {self.retry_cnt + 1} x {self.timeout}s",
-                )
-                return
+            self._held = len(self._outstanding) - 1
+            if self._link is not None:
+                self._link.send(self._outstanding[0].frame)
+                self.device.counters.tcp_retransmits += 1
+            self._arm(self.timeout)
+            return
+        self._retries += 1
+        if self._retries > self.retry_cnt:
+            self._fail(
+                WcStatus.RETRY_EXC_ERR,
+                f"no acknowledgement in {self.retry_cnt + 1} x {self.timeout}s",
+            )
+            return
         self._retransmit()
         self._arm(self.timeout)
 
@@ -488,6 +502,11 @@ class TcpQP(_Handle, QP):
     def _after_progress(self) -> None:
         self._retries = 0
         self._rnr_retries = 0
+        if self._held:
+            held, self._held = min(self._held, len(self._outstanding)), 0
+            if self._link is not None and held:
+                for inflight in list(self._outstanding)[-held:]:
+                    self._link.send(inflight.frame)
         self.deadline = None
         if self._outstanding:
             self._arm(self.timeout)
@@ -728,7 +747,10 @@ class TcpQP(_Handle, QP):
     def attach(self, link: Link) -> None:
         """Adopt ``link`` as this QP's stream and resend whatever is outstanding."""
         self._link = link
-        if self._outstanding and not self._rnr_wait:
+        if self._rnr_wait:
+            self._held = len(self._outstanding)
+        else:
+            self._held = 0
             for inflight in self._outstanding:
                 link.send(inflight.frame)
         self._pump()
