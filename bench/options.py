@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import attrs
 
@@ -113,6 +114,12 @@ class Options:
         reattach_after: seconds after the removal at which a new VF on another
             host is attached.
         max_reports: how many mismatch tables to print before going quiet.
+        role: ``both`` (both ends in this process: sim, or ``--in-process``),
+            ``active`` (``-s`` given: connects to the passive side) or
+            ``passive`` (waits for an active side on ``-r``:``-p``).
+        connect_retries: the active side's control connect retries, 1 s apart.
+        secret_file: the tcp transport's cluster secret (else ``RDSX_SECRET``).
+        transport_port: the port tcp devices listen on (transport default if None).
     """
 
     recv_addr: str = "127.0.0.1"
@@ -129,7 +136,7 @@ class Options:
     verify_payload: bool = False
     show_histogram: bool = False
     transport: str = "sim"
-    mode: str = "reconnect"
+    mode: Literal["reconnect", "transparent"] = "reconnect"
     port_model: str = "vswitch"
     seed: int = 0
     json_path: str | None = None
@@ -140,6 +147,10 @@ class Options:
     grace: float | None = 1.0
     reattach_after: float = 0.1
     max_reports: int = 10
+    role: str = "both"
+    connect_retries: int = 0
+    secret_file: str | None = None
+    transport_port: int | None = None
 
     @property
     def sockbuf(self) -> int:
@@ -156,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("-r", "--recv-addr", default="127.0.0.1", help="local (active) address")
-    add("-s", "--send-addr", default="127.0.0.2", help="peer (passive) address")
+    add("-s", "--send-addr", default=None, help="peer address; makes this the active side")
     add("-p", "--port", type=int, default=4000, help="base port; task i binds p+1+i")
     add("-q", "--req-bytes", type=_size_arg, default=1024, help="request size (K/M/G)")
     add("-a", "--ack-bytes", type=_size_arg, default=HEADER_SIZE, help="ack size (K/M/G)")
@@ -180,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grace", type=_grace, default=1.0, help="removal grace: SECONDS or 'surprise'")
     add("--reattach-after", type=_seconds, default=0.1, help="attach a new VF after SECONDS")
     add("--max-reports", type=int, default=10, help="mismatch tables printed at most")
+    add("--in-process", action="store_true", help="both ends in this process (sim: always)")
+    add("--connect-retries", type=int, default=0, help="control connect retries, 1 s apart")
+    add("--secret-file", default=None, help="tcp cluster secret file (else RDSX_SECRET)")
+    add("--transport-port", type=int, default=None, help="tcp: the port devices listen on")
     return p
 
 
@@ -208,11 +223,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--virtual-time needs -T")
     if ns.remove_at is not None and ns.time and ns.remove_at >= ns.time:
         parser.error("--remove-at must fall inside the run time -T")
-    if ns.recv_addr == ns.send_addr:
+    in_process = ns.in_process or ns.transport == "sim"
+    if in_process:
+        role, send_addr = "both", ns.send_addr or "127.0.0.2"
+    else:
+        role, send_addr = ("active", ns.send_addr) if ns.send_addr else ("passive", "")
+        if ns.virtual_time:
+            parser.error("--virtual-time needs both ends in one process")
+        if role == "active" and ns.time == 0:
+            parser.error("a two-process run needs -T")
+        if ns.remove_at is not None:
+            parser.error("--remove-at needs the sim transport")
+    if ns.recv_addr == send_addr:
         parser.error("-r and -s must differ")
     return Options(
         recv_addr=ns.recv_addr,
-        send_addr=ns.send_addr,
+        send_addr=send_addr,
+        role=role,
         port=ns.port,
         req_bytes=ns.req_bytes,
         ack_bytes=ns.ack_bytes,
@@ -236,4 +263,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         grace=ns.grace,
         reattach_after=ns.reattach_after,
         max_reports=ns.max_reports,
+        connect_retries=ns.connect_retries,
+        secret_file=ns.secret_file,
+        transport_port=ns.transport_port,
     )

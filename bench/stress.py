@@ -565,8 +565,8 @@ async def run_in_process(
 
             experiment = make_removal(net, opts)
         async with (
-            rdsx.open_node(opts.recv_addr, dev_a, mode=opts.mode) as active,  # type: ignore[attr-defined]
-            rdsx.open_node(opts.send_addr, dev_p, mode=opts.mode) as passive,  # type: ignore[attr-defined]
+            rdsx.open_node(opts.recv_addr, dev_a, mode=opts.mode) as active,
+            rdsx.open_node(opts.send_addr, dev_p, mode=opts.mode) as passive,
         ):
             return await run_stress(
                 opts,
@@ -595,12 +595,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = None
     if opts.virtual_time:
         clock = trio.testing.MockClock(autojump_threshold=0)
-    try:
+    if opts.role == "both":
         run = functools.partial(run_in_process, opts, stop_on_sigint=opts.time == 0)
+    else:
+        from .twoproc import run_two_process
+
+        run = functools.partial(run_two_process, opts)
+    try:
         outcome = trio.run(run, clock=clock)
     except KeyboardInterrupt:
         return 130
-    except RdsError as exc:
+    except (RdsError, OSError) as exc:
         print(f"rdsx-stress: {exc}", file=sys.stderr)
         return 2
     if opts.json_path:
