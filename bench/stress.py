@@ -578,6 +578,13 @@ async def run_in_process(
             )
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) nursery exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``rdsx-stress`` console script; returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -605,8 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = trio.run(run, clock=clock)
     except KeyboardInterrupt:
         return 130
-    except (RdsError, OSError) as exc:
-        print(f"rdsx-stress: {exc}", file=sys.stderr)
+    except (RdsError, OSError, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc)
+        if not all(isinstance(e, (RdsError, OSError)) for e in leaves):
+            raise
+        for leaf in leaves:
+            print(f"rdsx-stress: {leaf}", file=sys.stderr)
         return 2
     if opts.json_path:
         with open(opts.json_path, "w") as fh:
