@@ -6,16 +6,30 @@ cost an established QP its data.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgpack
 import trio
-from _tcp_helpers import End, bring_up, make_end, pair, wait_wcs
+from _tcp_helpers import ALL, End, bring_up, make_end, pair, wait_wcs
 
+from rdsx.verbs import QpAttr, QpDest, QpState
 from transports.tcp import TcpDevice, TcpNetwork
-from transports.tcp._frames import FrameType, encode_control
+from transports.tcp._auth import _LABEL_C
+from transports.tcp._frames import (
+    Control,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_control,
+    encode_read_req,
+)
+from transports.tcp._link import HIGH_WATER
+from transports.tcp.harness import TEST_SECRET
 
 MAX_HANDSHAKES = 8
 OPTIONS = {"frame_timeout": 0.2, "handshake_timeout": 0.5, "max_handshakes": MAX_HANDSHAKES}
@@ -150,3 +164,54 @@ async def test_garbage_on_an_authenticated_qp_stream_resets_only_that_qp() -> No
             assert (await wait_wcs(c.cq, 1))[0].status.name == "RETRY_EXC_ERR"
             await bystander_still_works(a, b)
             assert net.statistics().tcp_protocol_errors == 1
+
+
+async def _raw_qp_stream(dev: TcpDevice, request: dict[str, object]) -> trio.SocketStream:
+    """Authenticate as a peer that knows the secret and open a QP stream by hand."""
+    nonce_c = bytes(range(32))
+    stream = await trio.open_tcp_stream(dev.address, dev.port)
+    await stream.send_all(encode_control("hello", v=1, n=nonce_c, mf=1 << 25))
+    decoder = FrameDecoder(4096)
+    frames: list[Frame] = []
+    while not frames:
+        frames = decoder.feed(await stream.receive_some(4096))
+    challenge = frames[0]
+    assert isinstance(challenge, Control)
+    body = msgpack.packb(request, use_bin_type=True)
+    mac = hmac.new(TEST_SECRET, _LABEL_C + nonce_c + challenge.fields["n"] + body, hashlib.sha256)
+    await stream.send_all(encode_control("auth", m=mac.digest(), r=body))
+    frames = []
+    while not frames:
+        frames = decoder.feed(await stream.receive_some(4096))
+    assert isinstance(frames[0], Control) and frames[0].kind == "ok"
+    return stream
+
+
+async def test_a_peer_that_reads_nothing_back_is_slowed_by_tcp_not_our_memory() -> None:
+    with trio.fail_after(10):
+        async with established() as (_net, dev, a, b):
+            target = await make_end(dev, size=1 << 20)
+            fake_loc, fake_qpn = "127.0.0.9:9", 77
+            target.qp.modify(QpAttr(QpState.INIT, access_flags=ALL))
+            target.qp.modify(
+                QpAttr(
+                    QpState.RTR,
+                    dest=QpDest(fake_loc, fake_qpn),
+                    path_mtu=4096,
+                    rq_psn=0,
+                    min_rnr_timer=0.001,
+                )
+            )
+            stream = await _raw_qp_stream(
+                dev, {"t": "qp", "dst": target.qp.qp_num, "qpn": fake_qpn, "loc": fake_loc}
+            )
+            link = target.qp._link  # type: ignore[attr-defined]
+            # 200 reads of 1 MiB each, and never a byte read back.
+            flood = b"".join(
+                encode_read_req(psn, target.mr.addr, target.mr.rkey, 1 << 20) for psn in range(200)
+            )
+            with trio.move_on_after(1.0):
+                await stream.send_all(flood)
+            assert link._unsent <= HIGH_WATER + (1 << 21)
+            await bystander_still_works(a, b)
+            await stream.aclose()

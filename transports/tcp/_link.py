@@ -21,7 +21,7 @@ import trio
 
 from rdsx.errors import RemoteProtocolError
 
-from ._frames import Frame, FrameDecoder
+from ._frames import Frame, FrameDecoder, ReadReq
 from ._stats import Counters
 
 __all__ = ["PRE_AUTH_MAX_FRAME", "Link", "LinkHandler", "StalledPeer"]
@@ -31,6 +31,10 @@ log = logging.getLogger("rdsx.tcp.link")
 #: Frames before authentication are small control maps; refuse anything larger.
 PRE_AUTH_MAX_FRAME = 4096
 _RECV_CHUNK = 256 * 1024
+#: Stop reading from a peer while this much of our answer to it is unsent: a peer
+#: that asks (RDMA READs) without reading the responses is slowed by TCP, not by
+#: our memory.
+HIGH_WATER = 32 * 1024 * 1024
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
@@ -84,6 +88,8 @@ class Link:
         self.peer_max_frame = PRE_AUTH_MAX_FRAME
         self._pending: list[Frame] = []
         self._out: list[bytes] = []
+        self._unsent = 0  # bytes queued or inside a send_all that has not returned
+        self._drained = trio.Event()
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
         self._closing = False
@@ -108,12 +114,15 @@ class Link:
             self.counters.tcp_fault_drops += 1
             return
         self._out.append(frame)
+        self._unsent += len(frame)
         self._wake.set()
 
     async def flush(self) -> None:
         """Write everything queued (handshake phase only, before :meth:`run`)."""
         if self._out:
-            await self.stream.send_all(self._take())
+            data = self._take()
+            await self.stream.send_all(data)
+            self._unsent -= len(data)
 
     def _take(self) -> bytes:
         """Everything queued, as one buffer for one ``send_all``."""
@@ -208,7 +217,19 @@ class Link:
             frames = await self._receive_batch()
             if frames is None:
                 return
-            handler.frames_received(self, frames)
+            # A READ request is the one frame whose answer can be large: hand them over one
+            # at a time and stop reading while the answers pile up unsent.
+            start, count = 0, len(frames)
+            while start < count:
+                end = start
+                while end < count and type(frames[end]) is not ReadReq:
+                    end += 1
+                end = min(end + 1, count)
+                handler.frames_received(self, frames if end - start == count else frames[start:end])
+                start = end
+                while self._unsent > HIGH_WATER:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
 
     async def _writer(self) -> None:
         while True:
@@ -218,7 +239,11 @@ class Link:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            await self.stream.send_all(self._take())
+            data = self._take()
+            await self.stream.send_all(data)
+            self._unsent -= len(data)
+            if self._unsent <= HIGH_WATER:
+                self._drained.set()
 
     def close(self, *, flush: bool = False) -> None:
         """Close the link. With ``flush`` the frames already queued go out first.
