@@ -8,7 +8,6 @@ from node_world import recv_n, world
 
 import rdsx
 from rdsx._bind import BindTable
-from rdsx.node import open_node
 
 
 def test_bind_table_rules() -> None:
@@ -157,10 +156,3 @@ async def test_message_too_large(autojump_clock: trio.abc.Clock) -> None:
         with pytest.raises(rdsx.MessageTooLarge):
             small.sendto_nowait(b"x" * 1001, ("127.0.0.1", 5))
         assert await s.sendto(b"x" * (1 << 20), ("127.0.0.1", 5)) == 1 << 20
-
-
-async def test_transparent_mode_needs_the_shim_or_runs(autojump_clock: trio.abc.Clock) -> None:
-    async with world(1) as w:
-        with pytest.raises(ValueError):
-            async with open_node("127.0.0.9", w.vms[0].devices, mode="bogus"):  # type: ignore[arg-type]
-                pass

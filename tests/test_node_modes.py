@@ -1,0 +1,71 @@
+"""Both modes through the same socket API: top-down sees the removal, transparent does not."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+from node_world import recv_n
+
+import rdsx
+from rdsx.config import NodeConfig
+from transports.sim import open_fabric
+
+
+@pytest.mark.parametrize("mode", ["reconnect", "transparent"])
+@pytest.mark.parametrize("grace", [2.0, None], ids=["graceful", "surprise"])
+async def test_migration_in_each_mode(
+    autojump_clock: trio.abc.Clock, mode: str, grace: float | None
+) -> None:
+    async with open_fabric(seed=5) as fabric, AsyncExitStack() as stack:
+        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
+        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
+        for vm, host in zip(vms, hosts, strict=False):
+            await fabric.attach(vm, host)
+        a, b = [
+            await stack.enter_async_context(
+                rdsx.open_node(vm.address, vm.devices, mode=mode, config=NodeConfig(seed=i))  # type: ignore[arg-type]
+            )
+            for i, vm in enumerate(vms)
+        ]
+        sa, sb = a.socket(), b.socket()
+        sa.bind(11)
+        sb.bind(22)
+        n = 100
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                for k in range(n):
+                    await sa.sendto(b"%d" % k, ("127.0.0.2", 22))
+                    await trio.sleep(0.001)
+
+            nursery.start_soon(send)
+            await trio.sleep(0.03)
+            await fabric.detach(vms[0], grace=grace)
+            await fabric.attach(vms[0], hosts[2])
+            got = await recv_n(sb, n)
+        assert [int(d) for d, _ in got] == list(range(n))
+        stats = a.statistics()
+        if mode == "reconnect":
+            assert stats.device_removal == 1 and stats.conn_reset >= 1
+        else:
+            # the shim hid the removal: the node kept one device and its connection
+            assert stats.device_removal == 0 and stats.device_arrival == 1
+            assert stats.conn_reset == 0
+
+
+async def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError):
+        async with rdsx.open_node("127.0.0.1", None, mode="bogus"):  # type: ignore[arg-type]
+            pass
+
+
+async def test_transparent_without_the_shim_is_a_typed_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "rdsx.shim", None)  # as if it were not installed
+    with pytest.raises(rdsx.ModeUnavailable):
+        async with rdsx.open_node("127.0.0.1", None, mode="transparent"):  # type: ignore[arg-type]
+            pass
