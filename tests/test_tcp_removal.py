@@ -6,7 +6,7 @@ import pytest
 import trio
 from _tcp_helpers import bring_up, make_end, pair, wait_wcs
 
-from rdsx.errors import DeviceBusy, DeviceRemoved
+from rdsx.errors import AddressInUse, AddressNotAvailable, DeviceBusy, DeviceRemoved
 from rdsx.verbs import AsyncEventType, CmEventType, WcStatus
 from transports.tcp import TcpDevice
 
@@ -107,3 +107,16 @@ async def test_a_device_removed_before_it_was_read_is_skipped() -> None:
             await gone.detach(None)
             fresh = await node.attach()
             assert await node.next_device() is fresh
+
+
+async def test_add_node_refuses_foreign_and_duplicate_addresses() -> None:
+    with trio.fail_after(5):
+        async with pair() as (net, da, _db):
+            with pytest.raises(AddressInUse):
+                await net.add_node(da.address)
+            with pytest.raises(AddressNotAvailable):
+                await net.add_node("198.51.100.77")  # not an address of this host: bind fails
+            with pytest.raises(AddressNotAvailable):
+                await net.add_node("not-an-address")
+            with pytest.raises(AddressInUse):
+                await net.nodes[da.address].attach()  # it still has its device
