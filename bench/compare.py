@@ -32,13 +32,14 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import attrs
 import trio
 import trio.testing
 
 from rdsx.errors import MigrationFailed, RdsError
+from transports.sim import SimNetwork
 from transports.sim.timeline import Timeline
 
 from .downtime import DowntimeReport, downtime
@@ -98,6 +99,9 @@ class RunResult:
         timeline: the migration's timeline (None if it never started).
         error: the migration's failure, if it failed.
         downtime: the downtime report (None without a timeline).
+        smps: SMPs the SM sent from the migration's start to the run's end.
+        sa_queries: SA queries from the migration's start to the run's end
+            (both nodes' path look-ups while reconnecting included).
     """
 
     mode: str
@@ -107,6 +111,8 @@ class RunResult:
     timeline: Timeline | None
     error: str | None
     downtime: DowntimeReport | None
+    smps: int | None = None
+    sa_queries: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -128,6 +134,8 @@ class RunResult:
             "port_model": self.port_model,
             "migration": None if self.timeline is None else self.timeline.to_dict(),
             "migration_error": self.error,
+            "smps": self.smps,
+            "sa_queries": self.sa_queries,
             "downtime": None
             if d is None
             else {
@@ -270,6 +278,8 @@ def _make_migration(
         await trio.sleep_until(start + mig.migrate_at)
         vm = fabric.vm_at(opts.recv_addr)
         dest = fabric.add_host(f"host-{opts.recv_addr}-dest", num_vfs=network.num_vfs)
+        # Counted after the new host is cabled: its own LID is not the migration's.
+        result["sm0"] = (fabric.sm.smps_sent, fabric.sm.sa_queries)
         timeline: Timeline | None
         try:
             timeline = await vmm.migrate(vm, dest, strategy=mig.strategy, grace=opts.grace)
@@ -329,7 +339,8 @@ async def run_migration(
     transport = load_transport("sim")
     async with transport.open_network(
         seed=opts.seed, port_model=opts.port_model, profile=mig.profile
-    ) as net:
+    ) as opened:
+        net = cast(SimNetwork, opened)
         dev_a = await net.add_node(opts.recv_addr)
         dev_p = await net.add_node(opts.send_addr)
         experiment = _make_migration(net, opts, mig, result)
@@ -344,6 +355,9 @@ async def run_migration(
                 out=out,
                 experiment=experiment,
             )
+        sm = net.fabric.sm
+        sm0 = result.get("sm0")
+        spent = (sm.smps_sent - sm0[0], sm.sa_queries - sm0[1]) if sm0 else None
     timeline = result.get("timeline")
     report = downtime(log.times, timeline) if timeline is not None else None
     return RunResult(
@@ -354,6 +368,8 @@ async def run_migration(
         timeline=timeline,
         error=result.get("error"),
         downtime=report,
+        smps=None if spent is None else spent[0],
+        sa_queries=None if spent is None else spent[1],
     )
 
 
@@ -401,7 +417,7 @@ def format_results(results: Sequence[RunResult]) -> str:
     """The comparison table: one row per run, downtimes in ms, then each run's breakdown."""
     head = (
         f"{'mode':<12}{'strategy':<13}{'port':<9}{'pause':>9}{'service':>10}{'added':>10}"
-        f"{'res':>7}{'lost':>6}{'dup':>5}{'reord':>6}  result"
+        f"{'res':>7}{'SMP':>5}{'SA':>4}{'lost':>6}{'dup':>5}{'reord':>6}  result"
     )
     lines = [head]
     for r in results:
@@ -425,9 +441,13 @@ def format_results(results: Sequence[RunResult]) -> str:
             verdict = "not exactly-once in order" if not t.ok else "no migration"
         lines.append(
             f"{r.mode:<12}{r.strategy:<13}{r.port_model:<9}{cells[0]:>9}{cells[1]:>10}"
-            f"{cells[2]:>10}{cells[3]:>7}{t.lost:>6}{t.duplicated:>5}{t.reordered:>6}  {verdict}"
+            f"{cells[2]:>10}{cells[3]:>7}{_n(r.smps):>5}{_n(r.sa_queries):>4}"
+            f"{t.lost:>6}{t.duplicated:>5}{t.reordered:>6}  {verdict}"
         )
-    lines.append("downtimes in ms; res = load resolution (p99 gap between deliveries)")
+    lines.append(
+        "downtimes in ms; res = load resolution (p99 gap between deliveries); "
+        "SMP, SA = spent from the migration's start to the run's end"
+    )
     for r in results:
         if r.downtime is not None:
             parts = ", ".join(
@@ -435,6 +455,10 @@ def format_results(results: Sequence[RunResult]) -> str:
             )
             lines.append(f"  {r.mode}/{r.strategy}/{r.port_model}: {parts}")
     return "\n".join(lines)
+
+
+def _n(x: int | None) -> str:
+    return "-" if x is None else str(x)
 
 
 def _ms(x: float) -> str:

@@ -75,7 +75,11 @@ async def test_a_migration_under_load_loses_nothing_and_is_measured(
     tl, d = result.timeline, result.downtime
     assert tl is not None and d is not None
     assert tl.strategy.value == strategy and tl.outcome == "migrated"
+    assert result.outcome is not None
     assert d.recovered and result.outcome.tally.lost == 0
+    # The run's SM spend includes the migration's own.
+    assert result.smps is not None and result.smps >= tl.smps >= 1
+    assert result.sa_queries is not None and result.sa_queries >= tl.sa_queries
     # Nothing can be delivered while the active node has no device...
     gap = tl.device_gap
     assert gap is not None
