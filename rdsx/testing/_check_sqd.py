@@ -95,6 +95,7 @@ async def check_sqd_path_change(harness: Harness, rng: random.Random) -> None:
         eb.qp.post_recv(RecvWR(0, (b.sge(roff, 8),)))
         ea.qp.post_send(_sends(a, off, 0, 1))
         await take(ea.scq, 1, "a send before the path change")
+        await take(eb.rcq, 1, "its receive at the old peer")
         ea.qp.modify(QpAttr(state=S.SQD, en_sqd_async_notify=True))
         await _drained(ea, "SQD before the path change")
         ea.qp.post_send(_sends(a, off, 1, m))  # queued in SQD, must go to the new peer

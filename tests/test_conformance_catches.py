@@ -1,0 +1,164 @@
+"""The suite can fail: sim wrapped so that it breaks one rule must fail the check of that rule.
+
+Each fault wraps the sim's verbs objects in thin proxies (everything delegates,
+one behaviour is broken), so a passing suite on the real sim means something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import pytest
+
+from rdsx.errors import InvalidHandle, InvalidState
+from rdsx.testing import CHECKS, Harness, check_transport
+from rdsx.verbs import Device, QpState, WorkCompletion
+from transports.sim.harness import SimHarness
+
+
+def _unwrap(value: Any) -> Any:
+    return value._inner if isinstance(value, _Proxy) else value
+
+
+class _Proxy:
+    """Delegates every attribute to the wrapped object; subclasses break one thing."""
+
+    def __init__(self, inner: Any, fault: str) -> None:
+        self._inner = inner
+        self._fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CQ(_Proxy):
+    seen = 0
+
+    def _filter(self, wcs: list[WorkCompletion]) -> list[WorkCompletion]:
+        out = []
+        for wc in wcs:
+            self.seen += 1
+            if self._fault == "drop-5th-completion" and self.seen % 5 == 0:
+                continue
+            out.append(wc)
+            if self._fault == "duplicate-completion" and self.seen == 7:
+                out.append(wc)
+        return out
+
+    def poll(self, max_entries: int = 64) -> list[WorkCompletion]:
+        return self._filter(self._inner.poll(max_entries))[:max_entries]
+
+    async def wait(self, max_entries: int = 64) -> list[WorkCompletion]:
+        while True:
+            got = self._filter(await self._inner.wait(max_entries))[:max_entries]
+            if got:
+                return got
+
+
+class _QP(_Proxy):
+    def modify(self, attr: Any) -> None:
+        try:
+            self._inner.modify(attr)
+        except InvalidState:
+            if self._fault != "allow-illegal-transition":
+                raise
+
+    def post_send(self, wrs: Any) -> None:
+        if self._fault == "send-in-reset" and self._inner.state is QpState.RESET:
+            return
+        self._inner.post_send(wrs)
+
+
+class _MR(_Proxy):
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        except InvalidHandle:
+            if self._fault != "double-dereg-ok":
+                raise
+
+
+class _PD(_Proxy):
+    def reg_mr(self, *args: Any, **kwargs: Any) -> Any:
+        return _MR(self._inner.reg_mr(*args, **kwargs), self._fault)
+
+    def create_qp(self, send_cq: Any, recv_cq: Any, *args: Any, **kwargs: Any) -> Any:
+        qp = self._inner.create_qp(_unwrap(send_cq), _unwrap(recv_cq), *args, **kwargs)
+        return _QP(qp, self._fault)
+
+
+class _Context(_Proxy):
+    def alloc_pd(self) -> Any:
+        return _PD(self._inner.alloc_pd(), self._fault)
+
+    def create_cq(self, *args: Any, **kwargs: Any) -> Any:
+        return _CQ(self._inner.create_cq(*args, **kwargs), self._fault)
+
+    async def cm_connect(self, qp: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self._inner.cm_connect(_unwrap(qp), *args, **kwargs)
+
+
+class _Device(_Proxy):
+    async def open(self) -> Any:
+        return _Context(await self._inner.open(), self._fault)
+
+
+class BrokenSim(Harness):
+    """SimHarness whose verbs objects break the rule named by ``fault``."""
+
+    name = "broken-sim"
+    virtual_time = True
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        self.sim = SimHarness()
+
+    @asynccontextmanager
+    async def _pair(self) -> AsyncIterator[tuple[Device, Device]]:
+        async with self.sim.open_pair() as (a, b):
+            yield _Device(a, self.fault), _Device(b, self.fault)  # type: ignore[misc]
+
+    def open_pair(self):  # type: ignore[no-untyped-def]
+        return self._pair()
+
+    async def remove(self, device: Device, grace: float | None) -> None:
+        await self.sim.remove(_unwrap(device), grace)
+
+    @contextmanager
+    def _partition(self, a: Device, b: Device) -> Iterator[None]:
+        with self.sim.partition(_unwrap(a), _unwrap(b)):
+            yield
+
+    def partition(self, a: Device, b: Device):  # type: ignore[no-untyped-def]
+        return self._partition(a, b)
+
+
+@pytest.mark.parametrize(
+    ("fault", "check", "rule"),
+    [
+        ("drop-5th-completion", "send-order-exactly-once", "completions in"),
+        ("duplicate-completion", "send-order-exactly-once", "expected wr_id"),
+        ("allow-illegal-transition", "qp-state-table", "is illegal"),
+        ("send-in-reset", "qp-post-by-state", "post_send in RESET"),
+        ("double-dereg-ok", "handles-after-close", "deregistering an MR twice"),
+    ],
+)
+async def test_suite_catches(fault: str, check: str, rule: str, autojump_clock: object) -> None:
+    with pytest.raises(AssertionError, match=rf"^\[{check}\] broken-sim: .*{rule}"):
+        await check_transport(BrokenSim(fault), only=[check])
+
+
+async def test_unbroken_wrapper_passes(autojump_clock: object) -> None:
+    # The proxies themselves are faithful: without a fault the same checks pass.
+    await check_transport(
+        BrokenSim("none"),
+        only=[
+            "send-order-exactly-once",
+            "qp-state-table",
+            "qp-post-by-state",
+            "handles-after-close",
+        ],
+    )
+    assert "send-order-exactly-once" in CHECKS
