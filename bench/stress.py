@@ -404,7 +404,7 @@ async def run_sides(
             with trio.CancelScope() as reporting:
                 if stop_on_sigint:
                     traffic.start_soon(_cancel_on_sigint, reporting)
-                await _report_seconds(opts, mine, printer, rows, start, marks)
+                await _report_seconds(opts, mine, theirs, printer, rows, start, marks)
             first, last = marks[0], marks[-1]
             for task in everyone:
                 task.stop_sending()
@@ -427,7 +427,7 @@ async def run_sides(
         ledgers += snaps
         errors += remote_errors
     tally = reconcile(ledgers, errors)
-    summary = _summary_row(opts, mine, first, last)
+    summary = _summary_row(opts, first, last)
     printer.out.write(format_summary(summary, opts.summary_only))
     histogram = RttHistogram()
     for task in mine:
@@ -440,7 +440,7 @@ async def run_sides(
         + ("" if drained else f" (drain timed out after {opts.drain_timeout:g} s)")
     )
     if theirs:
-        extra["passive"] = attrs.asdict(_summary_row(opts, theirs, first, last))
+        extra["passive"] = attrs.asdict(_summary_row(opts, first, last, shown=False))
     report = build_json(
         options=opts,
         summary=summary,
@@ -455,16 +455,17 @@ async def run_sides(
     return Outcome(summary=summary, rows=tuple(rows), tally=tally, report=report)
 
 
-_Stamp = tuple[float, Counters, float, float]
+_Stamp = tuple[float, Counters, float, float, Counters]
 
 
-def _stamp(tasks: Sequence[_Task]) -> _Stamp:
-    """(trio time, summed counters, process CPU seconds, wall seconds) now."""
+def _stamp(tasks: Sequence[_Task], others: Sequence[_Task]) -> _Stamp:
+    """(trio time, shown tasks' counters, process CPU s, wall s, other tasks' counters) now."""
     return (
         trio.current_time(),
         Counters.total(t.counters for t in tasks),
         time.process_time(),
         time.perf_counter(),
+        Counters.total(t.counters for t in others),
     )
 
 
@@ -484,6 +485,7 @@ async def _cancel_on_sigint(scope: trio.CancelScope) -> None:
 async def _report_seconds(
     opts: Options,
     tasks: Sequence[_Task],
+    others: Sequence[_Task],
     printer: _Printer,
     rows: list[tuple[float, Row]],
     start: float,
@@ -494,12 +496,12 @@ async def _report_seconds(
     ``marks`` gets the stamp at the start and after every row, so a
     cancelled run still knows which seconds it reported.
     """
-    prev = _stamp(tasks)
+    prev = _stamp(tasks, others)
     marks.append(prev)
     k = 1
     while opts.time == 0 or k <= opts.time + 1e-9:
         await trio.sleep_until(start + k)
-        now = _stamp(tasks)
+        now = _stamp(tasks, others)
         row = make_row(now[1] - prev[1], now[0] - prev[0], opts.tasks, _cpu(opts, prev, now))
         rows.append((now[0] - start, row))
         if not opts.summary_only:
@@ -510,7 +512,7 @@ async def _report_seconds(
     # A fractional -T gets a last, shorter interval.
     if opts.time and start + opts.time > prev[0]:
         await trio.sleep_until(start + opts.time)
-        now = _stamp(tasks)
+        now = _stamp(tasks, others)
         if now[0] > prev[0]:
             row = make_row(now[1] - prev[1], now[0] - prev[0], opts.tasks, _cpu(opts, prev, now))
             rows.append((now[0] - start, row))
@@ -519,12 +521,12 @@ async def _report_seconds(
             marks.append(now)
 
 
-def _summary_row(opts: Options, tasks: Sequence[_Task], first: _Stamp, last: _Stamp) -> Row:
+def _summary_row(opts: Options, first: _Stamp, last: _Stamp, shown: bool = True) -> Row:
     # Only what happened in the reported seconds counts, as in rds-stress.
     elapsed = last[0] - first[0]
     if elapsed <= 0:
         return make_row(Counters(), 1.0, opts.tasks, -1.0)
-    delta = last[1] - first[1]
+    delta = last[1] - first[1] if shown else last[4] - first[4]
     return make_row(delta, elapsed, opts.tasks, _cpu(opts, first, last))
 
 

@@ -100,3 +100,14 @@ async def test_faults_are_caught_and_fail_the_run(
     assert f"{expect[0]} lost, {expect[1]} duplicated, {expect[2]} reordered" in text
     if kind == "drop":
         assert outcome.report["drained"] is False and t.unanswered == 1
+
+
+def test_passive_summary_uses_the_passive_counters() -> None:
+    from bench.report import Counters
+    from bench.stress import _summary_row
+
+    first = (0.0, Counters(), 0.0, 0.0, Counters())
+    last = (2.0, Counters(req_tx=10), 0.0, 2.0, Counters(req_tx=30))
+    opts = Options(tasks=1)
+    assert _summary_row(opts, first, last).tx_per_s == 5
+    assert _summary_row(opts, first, last, shown=False).tx_per_s == 15
