@@ -711,6 +711,7 @@ class Node:
                 self._device_lot.unpark_all()
                 ready()
                 await dev.gone.wait()
+                self._counters.inc("device_removal")
                 if not dev.surprise:
                     await self._drain(dev)
                 nursery.cancel_scope.cancel()
@@ -724,7 +725,6 @@ class Node:
             while True:
                 event = await dev.ctx.get_async_event()
                 if event.type is AsyncEventType.DEVICE_REMOVAL:
-                    self._counters.inc("device_removal")
                     dev.removal(event.deadline)
                     return
                 if event.type is AsyncEventType.DEVICE_FATAL:
@@ -737,7 +737,6 @@ class Node:
                             path.fail(f"QP fatal: {event.info}")
                             self._dispatch(conn)
         except DeviceRemoved:
-            self._counters.inc("device_removal")
             dev.removal(None)
 
     async def _drain(self, dev: DeviceState) -> None:
