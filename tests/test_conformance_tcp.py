@@ -11,14 +11,26 @@ from transports.tcp.harness import TcpHarness
 # (sqd-path-change left the old peer's pre-change RECV unpolled; fixed in the suite, 46fd86a.)
 SUITE_BUGS: dict[str, str] = {}
 
+#: Rules the tcp transport breaks today (strict: a fix turns the test red until removed).
+TCP_GAPS = {
+    "partition-heals": "tcp: frames lost inside the retry budget are never resent (the QP "
+    "relies on TCP, but harness.partition drops frames TCP already took), so a 0.1 s "
+    "partition ends in RETRY_EXC_ERR instead of being repaired",
+}
+
 
 def _params() -> list[object]:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(reason=SUITE_BUGS[name], strict=False))
-        if name in SUITE_BUGS
-        else name
-        for name in CHECKS
-    ]
+    params: list[object] = []
+    for name in CHECKS:
+        if name in SUITE_BUGS:
+            mark = pytest.mark.xfail(reason=SUITE_BUGS[name], strict=False)
+        elif name in TCP_GAPS:
+            mark = pytest.mark.xfail(reason=TCP_GAPS[name], strict=True)
+        else:
+            params.append(name)
+            continue
+        params.append(pytest.param(name, marks=mark))
+    return params
 
 
 @pytest.mark.parametrize("name", _params())

@@ -10,6 +10,7 @@ import trio
 from ..errors import (
     AddressInUse,
     ConnectionRejected,
+    ConnectTimeout,
     InvalidArgument,
     InvalidState,
     Unreachable,
@@ -191,3 +192,19 @@ async def check_cm_disconnect(harness: Harness, rng: random.Random) -> None:
         active.close()
         passive.close()
         active.close()  # idempotent
+
+
+@check("cm-connect-timeout")
+async def check_cm_timeout(harness: Harness, rng: random.Random) -> None:
+    """A listener that never answers: cm_connect raises ConnectTimeout after ``timeout``."""
+    async with open_nodes(harness) as (a, b):
+        port = cm_port(rng)
+        listener = await b.ctx.cm_listen(port)
+        timeout = rng.choice((0.2, 0.5))
+        start = trio.current_time()
+        with expect_raises(ConnectTimeout, "a connect request nobody answers"):
+            await a.ctx.cm_connect(a.end().qp, b.device.address, port, timeout=timeout)
+        waited = trio.current_time() - start
+        if waited < timeout:
+            raise AssertionError(f"ConnectTimeout after {waited:.3f}s, before timeout={timeout}")
+        listener.close()

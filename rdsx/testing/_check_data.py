@@ -6,8 +6,8 @@ import random
 
 import trio
 
-from ..verbs import Opcode, QpCap, RecvWR, SendWR, Sge, WcOpcode, WcStatus
-from ._fixture import QUIET, expect_wc, link, open_nodes, quiet, take, take_one
+from ..verbs import Opcode, QpAttr, QpCap, QpState, RecvWR, SendWR, Sge, WcOpcode, WcStatus
+from ._fixture import FULL_ACCESS, QUIET, expect_wc, link, open_nodes, quiet, take, take_one
 from ._harness import Harness
 from ._registry import check
 
@@ -233,3 +233,69 @@ async def check_unsignaled(harness: Harness, rng: random.Random) -> None:
         eb.qp.post_recv(RecvWR(1, (b.sge(roff, 8),)))
         ea.qp.post_send(SendWR(2, Opcode.SEND, (a.sge(off, 8),), signaled=False))
         expect_wc(await take_one(ea.scq, "sq_sig_all QP"), "sq_sig_all signals every WR", wr_id=2)
+
+
+@check("multi-packet-messages")
+async def check_multi_packet(harness: Harness, rng: random.Random) -> None:
+    """Messages around and well above the path MTU arrive whole, in order."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b)
+        mtu = a.port.active_mtu
+        sizes = [mtu - 1, mtu, mtu + 1, 2 * mtu, 3 * mtu + rng.randrange(1, mtu)]
+        rng.shuffle(sizes)
+        slot = 4 * mtu
+        src_buf, dst_buf = bytearray(slot * len(sizes)), bytearray(slot * len(sizes))
+        src = a.pd.reg_mr(src_buf, FULL_ACCESS)
+        dst = b.pd.reg_mr(dst_buf, FULL_ACCESS)
+        payloads = [rng.randbytes(n) for n in sizes]
+        for i, data in enumerate(payloads):
+            src_buf[i * slot : i * slot + len(data)] = data
+        eb.qp.post_recv(
+            [RecvWR(i, (Sge(dst.addr + i * slot, slot, dst.lkey),)) for i in range(len(sizes))]
+        )
+        ea.qp.post_send(
+            [
+                SendWR(i, Opcode.SEND, (Sge(src.addr + i * slot, n, src.lkey),))
+                for i, n in enumerate(sizes)
+            ]
+        )
+        await take(ea.scq, len(sizes), "multi-packet sends")
+        for i, wc in enumerate(await take(eb.rcq, len(sizes), "multi-packet receives")):
+            rule = f"a {sizes[i]}-byte message with a {mtu}-byte MTU"
+            expect_wc(wc, rule, wr_id=i, opcode=WcOpcode.RECV, byte_len=sizes[i])
+            if bytes(dst_buf[i * slot : i * slot + sizes[i]]) != payloads[i]:
+                raise AssertionError(f"{rule}: the data arrived corrupt")
+
+
+@check("qp-isolation")
+async def check_isolation(harness: Harness, rng: random.Random) -> None:
+    """QPs between the same two devices keep their traffic apart; an error on one leaves
+    the others working."""
+    async with open_nodes(harness) as (a, b):
+        links = [link(a, b) for _ in range(3)]
+        rounds = 4
+        off = a.alloc(8 * rounds * len(links))
+        roff = b.alloc(8 * rounds * len(links))
+        for k, (_, eb) in enumerate(links):
+            eb.qp.post_recv(
+                [RecvWR(i, (b.sge(roff + 8 * (k * rounds + i), 8),)) for i in range(rounds)]
+            )
+        order = [(k, i) for i in range(rounds) for k in range(len(links))]
+        for k, i in order:
+            a.put(off + 8 * (k * rounds + i), bytes([k, i]) * 4)
+            links[k][0].qp.post_send(
+                SendWR(i, Opcode.SEND, (a.sge(off + 8 * (k * rounds + i), 8),))
+            )
+        for k, (ea, eb) in enumerate(links):
+            await take(ea.scq, rounds, f"sends on QP {k}")
+            for i, wc in enumerate(await take(eb.rcq, rounds, f"receives on QP {k}")):
+                expect_wc(wc, f"QP {k} receives its own messages in order", wr_id=i)
+                if b.get(roff + 8 * (k * rounds + i), 8) != bytes([k, i]) * 4:
+                    raise AssertionError(f"QP {k} got another QP's message")
+        broken, (ea, eb) = links[0], links[1]
+        broken[0].qp.modify(QpAttr(state=QpState.ERR))
+        broken[1].qp.post_recv(RecvWR(99, (b.sge(roff, 8),)))
+        eb.qp.post_recv(RecvWR(5, (b.sge(roff, 8),)))
+        ea.qp.post_send(SendWR(6, Opcode.SEND, (a.sge(off, 8),)))
+        expect_wc(await take_one(ea.scq, "a QP next to one in ERR"), "ERR stays per QP", wr_id=6)
+        expect_wc(await take_one(eb.rcq, "a QP next to one in ERR"), "ERR stays per QP", wr_id=5)

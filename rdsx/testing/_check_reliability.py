@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import trio
+
 from ..verbs import Opcode, QpAttr, QpState, RecvWR, SendWR, WcOpcode, WcStatus
 from ._fixture import (
     End,
@@ -126,3 +128,42 @@ async def check_flush(harness: Harness, rng: random.Random) -> None:
                     status=WcStatus.WR_FLUSH_ERR,
                 )
         await _expect_flushing(ea, a, "after modify(ERR)")
+
+
+@check("partition-heals")
+async def check_partition_heals(harness: Harness, rng: random.Random) -> None:
+    """Loss shorter than the retry budget is repaired: every send completes, exactly once,
+    in order."""
+    count = rng.randrange(3, 9)
+    async with open_nodes(harness) as (a, b):
+        # Budget: timeout x (retry_cnt + 1) = 0.4 s; the partition lasts a quarter of it.
+        ea, eb = link(a, b, retry_cnt=7, timeout=0.05)
+        off, roff = a.alloc(16 * count), b.alloc(16 * count)
+        for i in range(count):
+            a.put(off + 16 * i, rng.randbytes(16))
+        eb.qp.post_recv([RecvWR(i, (b.sge(roff + 16 * i, 16),)) for i in range(count)])
+        with harness.partition(a.device, b.device):
+            ea.qp.post_send(
+                [SendWR(i, Opcode.SEND, (a.sge(off + 16 * i, 16),)) for i in range(count)]
+            )
+            await trio.sleep(0.1)
+        rule = "sends across a 0.1 s partition (retry_cnt=7, timeout=0.05)"
+        for i, wc in enumerate(await take(ea.scq, count, rule)):
+            expect_wc(wc, f"{rule} must all succeed, in order", wr_id=i)
+        for i, wc in enumerate(await take(eb.rcq, count, rule)):
+            expect_wc(wc, f"{rule} arrive in order", wr_id=i, byte_len=16)
+        if b.get(roff, 16 * count) != a.get(off, 16 * count):
+            raise AssertionError(f"{rule}: data corrupt after retransmission")
+        await quiet([ea.scq, eb.rcq], f"{rule}: retransmission must not duplicate")
+
+
+@check("qp-close-discards")
+async def check_qp_close(harness: Harness, rng: random.Random) -> None:
+    """Destroying a QP discards its outstanding WRs without completions."""
+    async with open_nodes(harness) as (a, b):
+        ea, _eb = link(a, b, rnr_retry=7)
+        off = a.alloc(16)
+        ea.qp.post_recv([RecvWR(i, (a.sge(off, 16),)) for i in range(3)])
+        ea.qp.post_send([SendWR(10 + i, Opcode.SEND, (a.sge(off, 16),)) for i in range(3)])
+        ea.qp.close()
+        await quiet([ea.scq, ea.rcq], "qp.close discards outstanding WRs without completions")
