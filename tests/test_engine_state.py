@@ -107,3 +107,22 @@ def test_handshake_fits_cm_private_data() -> None:
     conn.receives_posted(0xFFFF)
     assert len(conn.handshake()) <= 196
     assert conn.handshake() == conn.handshake()
+
+
+def test_state_changes_only_through_the_checked_transition() -> None:
+    import ast
+    import inspect
+
+    import rdsx.engine._connection as module
+
+    tree = ast.parse(inspect.getsource(module))
+    writers = set()
+    for func in ast.walk(tree):
+        if isinstance(func, ast.FunctionDef):
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for target in targets:
+                        if isinstance(target, ast.Attribute) and target.attr == "_state":
+                            writers.add(func.name)
+    assert writers == {"__init__", "_transition"}

@@ -146,6 +146,10 @@ class Connection:
         self._last_ack_sent = 0
         self._throttled = False
 
+    def _transition(self, new: ConnState) -> None:
+        """The one place ``_state`` changes, checked against the table in ``_state.py``."""
+        self._state = transition(self._state, new)
+
     # ------------------------------------------------------------------ inspection
 
     @property
@@ -328,7 +332,7 @@ class Connection:
         Raises:
             LocalProtocolError: not DOWN.
         """
-        self._state = transition(self._state, _S.CONNECTING)
+        self._transition(_S.CONNECTING)
         self._reset_transport()
 
     def incoming_connect(self, now: float) -> bool:
@@ -352,13 +356,13 @@ class Connection:
         """
         state = self._state
         if state is ConnState.DOWN:
-            self._state = transition(state, _S.CONNECTING)
+            self._transition(_S.CONNECTING)
         elif state in (ConnState.CONNECTING, ConnState.RESETTING):
             self._counters.ib_connect_raced += 1
             if self.local != self.remote and should_initiate(self.local, self.remote):
                 return False
         elif state is _UP:
-            self._state = transition(state, _S.RESETTING)
+            self._transition(_S.RESETTING)
             self._counters.ib_listen_closed_stale += 1
             self._counters.conn_reset += 1
             self._reset_queues()
@@ -428,9 +432,9 @@ class Connection:
                 self._purge_resends(hs.ack)
         except RemoteProtocolError:
             self._counters.recv_protocol_error += 1
-            self._state = transition(self._state, _S.ERROR)
+            self._transition(_S.ERROR)
             raise
-        self._state = transition(self._state, _UP)
+        self._transition(_UP)
         self._frag = min(self.config.frag_size, hs.frag_size)
         self._flow = self._hs_credits > 0 and hs.credits > 0
         self._send_credits = hs.credits
@@ -450,12 +454,12 @@ class Connection:
         state = self._state
         if state is ConnState.DOWN:
             return
-        self._state = transition(state, _S.DISCONNECTING)
+        self._transition(_S.DISCONNECTING)
         if state in (_UP, ConnState.ERROR):
             self._counters.conn_reset += 1
         self._reset_queues()
         self._reset_transport()
-        self._state = transition(self._state, _S.DOWN)
+        self._transition(_S.DOWN)
 
     # ------------------------------------------------------------------ transmit
 
@@ -657,7 +661,7 @@ class Connection:
             self._receive(frame, now)
         except RemoteProtocolError:
             self._counters.recv_protocol_error += 1
-            self._state = transition(self._state, _S.ERROR)
+            self._transition(_S.ERROR)
             raise
 
     def _receive(self, frame: bytes | bytearray | memoryview, now: float) -> None:
