@@ -175,10 +175,12 @@ class Session:
         while True:
             try:
                 batch = await cq.wait(256)
-            except VerbsError:
+            except DeviceRemoved:
                 if not self.released:
                     self.report_removal(None)
                 return
+            except VerbsError:
+                return  # the CQ was destroyed by its virtual owner
             self.dispatch(batch)
 
     def _broadcast(self, event: AsyncEvent) -> None:
@@ -191,7 +193,7 @@ class Session:
         while True:
             try:
                 event = await ctx.get_async_event()
-            except VerbsError:
+            except DeviceRemoved:
                 if not self.released:
                     self.report_removal(None)
                 return
