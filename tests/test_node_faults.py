@@ -14,10 +14,11 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from node_world import recv_n, world
+from node_world import recv_n, until, world
 
 import rdsx
 from rdsx.config import NodeConfig
+from rdsx.engine import ConnState
 from transports.sim import Packet, chaos, open_fabric
 from transports.sim.packet import Kind
 
@@ -164,3 +165,34 @@ def test_every_pair_gets_exactly_its_sequence(
         _scenario, seed, plan, removals, loss, clock=trio.testing.MockClock(autojump_threshold=0)
     )
     faulthandler.cancel_dump_traceback_later()
+
+
+async def test_peer_restart_starts_a_new_sequence(autojump_clock: trio.abc.Clock) -> None:
+    async with open_fabric(seed=3) as fabric:
+        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
+        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
+        for vm, host in zip(vms, hosts, strict=False):
+            await fabric.attach(vm, host)
+        async with rdsx.open_node("127.0.0.1", vms[0].devices, config=NodeConfig(seed=1)) as a:
+            sa = a.socket()
+            sa.bind(10)
+            async with rdsx.open_node("127.0.0.2", vms[1].devices, config=NodeConfig(seed=2)) as b:
+                sb = b.socket()
+                sb.bind(20)
+                for k in range(3):
+                    await sa.sendto(b"old%d" % k, ("127.0.0.2", 20))
+                assert [d for d, _ in await recv_n(sb, 3)] == [b"old0", b"old1", b"old2"]
+            # b's process is gone; its VM gets a fresh VF and a fresh node (new generation)
+            await fabric.detach(vms[1], grace=1.0)
+            await fabric.attach(vms[1], hosts[2])
+            await until(lambda: a.connection_state("127.0.0.2") is not ConnState.UP)
+            # queued, never transmitted: it survives the restart (transmitted-unacked ones
+            # would be flushed, as Linux does for a peer with a new generation)
+            await sa.sendto(b"new", ("127.0.0.2", 20))
+            async with rdsx.open_node("127.0.0.2", vms[1].devices, config=NodeConfig(seed=3)) as b2:
+                sb2 = b2.socket()
+                sb2.bind(20)
+                with trio.fail_after(30):
+                    assert await sb2.recvfrom() == (b"new", ("127.0.0.1", 10))
+                (conn,) = a.info().connections
+                assert conn.next_tx_seq == 2  # the sequence restarted with the peer

@@ -106,3 +106,58 @@ async def test_graceful_detach_fails_without_release_is_not_our_problem(
         assert await sa.recvfrom() == (b"", ("127.0.0.2", 0))
         await w.fabric.detach(w.vms[0], grace=0.01)  # no DeviceBusy
         assert w.nodes[0].device is None
+
+
+async def _stream(w, n: int, action) -> list[int]:  # type: ignore[no-untyped-def]
+    sa, sb = w.nodes[0].socket(), w.nodes[1].socket(rcvbuf=1 << 22)
+    sa.bind(31)
+    sb.bind(32)
+    got: list[int] = []
+
+    async def send() -> None:
+        for k in range(n):
+            await sa.sendto(b"%d:" % k + b"y" * (k * 53 % 5000), ("127.0.0.2", 32))
+            await trio.sleep(0.0005)
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            await trio.sleep(0.02)
+            await action()
+            for _ in range(n):
+                got.append(int((await sb.recv()).split(b":")[0]))
+    return got
+
+
+async def test_both_nodes_removed_at_once(autojump_clock: trio.abc.Clock) -> None:
+    async with world(2, seed=4, spare_hosts=2) as w:
+
+        async def both() -> None:
+            for vm in w.vms:
+                await w.fabric.detach(vm, grace=None)
+            await trio.sleep(0.5)
+            for vm, host in zip(w.vms, w.spare, strict=True):
+                await w.fabric.attach(vm, host)
+
+        assert await _stream(w, 150, both) == list(range(150))
+
+
+async def test_tiny_grace_under_load_still_detaches(autojump_clock: trio.abc.Clock) -> None:
+    async with world(2, seed=6) as w:
+
+        async def tiny() -> None:
+            await move(w, 0, grace=0.001)  # shorter than the drain margin: no DeviceBusy
+
+        assert await _stream(w, 150, tiny) == list(range(150))
+
+
+async def test_link_down_longer_than_rc_retries(autojump_clock: trio.abc.Clock) -> None:
+    async with world(2, seed=8) as w:
+
+        async def outage() -> None:
+            w.fabric.link_down(w.hosts[1])
+            await trio.sleep(3.0)  # RC gives up (RETRY_EXC_ERR) and reconnects fail meanwhile
+            w.fabric.link_up(w.hosts[1])
+
+        assert await _stream(w, 100, outage) == list(range(100))
+        assert w.nodes[0].statistics().conn_reset >= 1
