@@ -6,7 +6,13 @@ import pytest
 import trio
 from _tcp_helpers import bring_up, make_end, pair, wait_wcs
 
-from rdsx.errors import AddressInUse, AddressNotAvailable, DeviceBusy, DeviceRemoved
+from rdsx.errors import (
+    AddressInUse,
+    AddressNotAvailable,
+    DeviceBusy,
+    DeviceRemoved,
+    InvalidState,
+)
 from rdsx.verbs import AsyncEventType, CmEventType, WcStatus
 from transports.tcp import TcpDevice
 
@@ -120,3 +126,17 @@ async def test_add_node_refuses_foreign_and_duplicate_addresses() -> None:
                 await net.add_node("not-an-address")
             with pytest.raises(AddressInUse):
                 await net.nodes[da.address].attach()  # it still has its device
+
+
+async def test_a_surprise_removal_overtakes_a_graceful_one() -> None:
+    with trio.fail_after(5):
+        async with pair() as (_net, _da, db):
+            ctx = await db.open()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(db.detach, 10.0)
+                event = await ctx.get_async_event()
+                assert event.type is AsyncEventType.DEVICE_REMOVAL
+                with pytest.raises(InvalidState):
+                    await db.detach(1.0)
+                await db.detach(None)  # the graceful detach returns at once, without DeviceBusy
+            assert db.removed

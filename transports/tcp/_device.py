@@ -32,6 +32,7 @@ from rdsx.errors import (
     DeviceBusy,
     DeviceRemoved,
     InvalidArgument,
+    InvalidState,
     RemoteProtocolError,
     ResourceExhausted,
     Unreachable,
@@ -173,6 +174,7 @@ class TcpDevice(Device):
 
         Raises:
             DeviceBusy: a context was still open at the deadline; the device stays.
+            InvalidState: a graceful removal of this device is already running.
         """
         if self._removed:
             return
@@ -181,14 +183,18 @@ class TcpDevice(Device):
             self._scope.cancel()
             self._teardown()
             return
+        if self._removing:
+            raise InvalidState(f"a removal of {self.name} is already running")
         deadline = trio.current_time() + grace
         self._removing = True
         try:
             self._announce_removal(deadline)
             with trio.move_on_at(deadline):
-                while self.contexts:
+                while self.contexts and not self._removed:
                     self._released = trio.Event()
                     await self._released.wait()
+            if self._removed:
+                return  # a surprise removal overtook this one
             if self.contexts:
                 raise DeviceBusy(
                     f"{len(self.contexts)} context(s) of {self.name} still open at the deadline"
@@ -209,6 +215,7 @@ class TcpDevice(Device):
         if self._removed:
             return
         self._removed = True
+        self._released.set()
         self._scope.cancel()
         self._listener.socket.close()
         for link in list(self.links):
