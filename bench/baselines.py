@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m bench.baselines {tcp,zmq} [rdsx-stress options]", file=sys.stderr)
         return 2
     kind, opts = args[0], parse_args(args[1:])
+    if opts.rdma_bytes:
+        print("the baselines have no RDMA: -D is rdsx-only", file=sys.stderr)
+        return 2
     if kind == "zmq":
         try:
             import zmq  # noqa: F401

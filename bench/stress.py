@@ -37,7 +37,7 @@ import trio.testing
 
 from rdsx.errors import RdsError, WouldBlock
 
-from .header import Op
+from .header import Op, payload
 from .options import Options, parse_args
 from .report import (
     HEADER,
@@ -72,13 +72,19 @@ class StressSocket(Protocol):
 
     def bind(self, port: int = 0) -> int: ...
 
-    async def sendto(self, data: bytes, dest: Address) -> int: ...
+    async def sendto(self, data: bytes, dest: Address, *, rdma: Any = None) -> int: ...
 
-    def sendto_nowait(self, data: bytes, dest: Address) -> int: ...
+    def sendto_nowait(self, data: bytes, dest: Address, *, rdma: Any = None) -> int: ...
 
     async def recvfrom(self) -> tuple[bytes, Address]: ...
 
     def close(self) -> None: ...
+
+    def get_mr(self, buffer: bytearray, *, readwrite: bool = True) -> int: ...
+
+    def free_mr(self, cookie: int) -> None: ...
+
+    async def recv_notification(self) -> Any: ...
 
 
 class StressNode(Protocol):
@@ -147,7 +153,9 @@ class _Task:
         self.send_errors = 0
         self.sending = True
         self.credits = [opts.depth] * opts.tasks
-        self.acks: collections.deque[tuple[int, int]] = collections.deque()
+        self.acks: collections.deque[tuple[int, int, int]] = collections.deque()
+        #: -D: (peer, request seq) -> (the region the acker writes, its cookie).
+        self.regions: dict[tuple[int, int], tuple[bytearray, int]] = {}
         self.wake = trio.Event()
         self.next_peer = 0
         self.last_rx: float | None = None
@@ -159,14 +167,15 @@ class _Task:
         self.measure_gaps = False
         self.wake.set()
 
-    async def _send(self, op: Op, peer: int, data: bytes) -> bool:
+    async def _send(self, op: Op, peer: int, data: bytes, rdma: Any = None) -> bool:
         dest = (self.peer_addr, self.ledger.peer_port(peer))
+        extra = {} if rdma is None else {"rdma": rdma}
         t0 = time.perf_counter()
         try:
             try:
-                self.sock.sendto_nowait(data, dest)
+                self.sock.sendto_nowait(data, dest, **extra)
             except WouldBlock:
-                await self.sock.sendto(data, dest)
+                await self.sock.sendto(data, dest, **extra)
         except RdsError as exc:
             self.ledger.rollback(op, peer)
             self.send_errors += 1
@@ -181,7 +190,59 @@ class _Task:
         else:
             c.ack_tx += 1
             c.ack_tx_bytes += len(data)
+            if rdma is not None:
+                c.rdma_out_bytes += len(rdma.local)
         return True
+
+    async def _request(self, peer: int, now: float) -> bool:
+        """Send the next request to ``peer``; with -D, with a fresh region for its RDMA."""
+        if not self.opts.rdma_bytes:
+            return await self._send(Op.REQUEST, peer, self.ledger.make_request(peer, now))
+        region = bytearray(self.opts.rdma_bytes)
+        cookie = self.sock.get_mr(region, readwrite=True)
+        data = self.ledger.make_request(peer, now, cookie)
+        seq = self.ledger.sent[(Op.REQUEST, peer)] - 1
+        if not await self._send(Op.REQUEST, peer, data):
+            self.sock.free_mr(cookie)
+            return False
+        self.regions[(peer, seq)] = (region, cookie)
+        return True
+
+    async def _ack(self, peer: int, ack_of: int, cookie: int) -> None:
+        """Ack request ``ack_of``; with a cookie, RDMA-write the stamped pattern first."""
+        data = self.ledger.make_ack(peer, ack_of)
+        if not cookie:
+            await self._send(Op.ACK, peer, data)
+            return
+        from rdsx import RdmaArgs
+
+        local = bytearray(_rdma_pattern(ack_of, self.opts.rdma_bytes))
+        await self._send(Op.ACK, peer, data, RdmaArgs(cookie=cookie, local=local, write=True))
+
+    def _rdma_done(self, peer: int, ack_of: int) -> None:
+        """The ack of request ``ack_of`` arrived: its region must hold the stamped pattern."""
+        region = self.regions.pop((peer, ack_of), None)
+        if region is None:
+            return
+        buf, cookie = region
+        self.sock.free_mr(cookie)
+        if bytes(buf) != _rdma_pattern(ack_of, len(buf)):
+            self.ledger.errors += 1
+            self.printer.report(
+                f"RDMA data for request {ack_of} to task {peer} did not arrive before its ack\n"
+            )
+            return
+        self.counters.rdma_in_bytes += len(buf)
+
+    async def notifications(self) -> None:
+        """-D: count every failed RDMA operation (failures are always notified)."""
+        from rdsx import RdmaStatus
+
+        while True:
+            note = await self.sock.recv_notification()
+            if note.status != RdmaStatus.SUCCESS:
+                self.ledger.errors += 1
+                self.printer.report(f"RDMA operation failed: {note.status.name}\n")
 
     def _pick_peer(self) -> int | None:
         """Round-robin over the peers that still have credit (closed loop)."""
@@ -200,22 +261,20 @@ class _Task:
         due = start + interval * self.ledger.index / self.opts.tasks
         while True:
             if self.acks:
-                peer, ack_of = self.acks.popleft()
-                await self._send(Op.ACK, peer, self.ledger.make_ack(peer, ack_of))
+                await self._ack(*self.acks.popleft())
                 continue
             now = trio.current_time()
             if self.sending and rate is None:
                 target = self._pick_peer()
                 if target is not None:
                     self.credits[target] -= 1
-                    data = self.ledger.make_request(target, now)
-                    if not await self._send(Op.REQUEST, target, data):
+                    if not await self._request(target, now):
                         self.credits[target] += 1
                     continue
             elif self.sending and now >= due:
                 peer = self.next_peer
                 self.next_peer = (peer + 1) % self.opts.tasks
-                await self._send(Op.REQUEST, peer, self.ledger.make_request(peer, now))
+                await self._request(peer, now)
                 # Falling behind (a blocked send) skips ticks rather than bursting.
                 due = max(due + interval, trio.current_time())
                 continue
@@ -242,10 +301,12 @@ class _Task:
             if verdict.op is Op.REQUEST:
                 c.req_rx += 1
                 c.req_rx_bytes += len(data)
-                self.acks.append((verdict.peer, verdict.seq))
+                self.acks.append((verdict.peer, verdict.seq, verdict.cookie))
             else:
                 c.ack_rx += 1
                 c.ack_rx_bytes += len(data)
+                if self.regions:
+                    self._rdma_done(verdict.peer, verdict.ack_of)
                 if verdict.rtt is not None:
                     us = verdict.rtt * 1e6
                     c.rtt_count += 1
@@ -394,6 +455,8 @@ async def run_sides(
             for task in everyone:
                 traffic.start_soon(task.reader)
                 traffic.start_soon(task.writer, start)
+                if opts.rdma_bytes:
+                    traffic.start_soon(task.notifications)
             if experiment is not None:
 
                 async def _experiment() -> None:
@@ -453,6 +516,11 @@ async def run_sides(
         extra=extra,
     )
     return Outcome(summary=summary, rows=tuple(rows), tally=tally, report=report)
+
+
+def _rdma_pattern(seq: int, length: int) -> bytes:
+    """What the acker writes into a request's region: its sequence, then the pattern."""
+    return (seq.to_bytes(8, "big") + payload(max(length - 8, 0)))[:length]
 
 
 _Stamp = tuple[float, Counters, float, float, Counters]
@@ -598,9 +666,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return migration_main(args)
     opts = parse_args(args)
-    if opts.rdma_bytes:
-        print("rdsx-stress: -D (RDMA) is not supported by this rdsx build", file=sys.stderr)
-        return 2
     clock = None
     if opts.virtual_time:
         clock = trio.testing.MockClock(autojump_threshold=0)

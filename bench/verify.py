@@ -115,6 +115,7 @@ class Received:
         peer: index of the sending task, None when not usable.
         seq: the message's sequence number.
         ack_of: for an ack, the request it answers.
+        cookie: for a request, the RDMA cookie it carries (0: none).
         rtt: for a good ack, seconds since that request was sent.
         anomalies: everything found wrong (empty for a good message).
         report: the text to print for an anomaly, "" for a good message.
@@ -126,6 +127,7 @@ class Received:
     peer: int | None
     seq: int = 0
     ack_of: int = 0
+    cookie: int = 0
     rtt: float | None = None
     anomalies: tuple[Anomaly, ...] = ()
     report: str = ""
@@ -299,17 +301,9 @@ class TaskLedger:
         key = (_OPS[op], peer)
         stream = self.streams.get(key)
         seq = stream.expected if stream is not None else 0
+        cookie = cookie_of(data)
         want = pack(
-            op,
-            seq,
-            self._peer,
-            src_port,
-            self._local,
-            self.local_port,
-            peer,
-            ack_of,
-            cookie_of(data),
-            size,
+            op, seq, self._peer, src_port, self._local, self.local_port, peer, ack_of, cookie, size
         )
         if len(data) != size or not data.startswith(want):
             return None
@@ -319,7 +313,9 @@ class TaskLedger:
             stream = self.streams[key] = StreamState()
         stream.receive(seq)
         rtt = now - self.outstanding[peer].pop(ack_of) if op == Op.ACK else None
-        return Received(op=key[0], peer=peer, seq=seq, ack_of=ack_of, rtt=rtt, deliver=True)
+        return Received(
+            op=key[0], peer=peer, seq=seq, ack_of=ack_of, cookie=cookie, rtt=rtt, deliver=True
+        )
 
     def _receive_checked(self, data: bytes, source: tuple[str, int], now: float) -> Received:
         """The slow path: find and report everything that is wrong with ``data``."""
@@ -405,6 +401,7 @@ class TaskLedger:
             peer=peer,
             seq=got.seq,
             ack_of=got.ack_of,
+            cookie=got.cookie,
             rtt=rtt,
             anomalies=tuple(anomalies),
             report=report,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -26,6 +27,9 @@ class FakeNet:
         self.latency = latency
         self.sockets: dict[Address, FakeSocket] = {}
         self.route: Route = lambda src, dst, data: [data]
+        #: RDMA regions by cookie; ``rdma_writes=False`` silently skips every write.
+        self.regions: dict[int, bytearray] = {}
+        self.rdma_writes = True
 
     def node(self, address: str) -> FakeNode:
         return FakeNode(self, address)
@@ -57,7 +61,21 @@ class FakeSocket:
         self.name = name
         return port
 
-    def sendto_nowait(self, data: bytes, dest: Address) -> int:
+    def get_mr(self, buffer: bytearray, *, readwrite: bool = True) -> int:
+        cookie = len(self.node.net.regions) + 1
+        self.node.net.regions[cookie] = buffer
+        return cookie
+
+    def free_mr(self, cookie: int) -> None:
+        del self.node.net.regions[cookie]
+
+    async def recv_notification(self) -> object:
+        await trio.sleep_forever()
+
+    def sendto_nowait(self, data: bytes, dest: Address, *, rdma: Any = None) -> int:
+        if rdma is not None and self.node.net.rdma_writes:
+            region = self.node.net.regions[rdma.cookie]
+            region[: len(rdma.local)] = rdma.local
         if self.closed:
             raise SocketClosed("closed")
         if self.name is None:
@@ -70,9 +88,9 @@ class FakeSocket:
                 target.arrived.set()
         return len(data)
 
-    async def sendto(self, data: bytes, dest: Address) -> int:
+    async def sendto(self, data: bytes, dest: Address, *, rdma: Any = None) -> int:
         await trio.lowlevel.checkpoint()
-        return self.sendto_nowait(data, dest)
+        return self.sendto_nowait(data, dest, rdma=rdma)
 
     async def recvfrom(self) -> tuple[bytes, Address]:
         while not self.queue:

@@ -60,3 +60,13 @@ async def test_device_removal_loses_nothing(
     assert report["drained"] is True
     # Delivery stopped for at least the time without a device, and came back.
     assert 0.1 <= report["max_gap_s"] < 2.0  # type: ignore[operator]
+
+
+async def test_rdma_per_request_is_written_and_counted(autojump_clock: trio.abc.Clock) -> None:
+    opts = Options(tasks=2, time=2, rate=100.0, req_bytes=1024, ack_bytes=256, rdma_bytes=8192)
+    report, _ = await _run(opts)
+    assert report["ok"] is True and report["errors"] == 0
+    # Each side: 2 tasks x 100 requests/s, each answered by an 8 KiB RDMA WRITE into the
+    # requester's region (checked against the stamped pattern before it counts as "in").
+    assert report["mbi_kib_per_s"] == pytest.approx(1600.0, abs=20)
+    assert report["mbo_kib_per_s"] == pytest.approx(1600.0, abs=20)

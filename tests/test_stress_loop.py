@@ -111,3 +111,18 @@ def test_passive_summary_uses_the_passive_counters() -> None:
     opts = Options(tasks=1)
     assert _summary_row(opts, first, last).tx_per_s == 5
     assert _summary_row(opts, first, last, shown=False).tx_per_s == 15
+
+
+@pytest.mark.parametrize("writes", [True, False], ids=["written", "not-written"])
+async def test_rdma_region_is_checked_on_ack(autojump_clock: trio.abc.Clock, writes: bool) -> None:
+    net = FakeNet(latency=1e-3)
+    net.rdma_writes = writes
+    opts = Options(time=1, rate=50.0, rdma_bytes=100, max_reports=1)
+    outcome, text = await _run(opts, net)
+    if writes:
+        assert outcome.tally.ok and outcome.summary.mbi_kib_per_s == pytest.approx(50 * 100 / 1024)
+        assert net.regions == {}  # every region was freed on its ack
+    else:
+        assert outcome.tally.errors == 2 * 50 and outcome.exit_status == 1
+        assert "RDMA data for request 0 to task 0 did not arrive before its ack" in text
+        assert outcome.summary.mbi_kib_per_s == 0.0
