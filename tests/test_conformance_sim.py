@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 
 from rdsx.testing import CHECKS, check_transport
+from rdsx.verbs import Device
+from transports.sim.faults import chaos
 from transports.sim.harness import SimHarness
 
 PORT_MODELS = ("shared", "vswitch")
@@ -27,3 +32,29 @@ def _params() -> list[object]:
 @pytest.mark.parametrize(("model", "name"), _params())
 async def test_sim_conforms(model: str, name: str, autojump_clock: object) -> None:
     await check_transport(SimHarness(port_model=model), seed=0, only=[name])
+
+
+class ChaosSimHarness(SimHarness):
+    """The sim with a 256-byte MTU and a route that drops and duplicates 5% of packets and
+    delays (reorders) 10%: RC must hide all of it, so every check still holds."""
+
+    name = "sim+chaos"
+
+    def __init__(self, port_model: str, seed: int) -> None:
+        super().__init__(port_model=port_model, seed=seed, mtu=256)
+
+    @asynccontextmanager
+    async def open_pair(self) -> AsyncIterator[tuple[Device, Device]]:  # type: ignore[override]
+        async with super().open_pair() as pair:
+            assert self.fabric is not None
+            self.fabric.route_packet = chaos(
+                self.fabric, drop=0.05, duplicate=0.05, delay=0.1, max_delay=20e-6
+            )
+            yield pair
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_sim_conforms_under_chaos(seed: int, name: str, autojump_clock: object) -> None:
+    model = ("shared", "vswitch")[seed % 2]
+    await check_transport(ChaosSimHarness(model, seed), seed=seed, only=[name])
