@@ -38,7 +38,7 @@ from rdsx.errors import AddressInUse, InvalidArgument
 from rdsx.verbs import MTU_VALUES
 
 from .hca import Endpoint, Host, PortModel
-from .packet import Kind, Packet
+from .packet import HEADER_BYTES, Kind, Packet
 from .sm import PathRecord, SubnetManager
 
 if TYPE_CHECKING:
@@ -125,7 +125,8 @@ class Fabric:
         self.vms: dict[str, Vm] = {}
         self.trace: list[TraceRecord] = []
         self.tracing = trace
-        self.route_packet: RoutePolicy = self.deliver_packet
+        self._policy: RoutePolicy = self.deliver_packet
+        self._default_route = True
         self._endpoints: dict[int, Endpoint] = {}
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = 0
@@ -134,6 +135,7 @@ class Fabric:
         self._ready: set[RcQp] = set()
         self._realtime = False
         self._slack = 0.0
+        self._now = 0.0
         self._lot = trio.lowlevel.ParkingLot()
         self._wake_at = -math.inf
         self._next_guid = 0x0002_C903_0000_0001
@@ -274,31 +276,84 @@ class Fabric:
 
     # ------------------------------------------------------------------ packets
 
+    @property
+    def route_packet(self) -> RoutePolicy:
+        """The routing policy every packet goes through (FakeNet's ``route_packet``).
+
+        Assign a callable taking a :class:`Packet`; it must call
+        :meth:`deliver_packet` (maybe later, maybe twice) or :meth:`drop_packet`.
+        """
+        return self._policy
+
+    @route_packet.setter
+    def route_packet(self, policy: RoutePolicy) -> None:
+        self._policy = policy
+        self._default_route = policy == self.deliver_packet
+
+    @property
+    def fast_acks(self) -> bool:
+        """True when an ACK may skip the packet machinery: real clock, default
+        route, no trace (nothing could observe, drop or delay it)."""
+        return self._realtime and self._default_route and not self.tracing
+
     def send_packet(self, packet: Packet) -> None:
         """Put ``packet`` on the wire: hand it to :attr:`route_packet`."""
         self._sent += 1
-        self.route_packet(packet)
+        self._policy(packet)
+
+    def fast_ack(self, src_lid: int, src_qpn: int, dst_lid: int, dst_qpn: int, psn: int) -> bool:
+        """Deliver a positive ACK at once, without a packet (see :attr:`fast_acks`).
+
+        Only valid from protocol code run by the fabric (never re-entrant).
+        Returns False when the ACK must take the normal path.
+        """
+        endpoint = self._endpoints.get(dst_lid)
+        if endpoint is None or not endpoint.host.reachable:
+            return False
+        peer = endpoint.space.qps.get(dst_qpn)
+        if peer is None or peer.dest_lid != src_lid or peer.dest_qpn != src_qpn:
+            return False
+        self._sent += 1
+        self._delivered += 1
+        peer.on_fast_ack(psn)
+        return True
+
+    def now(self) -> float:
+        """The fabric's notion of now: fixed for one pass of the pump (under the
+        virtual clock it cannot move within a pass anyway; under the real clock
+        a pass is shorter than :data:`REALTIME_SLACK`)."""
+        return self._now if self._draining else trio.current_time()
 
     def deliver_packet(self, packet: Packet, delay: float = 0.0) -> None:
         """The default route: deliver ``packet`` after its transit time plus ``delay``.
 
         Transit is egress serialisation at :attr:`bandwidth` behind earlier
-        packets of the same source port, then :attr:`latency` per hop.
+        packets of the same source port, then :attr:`latency` per hop. A packet
+        leaving a host whose link is down (or that crashed) is lost at once; one
+        arriving at such a host is lost on arrival.
         """
-        now = trio.current_time()
-        src = self._endpoints.get(packet.src_lid)
-        dst = self._endpoints.get(packet.dst_lid)
-        wire = packet.size / self.bandwidth
-        hops = 2
-        if src is not None:
+        now = self._now if self._draining else trio.current_time()
+        endpoints = self._endpoints
+        src = endpoints.get(packet.src_lid)
+        wire = (HEADER_BYTES + len(packet.payload)) / self.bandwidth
+        if src is None:
+            due = now + wire + 2 * self.latency + delay
+        else:
             host = src.host
+            if not host.reachable:
+                self.drop_packet(packet, f"{host.name} unreachable")
+                return
             depart = host.tx_free if host.tx_free > now else now
             host.tx_free = depart + wire
-            if dst is not None:
-                hops = self.hops(host, dst.host)
+            dst = endpoints.get(packet.dst_lid)
+            hops = 2 if dst is None or dst.host.switch == host.switch else 4
+            due = depart + wire + hops * self.latency + delay
+        if self._realtime and due - now < self._slack:
+            self._immediate.append(packet)
+            if not self._draining:
+                self._drain()
         else:
-            depart = now
-        self._schedule(depart + wire + hops * self.latency + delay, packet, now)
+            self._schedule(due, packet, now)
 
     def drop_packet(self, packet: Packet, reason: str) -> None:
         """Lose ``packet`` on purpose (counted and traced)."""
@@ -309,7 +364,7 @@ class Fabric:
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         """Run ``callback()`` from the pump at ``when`` (no task, no cancel: callbacks
         re-check their own state)."""
-        self._schedule(when, callback, trio.current_time())
+        self._schedule(when, callback, self.now())
 
     def statistics(self) -> FabricStatistics:
         """Packet counters so far."""
@@ -349,26 +404,33 @@ class Fabric:
             item()
 
     def _drain(self) -> None:
+        # Only ever entered from the outside (an API call or the pump), never from
+        # protocol code: a handler that sends must not see another handler run
+        # underneath it (it may be iterating its own queues).
+        self._now = trio.current_time()
         self._draining = True
         try:
-            queue = self._immediate
-            while queue:
-                self._fire(queue.popleft())
+            self._run_immediate()
         finally:
             self._draining = False
+
+    def _run_immediate(self) -> None:
+        queue = self._immediate
+        arrive = self._arrive
+        while queue:
+            item = queue.popleft()
+            if item.__class__ is Packet:
+                arrive(item)
+            else:
+                item()
 
     def _arrive(self, packet: Packet) -> None:
         dst = self._endpoints.get(packet.dst_lid)
         if dst is None:
             self.drop_packet(packet, "no such LID")
             return
-        src = self._endpoints.get(packet.src_lid)
-        host = dst.host
-        if not host.link_is_up or host.crashed:
-            self.drop_packet(packet, f"{host.name} unreachable")
-            return
-        if src is not None and (not src.host.link_is_up or src.host.crashed):
-            self.drop_packet(packet, f"{src.host.name} unreachable")
+        if not dst.host.reachable:
+            self.drop_packet(packet, f"{dst.host.name} unreachable")
             return
         if packet.kind == Kind.CM:
             function = dst.functions.get(packet.dguid)
@@ -395,12 +457,13 @@ class Fabric:
             if self._draining:
                 qp.transmit()
                 return
+            self._now = trio.current_time()
             self._draining = True
             try:
                 qp.transmit()
+                self._run_immediate()
             finally:
                 self._draining = False
-            self._drain()
             return
         if not self._ready:
             self._wake_at = -math.inf
@@ -416,14 +479,20 @@ class Fabric:
     async def _pump(self) -> None:
         heap = self._heap
         while True:
-            if self._ready:
-                self._transmit_ready()
-            now = trio.current_time()
+            now = self._now = trio.current_time()
             limit = now + self._slack
-            while heap and heap[0][0] <= limit:
-                self._fire(heapq.heappop(heap)[2])
+            self._draining = True
+            try:
                 if self._ready:
                     self._transmit_ready()
+                while heap and heap[0][0] <= limit:
+                    self._fire(heapq.heappop(heap)[2])
+                    if self._immediate:
+                        self._run_immediate()
+                    if self._ready:
+                        self._transmit_ready()
+            finally:
+                self._draining = False
             if self._ready or (heap and heap[0][0] <= now):
                 await trio.lowlevel.checkpoint()
                 continue

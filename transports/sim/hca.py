@@ -166,6 +166,8 @@ class Host:
         self.crashed = False
         #: When the host's egress link finishes serialising what it was given.
         self.tx_free = 0.0
+        #: ``link_is_up and not crashed``, kept by the fabric (read per packet).
+        self.reachable = True
         self.hca = Hca(self, num_vfs, model)
 
     @property

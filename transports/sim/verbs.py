@@ -36,7 +36,6 @@ from rdsx.verbs import (
     Context,
     Device,
     DeviceAttr,
-    Opcode,
     PortAttr,
     PortState,
     QpAttr,
@@ -50,7 +49,9 @@ from rdsx.verbs import (
     check_modify,
 )
 
-from .rc import RcQp
+from .rc import _ERR, _RESET, _RTR, _RTS, _WITH_IMM, RcQp
+
+_INIT = QpState.INIT
 
 if TYPE_CHECKING:
     from .cm import CmAgent
@@ -405,6 +406,9 @@ class SimMR(_Handle, MR):
         self.length = len(buffer)
         self.buffer = buffer
         self.access = access
+        self.local_write = Access.LOCAL_WRITE in access
+        self.remote_write = Access.REMOTE_WRITE in access
+        self.remote_read = Access.REMOTE_READ in access
         self.lkey = key
         self.rkey = key
 
@@ -427,27 +431,25 @@ class SimMR(_Handle, MR):
 
 
 class SimCQ(_Handle, CQ):
-    """A completion queue: QPs append, one waiter is woken through a trio.Event."""
+    """A completion queue: QPs append, waiters park on one ParkingLot."""
 
     def __init__(self, ctx: SimContext, cqe: int) -> None:
         self._ctx = ctx
         self._closed = False
         self.cqe = cqe
         self._entries: deque[WorkCompletion] = deque()
-        self._ready: trio.Event | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+        self._waiters = 0
 
     def push(self, wc: WorkCompletion) -> None:
-        """Append a completion and wake a waiter."""
+        """Append a completion and wake the waiters."""
         self._entries.append(wc)
-        if self._ready is not None:
-            self._ready.set()
-            self._ready = None
+        if self._waiters:
+            self._lot.unpark_all()
 
     def wake(self) -> None:
         """Wake waiters so they notice removal or closing."""
-        if self._ready is not None:
-            self._ready.set()
-            self._ready = None
+        self._lot.unpark_all()
 
     def poll(self, max_entries: int = 64) -> list[WorkCompletion]:
         """Up to ``max_entries`` completions, without waiting."""
@@ -469,9 +471,11 @@ class SimCQ(_Handle, CQ):
             await trio.lowlevel.checkpoint()
         while not self._entries:
             self._check()
-            if self._ready is None:
-                self._ready = trio.Event()
-            await self._ready.wait()
+            self._waiters += 1
+            try:
+                await self._lot.park()
+            finally:
+                self._waiters -= 1
         return self.poll(max_entries)
 
     def close(self) -> None:
@@ -535,7 +539,7 @@ class SimQP(_Handle, RcQp, QP):
             self.fabric.record("qp", self.name, f"{current.name}->RESET")
             return
         if attr.access_flags is not None:
-            self.access = attr.access_flags
+            self.set_access(attr.access_flags)
         if attr.dest is not None:
             try:
                 self.dest_lid = int(attr.dest.port_address)
@@ -586,7 +590,7 @@ class SimQP(_Handle, RcQp, QP):
         if isinstance(wrs, SendWR):
             wrs = (wrs,)
         state = self._state
-        if state is S.RESET or state is S.INIT or state is S.RTR:
+        if state is _RESET or state is _INIT or state is _RTR:
             raise InvalidState(f"post_send in {state.name}")
         cap = self.cap
         for wr in wrs:
@@ -599,19 +603,16 @@ class SimQP(_Handle, RcQp, QP):
                 total += sge.length
             if total > MAX_MSG:
                 raise InvalidArgument(f"message of {total} bytes > max_msg_sz")
-            if wr.imm_data is None and wr.opcode in (
-                Opcode.SEND_WITH_IMM,
-                Opcode.RDMA_WRITE_WITH_IMM,
-            ):
+            if wr.imm_data is None and id(wr.opcode) in _WITH_IMM:
                 raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
         if len(self.sq) + len(self.sq_pending) + len(wrs) > cap.max_send_wr:
             raise QueueFull(f"more than max_send_wr={cap.max_send_wr} outstanding")
-        if state is S.ERR:
+        if state is _ERR:
             for wr in wrs:
                 self._flush_send(wr)
             return
         self.sq_pending.extend(wrs)
-        if state is S.RTS:
+        if state is _RTS:
             self.fabric.ready(self)
 
     def post_recv(self, wrs: RecvWR | Sequence[RecvWR]) -> None:
@@ -619,7 +620,7 @@ class SimQP(_Handle, RcQp, QP):
         self._check()
         if isinstance(wrs, RecvWR):
             wrs = (wrs,)
-        if self._state is S.RESET:
+        if self._state is _RESET:
             raise InvalidState("post_recv in RESET")
         cap = self.cap
         for wr in wrs:
@@ -627,7 +628,7 @@ class SimQP(_Handle, RcQp, QP):
                 raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_recv_sge {cap.max_recv_sge}")
         if len(self.rq) + len(wrs) > cap.max_recv_wr:
             raise QueueFull(f"more than max_recv_wr={cap.max_recv_wr} outstanding")
-        if self._state is S.ERR:
+        if self._state is _ERR:
             for wr in wrs:
                 self.recv_cq.push(
                     WorkCompletion(wr.wr_id, WcStatus.WR_FLUSH_ERR, WcOpcode.RECV, 0, self.qp_num)

@@ -201,6 +201,7 @@ def set_link(fabric: Fabric, host: Host, *, up: bool) -> None:
     if host.link_is_up == up:
         return
     host.link_is_up = up
+    host.reachable = up and not host.crashed
     fabric.record("link_up" if up else "link_down", host.name)
     kind = AsyncEventType.PORT_ACTIVE if up else AsyncEventType.PORT_ERR
     for function in [host.hca.pf, *host.hca.vfs]:
@@ -214,6 +215,7 @@ def crash(fabric: Fabric, host: Host) -> None:
     if host.crashed:
         return
     host.crashed = True
+    host.reachable = False
     fabric.record("crash", host.name)
     for vf in host.hca.vfs:
         device, vm = vf.device, vf.vm
