@@ -93,6 +93,7 @@ class Session:
         self.removal = trio.Event()
         self.deadline: float | None = None
         self.released = False
+        self.closed = False
         self.ctrl: Context | None = None
         self._ctrl_pd: PD | None = None
         self._ctrl_cq: CQ | None = None
@@ -159,6 +160,8 @@ class Session:
         A device that vanishes under a task is a removal, not a crash of the
         shim; any other verbs error ends only that task (and is logged).
         """
+        if self.closed:
+            return  # the device's tasks are over; a late hold has nothing to watch
         (nursery or self.nursery).start_soon(self._guarded, fn, *args)
 
     async def _guarded(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
@@ -523,6 +526,7 @@ async def run_session(core: Core, device: Device, inc: int, first: trio.Event) -
             with trio.move_on_at(session.deadline):
                 await session.quiesce(session.deadline)
         nursery.cancel_scope.cancel()
+    session.closed = True
     core.detached()
     session.release()
     recorder.update(released_at=trio.current_time())
