@@ -69,7 +69,7 @@ async def test_qp_survives_arbitrary_frames() -> None:
 
             frames = frame_strategy(end.mr.rkey, end.mr.addr)
 
-            @settings(max_examples=300, deadline=None)
+            @settings(max_examples=150, deadline=None)
             @given(st.lists(frames, max_size=20), st.sampled_from(["fresh", "sends", "reads"]))
             def feed(batch: list[Frame], setup: str) -> None:
                 qp = end.pd.create_qp(end.cq, end.cq)

@@ -307,7 +307,7 @@ class TcpDevice(Device):
             local=self.address,
             peer=peer,
             frame_timeout=self.network.frame_timeout,
-            blocked=self.network.blocked,
+            fault=self.network,
         )
         self.links.add(link)
         return link

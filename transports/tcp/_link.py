@@ -14,7 +14,6 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -42,6 +41,16 @@ class StalledPeer(RemoteProtocolError):
     """The peer started a frame and did not finish it within the frame timeout."""
 
 
+class Fault(Protocol):
+    """The fault hook a link consults (the network's injected partitions)."""
+
+    def blocked(self, a: str, b: str) -> bool:
+        """True while traffic between ``a`` and ``b`` is lost."""
+
+    async def wait_unblocked(self, a: str, b: str) -> None:
+        """Return once traffic between ``a`` and ``b`` flows again."""
+
+
 class LinkHandler(Protocol):
     """What a link's owner (a QP, a CM id) implements."""
 
@@ -64,7 +73,10 @@ class Link:
         counters: where to count frames, batches and resets.
         local: this side's address; ``peer``: the other side's (for the fault hook).
         frame_timeout: how long a peer may take to finish a frame it started.
-        blocked: the fault hook; while it returns True every frame either way is lost.
+        fault: the fault hook. While it blocks the two addresses, data frames (of a
+            running link) either way are lost, which is what RC retries repair; the
+            handshake and CM frames before :meth:`run` are only held back until the
+            partition heals, as TCP's own retransmission would do.
     """
 
     def __init__(
@@ -75,14 +87,16 @@ class Link:
         local: str,
         peer: str,
         frame_timeout: float,
-        blocked: Callable[[str, str], bool],
+        fault: Fault,
     ) -> None:
         self.stream = stream
         self.counters = counters
         self.local = local
         self.peer = peer
         self.frame_timeout = frame_timeout
-        self._blocked = blocked
+        self._fault = fault
+        self._blocked = fault.blocked
+        self._lossy = False  # frames are dropped (not held) while partitioned once running
         self.decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         #: The largest frame the peer said it accepts (set by the handshake).
         self.peer_max_frame = PRE_AUTH_MAX_FRAME
@@ -110,7 +124,7 @@ class Link:
         """Queue an encoded frame; never blocks. Dropped if closed or partitioned."""
         if self.closed or self._closing:
             return
-        if self._blocked(self.local, self.peer):
+        if self._lossy and self._blocked(self.local, self.peer):
             self.counters.tcp_fault_drops += 1
             return
         self._out.append(frame)
@@ -120,6 +134,7 @@ class Link:
     async def flush(self) -> None:
         """Write everything queued (handshake phase only, before :meth:`run`)."""
         if self._out:
+            await self._fault.wait_unblocked(self.local, self.peer)
             data = self._take()
             await self.stream.send_all(data)
             self._unsent -= len(data)
@@ -162,8 +177,10 @@ class Link:
                 self.counters.tcp_frames_rx += len(frames)
                 self.counters.tcp_recv_batches += 1
                 if self._blocked(self.local, self.peer):
-                    self.counters.tcp_fault_drops += len(frames)
-                    continue
+                    if self._lossy:
+                        self.counters.tcp_fault_drops += len(frames)
+                        continue
+                    await self._fault.wait_unblocked(self.local, self.peer)
                 return frames
 
     async def next_frame(self) -> Frame:
@@ -188,6 +205,7 @@ class Link:
         counted and reported to ``handler.link_closed`` with the error.
         """
         self._running = True
+        self._lossy = True
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:

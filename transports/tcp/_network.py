@@ -126,6 +126,7 @@ class TcpNetwork(Network):
         self.min_rnr_timer = min_rnr_timer
         self.nodes: dict[str, TcpNode] = {}
         self._partitions: set[frozenset[str]] = set()
+        self._healed = trio.Event()
         self._departing: set[TcpDevice] = set()
 
     async def add_node(self, address: str) -> TcpNode:
@@ -185,6 +186,13 @@ class TcpNetwork(Network):
             yield
         finally:
             self._partitions.discard(key)
+            self._healed.set()
+            self._healed = trio.Event()
+
+    async def wait_unblocked(self, a: str, b: str) -> None:
+        """Return once no partition separates ``a`` and ``b``."""
+        while self.blocked(a, b):
+            await self._healed.wait()
 
     async def watch_addresses(self, source: AddressSource, interval: float, grace: float) -> None:
         """Follow the local addresses: one gone removes its device, one back attaches a new one.

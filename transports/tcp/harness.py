@@ -74,7 +74,11 @@ class TcpHarness(Harness):
         await device.detach(grace)
 
     def partition(self, a: Device, b: Device) -> AbstractContextManager[None]:
-        """Lose every frame between the two devices' addresses while open."""
+        """Lose every QP frame between the two devices' addresses while open.
+
+        Handshake and CM frames are held back until the partition ends instead (TCP
+        would retransmit them), so only the RC layer's own recovery is exercised.
+        """
         return self._partition(a, b)
 
     @contextmanager
