@@ -161,8 +161,8 @@ async def check_cm_unreachable(harness: Harness, rng: random.Random) -> None:
 
 @check("cm-arguments")
 async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
-    """A taken port is AddressInUse; oversize private data InvalidArgument; QP not in RESET
-    InvalidState."""
+    """A taken port is AddressInUse; oversize private data InvalidArgument; a QP not in
+    RESET InvalidState (connect and accept); a closed context frees its listeners."""
     async with open_nodes(harness) as (a, b):
         port = cm_port(rng)
         listener = await b.ctx.cm_listen(port)
@@ -174,7 +174,28 @@ async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
         end.qp.modify(init_attr())
         with expect_raises(InvalidState, "cm_connect with a QP in INIT"):
             await a.ctx.cm_connect(end.qp, b.device.address, port)
+
+        async def answer() -> None:
+            request = await listener.get_request()
+            busy = b.end()
+            busy.qp.modify(init_attr())
+            with expect_raises(InvalidState, "accept with a QP in INIT"):
+                await request.accept(busy.qp)
+            await request.reject(b"after a refused accept")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer)
+            with expect_raises(ConnectionRejected, "reject after a refused accept"):
+                await a.ctx.cm_connect(a.end().qp, b.device.address, port)
         listener.close()
+
+        # Closing a context releases its listeners: the port is free and unreachable.
+        ctx = await b.device.open()
+        await ctx.cm_listen(port)
+        ctx.close()
+        with expect_raises(Unreachable, "cm_connect to a listener of a closed context"):
+            await a.ctx.cm_connect(a.end().qp, b.device.address, port)
+        (await b.ctx.cm_listen(port)).close()
 
 
 @check("cm-disconnect")
