@@ -75,3 +75,25 @@ async def test_connect_times_out_across_a_partition() -> None:
             await b.ctx.cm_listen(4003)
             with net.partition(da.address, db.address), pytest.raises(ConnectTimeout):
                 await a.ctx.cm_connect(a.qp, db.address, 4003, timeout=0.2)
+
+
+async def test_a_disconnect_during_a_partition_arrives_when_it_heals() -> None:
+    with trio.fail_after(5):
+        async with pair() as (net, da, db):
+            a, b = await make_end(da), await make_end(db)
+            listener = await b.ctx.cm_listen(4004)
+            passive = []
+
+            async def accept() -> None:
+                passive.append(await (await listener.get_request()).accept(b.qp))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept)
+                active = await a.ctx.cm_connect(a.qp, db.address, 4004)
+            with net.partition(da.address, db.address):
+                await active.disconnect()
+                with trio.move_on_after(0.1):
+                    await passive[0].next_event()
+                    raise AssertionError("DREQ crossed the partition")
+            assert (await passive[0].next_event()).type is CmEventType.DISCONNECTED
+            assert b.qp.state is QpState.ERR

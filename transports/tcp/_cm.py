@@ -332,7 +332,7 @@ class TcpCmId(CmId):
 
     async def serve(self) -> None:
         """Read the CM connection until it closes (the device's task)."""
-        await self._link.run(self)
+        await self._link.run(self, lossy=False)
 
     def frames_received(self, link: Link, frames: list[Frame]) -> None:
         """DREQ: the peer disconnects; our QP goes to ERR."""

@@ -198,14 +198,17 @@ class Link:
 
     # ------------------------------------------------------------------ running
 
-    async def run(self, handler: LinkHandler) -> None:
+    async def run(self, handler: LinkHandler, *, lossy: bool = True) -> None:
         """Read and write until EOF, an error or :meth:`close`; then tell ``handler``.
+
+        ``lossy``: an injected partition drops this link's frames (a QP stream, whose
+        RC layer recovers); otherwise it only delays them (the CM's DREQ).
 
         Never raises for the link's own failures: a malformed or stalled peer is
         counted and reported to ``handler.link_closed`` with the error.
         """
         self._running = True
-        self._lossy = True
+        self._lossy = lossy
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
@@ -257,6 +260,8 @@ class Link:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
+            if not self._lossy:
+                await self._fault.wait_unblocked(self.local, self.peer)
             data = self._take()
             await self.stream.send_all(data)
             self._unsent -= len(data)
