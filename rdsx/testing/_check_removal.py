@@ -41,11 +41,16 @@ async def check_remove_released(harness: Harness, rng: random.Random) -> None:
     """DEVICE_REMOVAL with a deadline (async and CM event); the device works until released;
     closing the context in time lets ``remove`` succeed."""
     async with open_nodes(harness) as (a, b):
-        active, _passive, ea, eb, _, _ = await cm_pair(a, b, rng)
+        active, passive, ea, eb, _, _ = await cm_pair(a, b, rng)
+        # Remove the active or the passive side's device: the CM event is due on either.
+        if rng.random() < 0.5:
+            gone, gone_id, mine, peer = a, active, ea, eb
+        else:
+            gone, gone_id, mine, peer = b, passive, eb, ea
 
         async def remove() -> None:
             try:
-                await harness.remove(a.device, GRACE)
+                await harness.remove(gone.device, GRACE)
             except DeviceBusy as exc:
                 raise AssertionError(
                     "the holder closed its context before the deadline, yet remove raised "
@@ -55,7 +60,7 @@ async def check_remove_released(harness: Harness, rng: random.Random) -> None:
         async with trio.open_nursery() as nursery:
             start = trio.current_time()
             nursery.start_soon(remove)
-            event = await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "graceful removal")
+            event = await wait_event(gone.ctx, AsyncEventType.DEVICE_REMOVAL, "graceful removal")
             now = trio.current_time()
             if event.deadline is None or not (
                 start + GRACE - 1e-6 <= event.deadline <= now + GRACE + 1e-6
@@ -64,16 +69,59 @@ async def check_remove_released(harness: Harness, rng: random.Random) -> None:
                     f"DEVICE_REMOVAL with grace {GRACE}s must carry deadline = start + grace "
                     f"(start {start}, now {now}), got {event.deadline}"
                 )
-            await next_cm_event(active, CmEventType.DEVICE_REMOVAL, "graceful removal")
-            if a.device.removed:
+            await next_cm_event(gone_id, CmEventType.DEVICE_REMOVAL, "graceful removal")
+            if gone.device.removed:
                 raise AssertionError("device.removed must stay False during the grace period")
-            await exchange(ea, eb, rng, "the device keeps working during the grace period")
-            active.close()
-            a.ctx.close()
-        if not a.device.removed:
+            await exchange(mine, peer, rng, "the device keeps working during the grace period")
+            gone_id.close()
+            gone.ctx.close()
+        if not gone.device.removed:
             raise AssertionError("device.removed must be True after a successful removal")
         with expect_raises(DeviceRemoved, "device.open() after the removal"):
-            await a.device.open()
+            await gone.device.open()
+
+
+@check("remove-every-context")
+async def check_remove_every_context(harness: Harness, rng: random.Random) -> None:
+    """Every context of the device gets DEVICE_REMOVAL, and the removal needs all of them
+    closed: one left open is DeviceBusy; a second removal with all closed succeeds."""
+    async with open_nodes(harness) as (a, _b):
+        extra = [await a.device.open() for _ in range(rng.randrange(1, 3))]
+        contexts = [a.ctx, *extra]
+        keep = rng.choice(contexts)
+        grace = 0.5
+
+        async def busy() -> None:
+            with expect_raises(DeviceBusy, "remove with one of several contexts still open"):
+                await harness.remove(a.device, grace)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy)
+            for i, ctx in enumerate(contexts):
+                await wait_event(
+                    ctx, AsyncEventType.DEVICE_REMOVAL, f"DEVICE_REMOVAL on context {i}"
+                )
+            for ctx in contexts:
+                if ctx is not keep:
+                    ctx.close()
+        if a.device.removed:
+            raise AssertionError("after DeviceBusy the device must stay (removed is False)")
+        keep.query_port()  # still a live handle
+
+        async def released() -> None:
+            try:
+                await harness.remove(a.device, grace)
+            except DeviceBusy as exc:
+                raise AssertionError(
+                    f"a second removal with every context closed raised DeviceBusy: {exc}"
+                ) from exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(released)
+            await wait_event(keep, AsyncEventType.DEVICE_REMOVAL, "the second removal")
+            keep.close()
+        if not a.device.removed:
+            raise AssertionError("device.removed must be True after the second removal")
 
 
 @check("remove-grace-busy")
