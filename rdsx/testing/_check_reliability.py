@@ -136,8 +136,9 @@ async def check_partition_heals(harness: Harness, rng: random.Random) -> None:
     in order."""
     count = rng.randrange(3, 9)
     async with open_nodes(harness) as (a, b):
-        # Budget: timeout x (retry_cnt + 1) = 0.4 s; the partition lasts a quarter of it.
-        ea, eb = link(a, b, retry_cnt=7, timeout=0.05)
+        # Budget: timeout x (retry_cnt + 1) = 0.8 s; the partition lasts an eighth of it, so
+        # a loaded real clock overshooting the sleep does not exhaust it.
+        ea, eb = link(a, b, retry_cnt=7, timeout=0.1)
         off, roff = a.alloc(16 * count), b.alloc(16 * count)
         for i in range(count):
             a.put(off + 16 * i, rng.randbytes(16))
@@ -147,7 +148,7 @@ async def check_partition_heals(harness: Harness, rng: random.Random) -> None:
                 [SendWR(i, Opcode.SEND, (a.sge(off + 16 * i, 16),)) for i in range(count)]
             )
             await trio.sleep(0.1)
-        rule = "sends across a 0.1 s partition (retry_cnt=7, timeout=0.05)"
+        rule = "sends across a 0.1 s partition (retry_cnt=7, timeout=0.1)"
         for i, wc in enumerate(await take(ea.scq, count, rule)):
             expect_wc(wc, f"{rule} must all succeed, in order", wr_id=i)
         for i, wc in enumerate(await take(eb.rcq, count, rule)):
