@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 
 from rdsx.errors import DeviceRemoved, InvalidHandle, InvalidState
 from rdsx.testing import Harness, check_transport
@@ -77,7 +78,13 @@ class _CQ(_Proxy):
 
     async def wait(self, max_entries: int = 64) -> list[WorkCompletion]:
         while True:
-            got = self._filter(await self._inner.wait(max_entries))[:max_entries]
+            try:
+                batch = await self._inner.wait(max_entries)
+            except DeviceRemoved:
+                if self._fault != "wait-survives-removal":
+                    raise
+                await trio.sleep_forever()
+            got = self._filter(batch)[:max_entries]
             if got:
                 return got
 
@@ -198,6 +205,7 @@ class BrokenSim(Harness):
         ("no-sq-drained", "sqd-drain", "no SQ_DRAINED event"),
         ("removal-without-deadline", "remove-grace-released", "must carry deadline"),
         ("zombie-poll-returns-empty", "remove-surprise", "cq.poll on a zombie"),
+        ("wait-survives-removal", "remove-surprise", "did not end in"),
     ],
 )
 async def test_suite_catches(fault: str, check: str, rule: str, autojump_clock: object) -> None:

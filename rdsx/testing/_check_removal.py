@@ -171,10 +171,14 @@ async def check_remove_surprise(harness: Harness, rng: random.Random) -> None:
                 task_status.started()
                 await ea.rcq.wait()
 
-        with trio.fail_after(WAIT):
+        with trio.move_on_after(WAIT) as bound:
             async with trio.open_nursery() as nursery:
                 await nursery.start(blocked)
                 await harness.remove(a.device, None)
+        if bound.cancelled_caught:
+            raise AssertionError(
+                f"a surprise removal (or the cq.wait() blocked across it) did not end in {WAIT}s"
+            )
         if not a.device.removed:
             raise AssertionError("device.removed must be True after a surprise removal")
 
