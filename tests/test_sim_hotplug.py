@@ -76,6 +76,7 @@ async def test_detach_raises_device_busy_and_device_keeps_working(
         with pytest.raises(DeviceBusy):
             await fabric.detach(vm_a, grace=1.0)
         assert not dev_a.removed and vm_a.device is dev_a
+        (await dev_a.open()).close()  # the device still works
         assert (await a.ctx.get_async_event()).type is AsyncEventType.DEVICE_REMOVAL
         b.post_recv(1)
         a.send(2, 0, 10)

@@ -515,7 +515,7 @@ async def open_fabric(
     bandwidth: float = 4.0e9,
     mtu: int = 4096,
     switches: int = 1,
-    trace: bool = True,
+    trace: bool | None = None,
     realtime: bool | None = None,
 ) -> AsyncIterator[Fabric]:
     """Open a fabric; its pump runs until the ``async with`` block exits.
@@ -527,13 +527,17 @@ async def open_fabric(
         bandwidth: bytes per second per link.
         mtu: largest payload per packet (256 … 4096).
         switches: 1 for a single switch; more for a spine (switch 0) and leaves.
-        trace: record :attr:`Fabric.trace` (turn off for benchmarks).
+        trace: record :attr:`Fabric.trace` (every packet delivered or dropped,
+            every hot-plug, QP error and SM action); by default on under a
+            :class:`trio.testing.MockClock` and off under the real clock (where
+            it would grow without bound and slow every packet).
         realtime: coalesce sub-20 µs delays into one pass; by default on unless
             trio runs on a :class:`trio.testing.MockClock`.
 
     Yields:
         The :class:`Fabric`.
     """
+    virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
     fabric = Fabric(
         port_model=port_model,
         seed=seed,
@@ -541,10 +545,10 @@ async def open_fabric(
         bandwidth=bandwidth,
         mtu=mtu,
         switches=switches,
-        trace=trace,
+        trace=virtual if trace is None else trace,
     )
     if realtime is None:
-        realtime = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        realtime = not virtual
     fabric.epoch = trio.current_time()
     fabric._realtime = realtime
     fabric._slack = REALTIME_SLACK if realtime else 0.0

@@ -122,7 +122,8 @@ class SimDevice(Device):
         """Open a context (``ibv_open_device``).
 
         Raises:
-            DeviceRemoved: the device is gone.
+            DeviceRemoved: the device is gone (a context opened while a removal
+                waits must be closed too, or the removal fails).
         """
         await trio.lowlevel.checkpoint()
         if self._removed:
