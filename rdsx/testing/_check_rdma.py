@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from ..verbs import Access, Opcode, QpState, SendWR, WcOpcode, WcStatus
+from ..verbs import Access, Opcode, QpState, RecvWR, SendWR, WcOpcode, WcStatus
 from ._fixture import FULL_ACCESS, expect_state, expect_wc, link, open_nodes, quiet, take_one
 from ._harness import Harness
 from ._registry import check
@@ -134,3 +134,48 @@ async def check_rdma_access(harness: Harness, rng: random.Random) -> None:
             if bytes(a.buf) != local_before:
                 raise AssertionError(f"{rule}: the local memory was modified")
             expect_state(ea.qp, QpState.ERR, f"{rule}: the requester after REM_ACCESS_ERR")
+
+
+@check("rdma-ordering")
+async def check_rdma_ordering(harness: Harness, rng: random.Random) -> None:
+    """RC keeps operations of one QP in order: a SEND after an RDMA WRITE finds the written
+    data in place when it arrives; a READ after a WRITE reads what was written."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b)
+        n = rng.randrange(1000, 8000)
+        data = rng.randbytes(n)
+        src, back, note = a.alloc(n), a.alloc(n), a.alloc(8)
+        target, roff = b.alloc(n), b.alloc(8)
+        a.put(src, data)
+        eb.qp.post_recv(RecvWR(1, (b.sge(roff, 8),)))
+        ea.qp.post_send(
+            [
+                SendWR(
+                    2,
+                    Opcode.RDMA_WRITE,
+                    (a.sge(src, n),),
+                    remote_addr=b.mr.addr + target,
+                    rkey=b.mr.rkey,
+                    signaled=False,
+                ),
+                SendWR(3, Opcode.SEND, (a.sge(note, 8),), signaled=False),
+                SendWR(
+                    4,
+                    Opcode.RDMA_READ,
+                    (a.sge(back, n),),
+                    remote_addr=b.mr.addr + target,
+                    rkey=b.mr.rkey,
+                ),
+            ]
+        )
+        expect_wc(await take_one(eb.rcq, "the SEND after a WRITE"), "SEND after WRITE", wr_id=1)
+        if b.get(target, n) != data:
+            raise AssertionError("a SEND arrived before the RDMA WRITE posted ahead of it landed")
+        expect_wc(
+            await take_one(ea.scq, "the READ after a WRITE"),
+            "READ after WRITE",
+            wr_id=4,
+            opcode=WcOpcode.RDMA_READ,
+        )
+        if a.get(back, n) != data:
+            raise AssertionError("an RDMA READ after an RDMA WRITE did not read the written data")
