@@ -496,37 +496,49 @@ async def run_session(core: Core, device: Device, inc: int, first: trio.Event) -
     recorder.devices += 1
     if inc > 1:
         recorder.update(arrival_at=trio.current_time())
-    async with trio.open_nursery() as nursery:
-        session = Session(core, device, inc, nursery)
-        try:
-            ctrl = await device.open()
-        except VerbsError:
-            return
-        session.ctrl = ctrl
-        session.spawn(session.pump_events, ctrl)
-        try:
-            if not first.is_set():
-                core.set_first_device(device.address, ctrl.query_device(), ctrl.query_port())
-                first.set()
-            session._ctrl_pd = ctrl.alloc_pd()
-            session._ctrl_cq = ctrl.create_cq(16)
-            listener = await ctrl.cm_listen(core.config.control_port)
-            session.spawn(session.serve_control, listener)
-            core.session = session
-            for vctx in list(core.contexts):
-                await vctx.attach(session)
-            core.attached(session)
-            waiting = [qp for qp in core.all_qps() if qp.held is Hold.LOCAL and qp.failure is None]
-            session.spawn(session.reconnect_all, waiting)
-        except VerbsError as exc:
-            log.info("device %s failed while being set up: %s", device.name, exc)
-            session.report_removal(None)
-        await session.removal.wait()
-        if session.deadline is not None:
-            with trio.move_on_at(session.deadline):
-                await session.quiesce(session.deadline)
-        nursery.cancel_scope.cancel()
-    session.closed = True
-    core.detached()
-    session.release()
-    recorder.update(released_at=trio.current_time())
+    session: Session | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            session = Session(core, device, inc, nursery)
+            await _serve_device(core, session, first)
+            nursery.cancel_scope.cancel()
+    finally:
+        # Also when the shim itself is closing: nothing of the device outlives us.
+        if session is not None:
+            session.closed = True
+            if core.session is session:
+                core.detached()
+            session.release()
+            if session.removal.is_set():
+                recorder.update(released_at=trio.current_time())
+
+
+async def _serve_device(core: Core, session: Session, first: trio.Event) -> None:
+    device = session.device
+    try:
+        ctrl = await device.open()
+    except VerbsError:
+        return
+    session.ctrl = ctrl
+    session.spawn(session.pump_events, ctrl)
+    try:
+        if not first.is_set():
+            core.set_first_device(device.address, ctrl.query_device(), ctrl.query_port())
+            first.set()
+        session._ctrl_pd = ctrl.alloc_pd()
+        session._ctrl_cq = ctrl.create_cq(16)
+        listener = await ctrl.cm_listen(core.config.control_port)
+        session.spawn(session.serve_control, listener)
+        core.session = session
+        for vctx in list(core.contexts):
+            await vctx.attach(session)
+        core.attached(session)
+        waiting = [qp for qp in core.all_qps() if qp.held is Hold.LOCAL and qp.failure is None]
+        session.spawn(session.reconnect_all, waiting)
+    except VerbsError as exc:
+        log.info("device %s failed while being set up: %s", device.name, exc)
+        session.report_removal(None)
+    await session.removal.wait()
+    if session.deadline is not None:
+        with trio.move_on_at(session.deadline):
+            await session.quiesce(session.deadline)
