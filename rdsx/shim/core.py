@@ -131,6 +131,15 @@ class Core:
             return rkey
         return known[1].get(rkey, rkey)
 
+    def rkey_moved(self, virtual: int, physical: int) -> None:
+        """A new MR's rkey could not keep its physical number: tell connected peers."""
+        session = self.session
+        if session is None:
+            return  # pushed with the whole map when the next device reconnects
+        peers = {qp.peer.address for qp in self.all_qps() if qp.peer is not None}
+        for address in sorted(peers):
+            session.spawn(session.push_pairs, address, [virtual, physical])
+
     def key_pairs(self) -> list[int]:
         """Our remote keys whose physical value differs from the virtual one, flattened."""
         pairs: list[int] = []

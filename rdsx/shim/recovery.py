@@ -328,6 +328,14 @@ class Session:
                 return True
             return False
 
+    async def push_pairs(self, address: str, pairs: list[int]) -> None:
+        """Add ``pairs`` to the peer's copy of our key map (a key registered since)."""
+        await self.call(
+            address,
+            KeyMap(inc=self.inc, pairs=pairs, first=False),
+            timeout=self.core.config.connect_timeout,
+        )
+
     async def _push_keys(self, address: str) -> bool:
         pairs = self.core.key_pairs()
         step = 2 * KEYMAP_CHUNK

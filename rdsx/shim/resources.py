@@ -359,6 +359,8 @@ class VirtualMR(MR):
             prefer_l = prefer_r = None
         self.lkey = core.lkeys.allocate(self, prefer_l)
         self.rkey = core.rkeys.allocate(self, prefer_r)
+        if self.physical is not None and self.rkey != self.physical.rkey:
+            core.rkey_moved(self.rkey, self.physical.rkey)
 
     def attach(self, phys_pd: PD) -> None:
         """Register the same buffer on the new device at the same iova."""
