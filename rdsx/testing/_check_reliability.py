@@ -72,13 +72,22 @@ async def check_responder_first(harness: Harness, rng: random.Random) -> None:
 
 @check("rnr-retry-exhausted")
 async def check_rnr_exhausted(harness: Harness, rng: random.Random) -> None:
-    """No receive and a finite rnr_retry: RNR_RETRY_EXC_ERR, the QP is in ERR, later posts flush."""
+    """No receive and a finite rnr_retry: RNR_RETRY_EXC_ERR after rnr_retry waits of the
+    responder's min_rnr_timer, the QP is in ERR, later posts flush."""
     async with open_nodes(harness) as (a, b):
-        ea, eb = link(a, b, rnr_retry=rng.randrange(0, 3))
+        rnr_retry, min_rnr_timer = rng.randrange(1, 4), 0.02
+        ea, eb = link(a, b, rnr_retry=rnr_retry, min_rnr_timer=min_rnr_timer)
         off = a.alloc(16)
+        start = trio.current_time()
         ea.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(off, 16),)))
-        rule = "no receive posted, finite rnr_retry"
+        rule = f"no receive posted, rnr_retry={rnr_retry}"
         expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.RNR_RETRY_EXC_ERR)
+        waited = trio.current_time() - start
+        if waited < rnr_retry * min_rnr_timer:
+            raise AssertionError(
+                f"{rule}, min_rnr_timer={min_rnr_timer}: gave up after {waited:.3f}s, before "
+                f"{rnr_retry} retries spaced by min_rnr_timer"
+            )
         await _expect_flushing(ea, a, "after RNR_RETRY_EXC_ERR")
         eb.qp.post_recv(RecvWR(3, (b.sge(b.alloc(16), 16),)))
         await quiet([eb.rcq], "a send that failed with RNR_RETRY_EXC_ERR must never arrive")
@@ -86,15 +95,24 @@ async def check_rnr_exhausted(harness: Harness, rng: random.Random) -> None:
 
 @check("retry-exhausted-partition")
 async def check_retry_exhausted(harness: Harness, rng: random.Random) -> None:
-    """Every packet lost: RETRY_EXC_ERR after retry_cnt retries, then ERR and flushes."""
+    """Every packet lost: RETRY_EXC_ERR after retry_cnt retries of timeout each, then ERR
+    and flushes."""
     async with open_nodes(harness) as (a, b):
-        ea, eb = link(a, b, retry_cnt=rng.randrange(1, 3), timeout=0.05)
+        retry_cnt, timeout = rng.randrange(1, 4), 0.05
+        ea, eb = link(a, b, retry_cnt=retry_cnt, timeout=timeout)
         off = a.alloc(16)
         eb.qp.post_recv(RecvWR(3, (b.sge(b.alloc(16), 16),)))
-        rule = "all packets lost (harness.partition)"
+        rule = f"all packets lost (harness.partition), retry_cnt={retry_cnt}"
         with harness.partition(a.device, b.device):
+            start = trio.current_time()
             ea.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(off, 16),)))
             expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.RETRY_EXC_ERR)
+            waited = trio.current_time() - start
+        if waited < retry_cnt * timeout:
+            raise AssertionError(
+                f"{rule}, timeout={timeout}: gave up after {waited:.3f}s, before "
+                f"{retry_cnt} retries of {timeout}s each"
+            )
         await _expect_flushing(ea, a, "after RETRY_EXC_ERR")
         await quiet([eb.rcq], f"{rule}: nothing may arrive")
 
