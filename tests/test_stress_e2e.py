@@ -6,6 +6,7 @@ VF of another host is attached.
 """
 
 import io
+from typing import Literal
 
 import pytest
 import trio
@@ -42,11 +43,14 @@ async def test_paced_run_over_sim_is_exact(autojump_clock: trio.abc.Clock) -> No
     )
 
 
+@pytest.mark.parametrize("mode", ["reconnect", "transparent"])
 @pytest.mark.parametrize("grace", [1.0, None], ids=["graceful", "surprise"])
 async def test_device_removal_loses_nothing(
-    autojump_clock: trio.abc.Clock, grace: float | None
+    autojump_clock: trio.abc.Clock, grace: float | None, mode: Literal["reconnect", "transparent"]
 ) -> None:
-    opts = Options(tasks=2, time=3, rate=100.0, remove_at=1.2, grace=grace, reattach_after=0.1)
+    opts = Options(
+        tasks=2, time=3, rate=100.0, remove_at=1.2, grace=grace, reattach_after=0.1, mode=mode
+    )
     report, _ = await _run(opts)
     experiment = report["experiment"]
     assert isinstance(experiment, dict) and experiment["new_host"] != experiment["old_host"]
