@@ -89,3 +89,19 @@ async def test_a_hanging_transport_fails_instead_of_hanging(autojump_clock: obje
 async def test_an_unexpected_error_becomes_an_assertion(name: str) -> None:
     with pytest.raises(AssertionError, match=rf"^\[{name}\] fake: unexpected DeviceRemoved"):
         await CHECKS[name](_FakeHarness(_GoneDevice), check_rng(0, name))
+
+
+def gone_harness() -> Harness:
+    """A harness factory for the command-line runner: every device is already gone."""
+    return _FakeHarness(_GoneDevice)
+
+
+def test_command_line_runner(capsys: pytest.CaptureFixture[str]) -> None:
+    from rdsx.testing.__main__ import main
+
+    assert main(["transports.sim.harness:SimHarness", "--only", "queue-full", "rdma-read"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   queue-full" in out and "2 passed, 0 failed (seed 0)" in out
+    assert main([f"{__name__}:gone_harness", "--seed", "3", "--only", "cm-reject"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL cm-reject: [cm-reject] fake: unexpected DeviceRemoved" in out
