@@ -72,6 +72,8 @@ IB_COUNTERS: tuple[str, ...] = (
     "device_removal",
     "device_arrival",
     "drain_timeout",
+    "conn_connect_attempt",
+    "conn_connect_failed",
 )
 
 

@@ -66,6 +66,7 @@ from .errors import (
     ModeUnavailable,
     NotConnected,
     RemoteProtocolError,
+    SocketClosed,
     VerbsError,
 )
 from .info import ConnectionInfo, MessageInfo, NodeInfo
@@ -220,8 +221,6 @@ class Node:
             ValueError: a buffer size that is not a positive int.
         """
         if self._closed:
-            from .errors import SocketClosed
-
             raise SocketClosed("node is closed")
         sock = Socket(
             self,
@@ -344,8 +343,6 @@ class Node:
             if device is not None:
                 return device
             if self._closed:
-                from .errors import SocketClosed
-
                 raise SocketClosed("node is closed")
             await self._device_lot.park()
 
@@ -822,6 +819,7 @@ class Node:
             await self._attempt(conn, dev)
 
     async def _attempt(self, conn: _Conn, dev: DeviceState) -> None:
+        self._counters.inc("conn_connect_attempt")
         epoch = conn.new_epoch()
         conn.engine.start_connect(trio.current_time())
         try:
@@ -851,6 +849,7 @@ class Node:
             if conn.attempt is scope:
                 conn.attempt = None
             if not established or conn.epoch != epoch:
+                self._counters.inc("conn_connect_failed")
                 if conn.epoch == epoch:
                     self._transport_down(conn)
                 return

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from .config import MAX_MESSAGE_SIZE
+from .errors import MessageTooLarge
 
 __all__ = ["RdmaArgs", "RdmaNotification", "RdmaStatus", "make_cookie", "split_cookie"]
 
@@ -99,8 +100,6 @@ class RdmaArgs:
             MessageTooLarge: more than 1 MiB.
             ValueError: a negative offset, an empty transfer, or a length beyond ``local``.
         """
-        from .errors import MessageTooLarge
-
         if self.nbytes > MAX_MESSAGE_SIZE:
             raise MessageTooLarge(f"RDMA of {self.nbytes} bytes exceeds {MAX_MESSAGE_SIZE}")
         if self.remote_offset < 0 or self.nbytes <= 0 or self.nbytes > len(self.local):

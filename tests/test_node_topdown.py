@@ -160,4 +160,7 @@ async def test_link_down_longer_than_rc_retries(autojump_clock: trio.abc.Clock) 
             w.fabric.link_up(w.hosts[1])
 
         assert await _stream(w, 100, outage) == list(range(100))
-        assert w.nodes[0].statistics().conn_reset >= 1
+        stats = w.nodes[0].statistics()
+        assert stats.conn_reset >= 1
+        assert stats.conn_connect_failed >= 1  # reconnects were retried during the outage
+        assert stats.conn_connect_attempt > stats.conn_connect_failed
