@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from rdsx.engine import Connection, EngineConfig, Event
+from rdsx.engine import Connection, ConnState, EngineConfig, Event
 from rdsx.errors import RemoteProtocolError
 
 #: receive buffers each side posts per transport
@@ -46,6 +46,8 @@ class Link:
         #: a frame with no receive buffer posted fails the test (False: it resets, like RNR)
         self.strict_credits = True
         self.sent_frames: list[tuple[str, bytes]] = []
+        #: bumped whenever the transport is replaced: frames of an older epoch are dead
+        self.epoch = 0
 
     def peer(self, side: Side) -> Side:
         return self.b if side is self.a else self.a
@@ -64,8 +66,30 @@ class Link:
         b.conn.transport_up(hs_a, self.now)
         a.conn.transport_up(hs_b, self.now)
 
+    def replace(self) -> None:
+        """a's transport dies unseen by b; a reconnects and b, still UP, takes the new one."""
+        a, b = self.a, self.b
+        self.epoch += 1
+        if b.conn.state is not ConnState.UP:
+            self.reset()
+            self.connect()
+            return
+        a.conn.transport_down(self.now)
+        a.conn.start_connect(self.now)
+        a.conn.receives_posted(self.ring)
+        a.posted = self.ring
+        hs_a = a.conn.handshake()
+        assert b.conn.incoming_connect(self.now)
+        assert b.conn.state is ConnState.RESETTING
+        b.conn.receives_posted(self.ring)
+        b.posted = self.ring
+        hs_b = b.conn.handshake()
+        b.conn.transport_up(hs_a, self.now)
+        a.conn.transport_up(hs_b, self.now)
+
     def reset(self) -> None:
         """The transport dies on both sides: frames in flight are lost."""
+        self.epoch += 1
         for side in (self.a, self.b):
             side.conn.transport_down(self.now)
             side.posted = 0
