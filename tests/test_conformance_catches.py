@@ -127,6 +127,8 @@ class _Context(_Proxy):
             event = await self._inner.get_async_event()
             if self._fault == "no-sq-drained" and event.type is AsyncEventType.SQ_DRAINED:
                 continue
+            if self._fault == "no-qp-fatal" and event.type is AsyncEventType.QP_FATAL:
+                continue
             if self._fault == "removal-without-deadline":
                 event = attrs.evolve(event, deadline=None)
             return event
@@ -206,6 +208,7 @@ class BrokenSim(Harness):
         ("removal-without-deadline", "remove-grace-released", "must carry deadline"),
         ("zombie-poll-returns-empty", "remove-surprise", "cq.poll on a zombie"),
         ("wait-survives-removal", "remove-surprise", "did not end in"),
+        ("no-qp-fatal", "qp-fatal-event", "no QP_FATAL event"),
     ],
 )
 async def test_suite_catches(fault: str, check: str, rule: str, autojump_clock: object) -> None:

@@ -7,8 +7,9 @@ import random
 
 import trio
 
-from ..verbs import Opcode, QpAttr, QpState, RecvWR, SendWR, WcOpcode, WcStatus
+from ..verbs import AsyncEventType, Opcode, QpAttr, QpState, RecvWR, SendWR, WcOpcode, WcStatus
 from ._fixture import (
+    QUIET,
     End,
     Node,
     expect_state,
@@ -18,6 +19,7 @@ from ._fixture import (
     quiet,
     take,
     take_one,
+    wait_event,
 )
 from ._harness import Harness
 from ._registry import check
@@ -186,3 +188,35 @@ async def check_qp_close(harness: Harness, rng: random.Random) -> None:
         ea.qp.post_send([SendWR(10 + i, Opcode.SEND, (a.sge(off, 16),)) for i in range(3)])
         ea.qp.close()
         await quiet([ea.scq, ea.rcq], "qp.close discards outstanding WRs without completions")
+
+
+@check("qp-fatal-event")
+async def check_qp_fatal(harness: Harness, rng: random.Random) -> None:
+    """A QP that goes to ERR on its own (RNR exhaustion, a remote access error) raises
+    QP_FATAL for its qp_num; one the owner moves to ERR does not."""
+    async with open_nodes(harness) as (a, b):
+        off = a.alloc(16)
+        rnr, _ = link(a, b, rnr_retry=0)
+        rnr.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(off, 16),)))
+        await take(rnr.scq, 1, "RNR exhaustion")
+        await wait_event(
+            a.ctx, AsyncEventType.QP_FATAL, "a QP failed by RNR exhaustion", qp_num=rnr.qp.qp_num
+        )
+        bad, _ = link(a, b)
+        wrong = b.mr.rkey ^ 0x00A5A5A5
+        bad.qp.post_send(
+            SendWR(2, Opcode.RDMA_WRITE, (a.sge(off, 16),), remote_addr=b.mr.addr, rkey=wrong)
+        )
+        await take(bad.scq, 1, "a remote access error")
+        await wait_event(
+            a.ctx, AsyncEventType.QP_FATAL, "a QP failed by REM_ACCESS_ERR", qp_num=bad.qp.qp_num
+        )
+        mine, _ = link(a, b)
+        mine.qp.modify(QpAttr(state=QpState.ERR))
+        with trio.move_on_after(QUIET):
+            while True:
+                event = await a.ctx.get_async_event()
+                if event.type is AsyncEventType.QP_FATAL and event.qp_num == mine.qp.qp_num:
+                    raise AssertionError(
+                        "QP_FATAL is for a QP that went to ERR on its own, not by modify(ERR)"
+                    )
