@@ -116,7 +116,10 @@ def test_peer_restart_flushes_retransmit_queue_and_resets_seqs() -> None:
     link = Link()
     link.connect()
     link.a.conn.send(7, 8, b"one", token=1)
+    link.b.conn.send(8, 7, b"from the old b")
     link.run()
+    assert link.a.conn.next_rx_seq == 2
+    link.a.events.clear()
     link.a.conn.send(7, 8, b"lost", token=2)
     link.pull(link.a)
     link.reset()
@@ -133,3 +136,8 @@ def test_peer_restart_flushes_retransmit_queue_and_resets_seqs() -> None:
     assert [(e.token, e.reason) for e in dropped] == [(2, DropReason.PEER_RESTARTED)]
     assert received(link.b.events) == [(7, 8, b"new")]
     assert [e.seq for e in link.b.events if isinstance(e, MessageReceived)] == [1]
+    # and the restarted b's own seqs start over at 1, which a accepts
+    link.b.conn.send(8, 7, b"hello from the new b")
+    link.run()
+    got = [(e.data, e.seq) for e in link.a.events if isinstance(e, MessageReceived)]
+    assert got == [(b"hello from the new b", 1)]
