@@ -241,53 +241,53 @@ def _decode_control(body: bytes) -> Control:
     return Control(kind, fields)
 
 
-def _need(body: memoryview, size: int, what: str) -> None:
-    if len(body) < size:
-        raise RemoteProtocolError(f"{what} frame truncated: {len(body)} < {size} bytes")
+Buffer = bytes | bytearray | memoryview
 
 
-def _exact(body: memoryview, size: int, what: str) -> None:
-    if len(body) != size:
-        raise RemoteProtocolError(f"{what} frame is {len(body)} bytes, not {size}")
+def _size(size: int, minimum: int, what: str, *, exact: bool = False) -> None:
+    if size < minimum or (exact and size != minimum):
+        raise RemoteProtocolError(f"{what} frame body is {size} bytes, needs {minimum}")
 
 
-def decode_body(kind: int, body: memoryview) -> Frame:
-    """Decode one frame body (after length and type).
+def decode_body(kind: int, buf: Buffer, start: int, end: int) -> Frame:
+    """Decode the frame body in ``buf[start:end]`` (after length and type).
 
     Raises:
         RemoteProtocolError: an unknown type, a wrong size, an invalid field.
     """
-    if kind == FrameType.SEND:
-        _need(body, _SEND.size, "SEND")
-        psn, flags, imm = _SEND.unpack_from(body)
-        return Send(_psn(psn), _flags_imm(flags, imm), bytes(body[_SEND.size :]))
-    if kind == FrameType.ACK:
-        _exact(body, _PSN.size, "ACK")
-        return Ack(_psn(_PSN.unpack_from(body)[0]))
+    size = end - start
+    if kind == 16:  # FrameType.SEND, the hot path first
+        _size(size, 9, "SEND")
+        psn, flags, imm = _SEND.unpack_from(buf, start)
+        return Send(_psn(psn), _flags_imm(flags, imm), bytes(buf[start + 9 : end]))
+    if kind == 20:  # FrameType.ACK
+        _size(size, 4, "ACK", exact=True)
+        return Ack(_psn(_PSN.unpack_from(buf, start)[0]))
     if kind == FrameType.WRITE:
-        _need(body, _WRITE.size, "WRITE")
-        psn, flags, imm, addr, rkey = _WRITE.unpack_from(body)
-        return Write(_psn(psn), _flags_imm(flags, imm), addr, rkey, bytes(body[_WRITE.size :]))
+        _size(size, _WRITE.size, "WRITE")
+        psn, flags, imm, addr, rkey = _WRITE.unpack_from(buf, start)
+        payload = bytes(buf[start + _WRITE.size : end])
+        return Write(_psn(psn), _flags_imm(flags, imm), addr, rkey, payload)
     if kind == FrameType.READ_REQ:
-        _exact(body, _READ_REQ.size, "READ_REQ")
-        psn, addr, rkey, length = _READ_REQ.unpack_from(body)
+        _size(size, _READ_REQ.size, "READ_REQ", exact=True)
+        psn, addr, rkey, length = _READ_REQ.unpack_from(buf, start)
         return ReadReq(_psn(psn), addr, rkey, length)
     if kind == FrameType.READ_RESP:
-        _need(body, _PSN.size, "READ_RESP")
-        return ReadResp(_psn(_PSN.unpack_from(body)[0]), bytes(body[_PSN.size :]))
+        _size(size, 4, "READ_RESP")
+        return ReadResp(_psn(_PSN.unpack_from(buf, start)[0]), bytes(buf[start + 4 : end]))
     if kind == FrameType.NAK:
-        _exact(body, _NAK.size, "NAK")
-        psn, code, timer = _NAK.unpack_from(body)
+        _size(size, _NAK.size, "NAK", exact=True)
+        psn, code, timer = _NAK.unpack_from(buf, start)
         if code not in NakCode._value2member_map_:
             raise RemoteProtocolError(f"unknown NAK code {code}")
         if not (math.isfinite(timer) and 0.0 <= timer <= MAX_RNR_TIMER):
             raise RemoteProtocolError(f"NAK rnr_timer {timer!r} out of range")
         return Nak(_psn(psn), NakCode(code), timer)
     if kind == FrameType.BYE:
-        _exact(body, 0, "BYE")
+        _size(size, 0, "BYE", exact=True)
         return Bye()
     if kind == FrameType.CONTROL:
-        return _decode_control(bytes(body))
+        return _decode_control(bytes(buf[start:end]))
     raise RemoteProtocolError(f"unknown frame type {kind}")
 
 
@@ -308,28 +308,38 @@ class FrameDecoder:
         """True while part of a frame is buffered (the peer owes us the rest)."""
         return bool(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+    def feed(self, data: Buffer) -> list[Frame]:
         """Add ``data`` and return every frame it completed, in order.
+
+        Only an incomplete frame at the end is kept (copied); whole frames are
+        decoded straight from ``data``.
 
         Raises:
             RemoteProtocolError: the stream is malformed; the decoder is then
                 unusable (the caller resets the connection).
         """
-        buf = self._buf
-        buf += data
+        src: Buffer
+        if self._buf:
+            self._buf += data
+            src = self._buf
+        else:
+            src = data
         frames: list[Frame] = []
         pos = 0
-        end = len(buf)
-        with memoryview(buf) as view:
-            while end - pos >= 4:
-                (length,) = _LEN.unpack_from(buf, pos)
-                if length < 1 or length > self.max_frame:
-                    raise RemoteProtocolError(f"frame length {length} outside 1..{self.max_frame}")
-                if end - pos - 4 < length:
-                    break
-                start = pos + 5
-                pos += 4 + length
-                with view[start:pos] as body:
-                    frames.append(decode_body(buf[start - 1], body))
-        del buf[:pos]
+        end = len(src)
+        limit = self.max_frame
+        unpack_length = _LEN.unpack_from
+        while end - pos >= 4:
+            (length,) = unpack_length(src, pos)
+            if length < 1 or length > limit:
+                raise RemoteProtocolError(f"frame length {length} outside 1..{limit}")
+            stop = pos + 4 + length
+            if stop > end:
+                break
+            frames.append(decode_body(src[pos + 4], src, pos + 5, stop))
+            pos = stop
+        if src is self._buf:
+            del self._buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(src[pos:])
         return frames
