@@ -17,6 +17,7 @@ from rdsx.shim.protocol import (
     USER_PRIVATE_DATA_MAX,
     Accept,
     Ack,
+    Close,
     Connect,
     KeyMap,
     Message,
@@ -45,6 +46,7 @@ EXAMPLES: list[Message] = [
     Refused(reason=RefuseReason.DUEL),
     KeyMap(inc=2, pairs=[(1 << 32) - 1] * (2 * KEYMAP_CHUNK), first=False),
     Ack(),
+    Close(src_vqpn=1, dst_vqpn=U24),
 ]
 
 

@@ -23,6 +23,7 @@ from .protocol import (
     CM_PRIVATE_DATA_MAX,
     USER_PRIVATE_DATA_MAX,
     Accept,
+    Close,
     Connect,
     decode,
     encode,
@@ -97,7 +98,16 @@ class VirtualCmId(CmId):
         """Disconnect: both sides see DISCONNECTED and the QP goes to ERR."""
         qp = self.qp
         pcm = qp.physical_cm
+        peer, session = qp.peer, qp._ctx.session
         qp.peer = None
+        if peer is not None and session is not None and not session.removal.is_set():
+            # Tell the peer's shim first, so it passes the DISCONNECTED up
+            # instead of waiting for us to come back.
+            await session.call(
+                peer.address,
+                Close(src_vqpn=qp.qp_num, dst_vqpn=peer.vqpn),
+                timeout=session.core.config.connect_timeout,
+            )
         if pcm is not None and qp.held is None:
             await pcm.disconnect()
             return

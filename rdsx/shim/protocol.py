@@ -44,6 +44,7 @@ __all__ = [
     "USER_PRIVATE_DATA_MAX",
     "Accept",
     "Ack",
+    "Close",
     "Connect",
     "KeyMap",
     "Message",
@@ -80,6 +81,7 @@ class _Kind(enum.IntEnum):
     REFUSED = 7
     KEYMAP = 8
     ACK = 9
+    CLOSE = 10
 
 
 class RefuseReason(enum.IntEnum):
@@ -199,6 +201,15 @@ class KeyMap:
     first: bool = True
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class Close:
+    """The layer above disconnects ``src_vqpn`` <-> ``dst_vqpn``: a DISCONNECTED that
+    follows is the end of the connection, not a peer gone missing."""
+
+    src_vqpn: int = attrs.field(converter=_qpn)
+    dst_vqpn: int = attrs.field(converter=_qpn)
+
+
 @attrs.frozen(slots=True)
 class Ack:
     """A control request was served."""
@@ -207,7 +218,9 @@ class Ack:
 #: Key pairs per :class:`KeyMap` chunk, so one fits the CM private data limit.
 KEYMAP_CHUNK = 16
 
-Message = Connect | Accept | Suspend | Suspended | Reconnect | Resumed | Refused | KeyMap | Ack
+Message = (
+    Connect | Accept | Suspend | Suspended | Reconnect | Resumed | Refused | KeyMap | Ack | Close
+)
 
 _FIELDS: dict[_Kind, tuple[type[Any], tuple[str, ...]]] = {
     _Kind.CONNECT: (Connect, ("vqpn", "inc")),
@@ -219,6 +232,7 @@ _FIELDS: dict[_Kind, tuple[type[Any], tuple[str, ...]]] = {
     _Kind.REFUSED: (Refused, ("reason",)),
     _Kind.KEYMAP: (KeyMap, ("inc", "pairs", "first")),
     _Kind.ACK: (Ack, ()),
+    _Kind.CLOSE: (Close, ("src_vqpn", "dst_vqpn")),
 }
 _KIND_OF: dict[type[Any], _Kind] = {cls: kind for kind, (cls, _) in _FIELDS.items()}
 

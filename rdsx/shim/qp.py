@@ -714,10 +714,10 @@ class VirtualQP(QP):
 
     def on_disconnected(self) -> bool:
         """The physical CM id saw DISCONNECTED; True if the layer above should see it."""
-        if self._hold in (Hold.LOCAL, Hold.SUSPENDED):
-            return False
-        # A disconnect of a live (or lost) connection is the peer's doing.
-        self.peer = None
-        if self._hold is Hold.LOST:
-            self._give_up(None)
-        return True
+        if self.peer is None:
+            return True  # the peer's shim announced it (or there is no shim)
+        # Unannounced: the peer's device went away under the connection (a
+        # transport that notices, like tcp). Hold and wait for it to reconnect.
+        if self._hold is None:
+            self._hold_for(Hold.LOST)
+        return False

@@ -59,6 +59,7 @@ from ..verbs import (
 from .protocol import (
     KEYMAP_CHUNK,
     Ack,
+    Close,
     KeyMap,
     Message,
     Reconnect,
@@ -245,7 +246,11 @@ class Session:
             The peer's answer, or ``None`` if it could not be reached.
         """
         assert self.ctrl is not None and self._ctrl_pd is not None and self._ctrl_cq is not None
-        qp = self._ctrl_pd.create_qp(self._ctrl_cq, self._ctrl_cq, QpCap(1, 1, 1, 1))
+        try:
+            qp = self._ctrl_pd.create_qp(self._ctrl_cq, self._ctrl_cq, QpCap(1, 1, 1, 1))
+        except DeviceRemoved:
+            self.report_removal(None)
+            return None
         try:
             cm = await self.ctrl.cm_connect(
                 qp, address, self.core.config.control_port, encode(message), timeout=timeout
@@ -257,11 +262,15 @@ class Session:
                 return None
         except (Unreachable, ConnectTimeout):
             return None
+        except DeviceRemoved:
+            self.report_removal(None)
+            return None
         else:
             cm.close()
             return None
         finally:
-            qp.close()
+            with contextlib.suppress(VerbsError):
+                qp.close()
 
     async def serve_control(self, listener: CmListener) -> None:
         """Answer peers' SUSPEND and RECONNECT requests on the control port."""
@@ -292,6 +301,11 @@ class Session:
                 await self._on_suspend(request, message)
             elif isinstance(message, Reconnect):
                 await self._on_reconnect(request, message)
+            elif isinstance(message, Close):
+                qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+                if qp is not None:
+                    qp.peer = None  # its DISCONNECTED is the end, not a loss
+                await request.reject(encode(Ack()))
             elif isinstance(message, KeyMap):
                 self._on_keymap(request.source, message)
                 await request.reject(encode(Ack()))
