@@ -7,7 +7,18 @@ import random
 import trio
 
 from ..verbs import Opcode, QpAttr, QpCap, QpState, RecvWR, SendWR, Sge, WcOpcode, WcStatus
-from ._fixture import FULL_ACCESS, QUIET, expect_wc, link, open_nodes, quiet, take, take_one
+from ._fixture import (
+    FULL_ACCESS,
+    QUIET,
+    End,
+    connect,
+    expect_wc,
+    link,
+    open_nodes,
+    quiet,
+    take,
+    take_one,
+)
 from ._harness import Harness
 from ._registry import check
 
@@ -299,3 +310,41 @@ async def check_isolation(harness: Harness, rng: random.Random) -> None:
         ea.qp.post_send(SendWR(6, Opcode.SEND, (a.sge(off, 8),)))
         expect_wc(await take_one(ea.scq, "a QP next to one in ERR"), "ERR stays per QP", wr_id=6)
         expect_wc(await take_one(eb.rcq, "a QP next to one in ERR"), "ERR stays per QP", wr_id=5)
+
+
+@check("shared-cq")
+async def check_shared_cq(harness: Harness, rng: random.Random) -> None:
+    """One CQ for the sends and receives of several QPs: every completion names its QP
+    (``qp_num``), and each QP's completions keep their order."""
+    async with open_nodes(harness) as (a, b):
+        cq_a, cq_b = a.ctx.create_cq(), b.ctx.create_cq()
+        qps = rng.randrange(2, 5)
+        ends_a = [End(a, a.pd.create_qp(cq_a, cq_a), cq_a, cq_a) for _ in range(qps)]
+        ends_b = [End(b, b.pd.create_qp(cq_b, cq_b), cq_b, cq_b) for _ in range(qps)]
+        for ea, eb in zip(ends_a, ends_b, strict=True):
+            connect(ea, eb)
+        rounds = 3
+        off, roff = a.alloc(8), b.alloc(8 * qps * rounds)
+        for k, eb in enumerate(ends_b):
+            eb.qp.post_recv(
+                [
+                    RecvWR(100 * k + i, (b.sge(roff + 8 * (rounds * k + i), 8),))
+                    for i in range(rounds)
+                ]
+            )
+        for i in range(rounds):
+            for k, ea in enumerate(ends_a):
+                ea.qp.post_send(SendWR(100 * k + i, Opcode.SEND, (a.sge(off, 8),)))
+        total = qps * rounds
+        for cq, ends, opcode in ((cq_a, ends_a, WcOpcode.SEND), (cq_b, ends_b, WcOpcode.RECV)):
+            seen: dict[int, list[int]] = {}
+            for wc in await take(cq, total, f"{total} completions on one shared CQ"):
+                k = wc.wr_id // 100
+                expect_wc(wc, "a completion on a shared CQ", opcode=opcode)
+                if not 0 <= k < qps or wc.qp_num != ends[k].qp.qp_num:
+                    raise AssertionError(f"a shared-CQ completion names the wrong QP: {wc}")
+                seen.setdefault(k, []).append(wc.wr_id % 100)
+            for k, order in seen.items():
+                if order != list(range(rounds)):
+                    raise AssertionError(f"QP {k}'s completions on a shared CQ: order {order}")
+        await quiet([cq_a, cq_b], "a shared CQ holds each completion once")
