@@ -13,6 +13,8 @@ from rdsx.testing import CHECKS, Harness, check_rng
 from rdsx.verbs import Device
 from transports.sim import SimDevice
 from transports.sim.harness import SimHarness
+from transports.tcp import TcpNode, TcpTransport
+from transports.tcp.harness import TcpHarness
 
 #: Checks about the device *removal* contract: the shim exists to hide removals
 #: from the layer above (its virtual device is never removed), so they cannot
@@ -61,6 +63,55 @@ class ShimHarness(Harness):
             yield
 
 
-@pytest.mark.parametrize("name", [name for name in CHECKS if name not in HIDDEN_BY_DESIGN])
-async def test_shim_conforms(name: str, autojump_clock: trio.abc.Clock) -> None:
+class TcpShimHarness(Harness):
+    """Two tcp nodes on loopback (real sockets, real time), each behind a shim."""
+
+    name = "tcp+shim"
+    virtual_time = False
+
+    def __init__(self) -> None:
+        self._tcp = TcpHarness()
+        self._nodes: dict[int, TcpNode] = {}
+
+    @asynccontextmanager
+    async def open_pair(self) -> AsyncIterator[tuple[Device, Device]]:
+        """Two tcp nodes' device sources, each wrapped in its own shim."""
+        config = ShimConfig(resume_timeout=2.0)
+        async with TcpTransport().open_network(**self._tcp.options) as network:
+            node_a = await network.add_node(self._tcp.addresses[0])
+            node_b = await network.add_node(self._tcp.addresses[1])
+            async with (
+                TransparentDeviceSource(node_a, config) as shim_a,
+                TransparentDeviceSource(node_b, config) as shim_b,
+            ):
+                virtual_a = await shim_a.next_device()
+                virtual_b = await shim_b.next_device()
+                self._nodes = {id(virtual_a): node_a, id(virtual_b): node_b}
+                yield virtual_a, virtual_b
+
+    async def remove(self, device: Device, grace: float | None) -> None:
+        """Detach the tcp device under ``device`` (the shim absorbs it)."""
+        physical = self._nodes[id(device)].device
+        assert physical is not None
+        await self._tcp.remove(physical, grace)
+
+    @contextmanager
+    def partition(self, a: Device, b: Device) -> Iterator[None]:
+        """Partition the tcp devices under ``a`` and ``b``."""
+        dev_a, dev_b = self._nodes[id(a)].device, self._nodes[id(b)].device
+        assert dev_a is not None and dev_b is not None
+        with self._tcp.partition(dev_a, dev_b):
+            yield
+
+
+NAMES = [name for name in CHECKS if name not in HIDDEN_BY_DESIGN]
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_shim_conforms_on_sim(name: str, autojump_clock: trio.abc.Clock) -> None:
     await CHECKS[name](ShimHarness(), check_rng(0, name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_shim_conforms_on_tcp(name: str) -> None:
+    await CHECKS[name](TcpShimHarness(), check_rng(0, name))
