@@ -61,12 +61,14 @@ def _small_profile(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("strategy", ["three-stage", "late-detach"])
+@pytest.mark.parametrize(
+    ("mode", "strategy"), [("reconnect", "three-stage"), ("transparent", "late-detach")]
+)
 async def test_a_migration_under_load_loses_nothing_and_is_measured(
-    autojump_clock: trio.abc.Clock, tmp_path: Path, strategy: str
+    autojump_clock: trio.abc.Clock, tmp_path: Path, mode: str, strategy: str
 ) -> None:
     opts, mig = parse(
-        _argv("--rate 100 -T 3 --mode reconnect --grace 1 -z --migrate-at 0.5")
+        _argv(f"--rate 100 -T 3 --mode {mode} --grace 1 -z --migrate-at 0.5")
         + _argv(f"--migration {strategy} --profile {_small_profile(tmp_path)}")
     )
     with trio.fail_after(60):
