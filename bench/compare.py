@@ -50,6 +50,7 @@ from .verify import Tally
 __all__ = [
     "MigrationOptions",
     "RunResult",
+    "format_results",
     "main",
     "parse",
     "run_compare",
