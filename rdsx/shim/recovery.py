@@ -396,7 +396,7 @@ class Session:
         async with trio.open_nursery() as nursery:
             for qp in qps:
                 self.spawn(self.reconnect, qp, nursery=nursery)
-        if qps:
+        if self.inc > 1:
             self.core.recorder.update(resumed_at=trio.current_time())
 
     async def reconnect(self, qp: VirtualQP) -> None:
