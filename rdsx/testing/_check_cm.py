@@ -30,6 +30,8 @@ from ._fixture import (
 from ._harness import Harness
 from ._registry import check
 
+#: How long accepting an abandoned request may take to fail (the CM's own RTU timeout).
+ABANDONED_ACCEPT_BOUND = 20.0
 #: IB REQ private data limit the contract enforces (librdmacm's 196 bytes for RC).
 MAX_PRIVATE_DATA = 196
 
@@ -217,7 +219,8 @@ async def check_cm_disconnect(harness: Harness, rng: random.Random) -> None:
 
 @check("cm-connect-timeout")
 async def check_cm_timeout(harness: Harness, rng: random.Random) -> None:
-    """A listener that never answers: cm_connect raises ConnectTimeout after ``timeout``."""
+    """A listener that never answers, or a partition: cm_connect raises ConnectTimeout after
+    ``timeout``; accepting the abandoned request raises ConnectTimeout too."""
     async with open_nodes(harness) as (a, b):
         port = cm_port(rng)
         listener = await b.ctx.cm_listen(port)
@@ -228,4 +231,21 @@ async def check_cm_timeout(harness: Harness, rng: random.Random) -> None:
         waited = trio.current_time() - start
         if waited < timeout:
             raise AssertionError(f"ConnectTimeout after {waited:.3f}s, before timeout={timeout}")
+        with trio.move_on_after(WAIT) as bound:
+            request = await listener.get_request()
+        if bound.cancelled_caught:
+            raise AssertionError("the abandoned connect request never reached the listener")
+        with trio.move_on_after(ABANDONED_ACCEPT_BOUND) as bound:
+            with expect_raises(ConnectTimeout, "accepting a request whose active side gave up"):
+                await request.accept(b.end().qp)
+        if bound.cancelled_caught:
+            raise AssertionError(
+                f"accepting an abandoned request neither failed nor returned in "
+                f"{ABANDONED_ACCEPT_BOUND}s"
+            )
+        with (
+            harness.partition(a.device, b.device),
+            expect_raises(ConnectTimeout, "a connect across a partition"),
+        ):
+            await a.ctx.cm_connect(a.end().qp, b.device.address, port, timeout=timeout)
         listener.close()
