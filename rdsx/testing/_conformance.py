@@ -9,16 +9,18 @@ so a test runner can give every check its own test id; each is bounded by
 ``trio.fail_after`` so a broken transport fails instead of hanging. The checks
 live in ``_check_*.py``, one module per part of the contract:
 
+* ``resources`` — device basics, registration arguments, handles after close, WR
+  validation, queue limits, local key errors, receive-side errors;
 * ``qp_state`` — the RC state table, required attributes, posts per state;
-* ``resources`` — registration arguments, handles after close, WR validation,
-  queue limits, local key errors, receive-side errors;
 * ``data`` — order and exactly-once, scatter/gather, immediates, CQ poll/wait,
-  unsignaled WRs;
-* ``reliability`` — RC completion at the responder, RNR, retry exhaustion, flush;
-* ``rdma`` — RDMA WRITE/READ and every remote access error;
+  unsignaled WRs, multi-packet messages, QP isolation, shared CQs;
+* ``reliability`` — RC completion at the responder, RNR, retry exhaustion, flush,
+  transient loss repaired, QP destruction, ``QP_FATAL``;
+* ``rdma`` — RDMA WRITE/READ, ordering with SENDs, every remote access error;
 * ``sqd`` — drain, ``SQ_DRAINED``, path change while quiesced;
-* ``cm`` — connect/accept/reject/unreachable/disconnect;
-* ``removal`` — graceful removal, ``DeviceBusy``, surprise removal and zombies.
+* ``cm`` — connect/accept/reject/unreachable/timeout/disconnect;
+* ``removal`` — graceful removal (every context), ``DeviceBusy``, surprise removal
+  and zombies.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-# Imported for their registrations; the order here is the order checks run in.
-from . import (
-    _check_cm,  # noqa: F401
-    _check_data,  # noqa: F401
-    _check_qp_state,  # noqa: F401
-    _check_rdma,  # noqa: F401
-    _check_reliability,  # noqa: F401
-    _check_removal,  # noqa: F401
-    _check_resources,  # noqa: F401
-    _check_sqd,  # noqa: F401
-)
+# Imported for their registrations, basics first: the order here is the order checks run in.
+# isort: off
+from . import _check_resources  # noqa: F401
+from . import _check_qp_state  # noqa: F401
+from . import _check_data  # noqa: F401
+from . import _check_reliability  # noqa: F401
+from . import _check_rdma  # noqa: F401
+from . import _check_sqd  # noqa: F401
+from . import _check_cm  # noqa: F401
+from . import _check_removal  # noqa: F401
+
+# isort: on
 from ._harness import Harness
 from ._registry import CHECKS, Check
 
