@@ -481,6 +481,7 @@ async def run_sides(
         for task in everyone:
             task.sock.close()
     extra["drained"] = drained
+    extra["counters"] = _node_counters(sides)
     ledgers: list[LedgerView] = [t.ledger for t in everyone]
     errors = sum(t.send_errors for t in everyone)
     if remote is not None:
@@ -516,6 +517,17 @@ async def run_sides(
         extra=extra,
     )
     return Outcome(summary=summary, rows=tuple(rows), tally=tally, report=report)
+
+
+def _node_counters(sides: Sequence[Side]) -> dict[str, dict[str, int]]:
+    """The non-zero rds-info counters of every local node (``Node.statistics()``), by address."""
+    out: dict[str, dict[str, int]] = {}
+    for node, local, _peer in sides:
+        stats = getattr(node, "statistics", None)
+        if stats is None:
+            continue
+        out[local] = {name: int(value) for name, value in stats().items() if value}
+    return out
 
 
 def _rdma_pattern(seq: int, length: int) -> bytes:

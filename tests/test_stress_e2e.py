@@ -74,3 +74,15 @@ async def test_rdma_per_request_is_written_and_counted(autojump_clock: trio.abc.
     # requester's region (checked against the stamped pattern before it counts as "in").
     assert report["mbi_kib_per_s"] == pytest.approx(1600.0, abs=20)
     assert report["mbo_kib_per_s"] == pytest.approx(1600.0, abs=20)
+
+
+async def test_surprise_removal_on_a_second_boundary(autojump_clock: trio.abc.Clock) -> None:
+    # A working-tree node once lost the passive side's connection in exactly this case.
+    opts = Options(tasks=2, time=3, rate=200.0, remove_at=1.0, grace=None, drain_timeout=2.0)
+    report, _ = await _run(opts)
+    assert (report["lost"], report["duplicated"], report["reordered"], report["errors"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
