@@ -214,3 +214,33 @@ async def test_counters_and_info_tables(autojump_clock: trio.abc.Clock) -> None:
         # rows are frozen values
         with pytest.raises(AttributeError):
             conn_a.next_tx_seq = 0  # type: ignore[misc]
+
+
+async def test_congestion_clears_across_a_removal(autojump_clock: trio.abc.Clock) -> None:
+    """The receiver frees its port while its device is gone; the map travels on reconnect."""
+    async with world(2) as w:
+        a, b = w.nodes
+        sa = a.socket()
+        sa.bind(10)
+        sb = b.socket(rcvbuf=5000)
+        sb.bind(DST[1])
+        for _ in range(2):
+            await sa.sendto(b"c" * 3000, DST)
+        await until(lambda: a._is_congested(DST))
+        sent = trio.Event()
+
+        async def blocked() -> None:
+            await sa.sendto(b"after", DST)
+            sent.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocked)
+            await w.fabric.detach(w.vms[1], grace=1.0)
+            assert [await sb.recv() for _ in range(2)] == [b"c" * 3000] * 2  # now uncongested
+            await trio.sleep(1.0)
+            assert not sent.is_set()  # the sender cannot know yet
+            await w.fabric.attach(w.vms[1], w.spare[0])
+            with trio.fail_after(10):
+                await sent.wait()
+        with trio.fail_after(10):
+            assert await sb.recv() == b"after"
