@@ -13,7 +13,9 @@ from transports.tcp._auth import accept_handshake
 from transports.tcp._frames import Control, Frame
 from transports.tcp._stats import Counters
 
-scalars = st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | st.text(max_size=9)
+# No st.text: building Hypothesis's unicode tables costs seconds and finds nothing here.
+words = st.sampled_from(["", "x", "hello", "é"])
+scalars = st.none() | st.booleans() | st.integers() | st.binary(max_size=40) | words
 values = scalars | st.lists(scalars, max_size=2) | st.binary(min_size=32, max_size=32)
 fields = st.fixed_dictionaries(
     {}, optional={key: values for key in ("v", "n", "mf", "m", "r", "why", "zz")}
