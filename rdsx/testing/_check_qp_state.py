@@ -32,10 +32,15 @@ from ._fixture import (
     close_quietly,
     expect_raises,
     expect_state,
+    expect_wc,
     init_attr,
+    link,
     open_nodes,
+    quiet,
     rtr_attr,
     rts_attr,
+    take,
+    take_one,
     wait_event,
 )
 from ._harness import Harness
@@ -205,3 +210,36 @@ async def check_post_by_state(harness: Harness, rng: random.Random) -> None:
                 expect_state(end.qp, state, f"a refused post must not move a QP in {state.name}")
             finally:
                 close_quietly(end.qp, end.scq, end.rcq)
+
+
+@check("qp-reset-reuse")
+async def check_reset_reuse(harness: Harness, rng: random.Random) -> None:
+    """ERR, flushes, RESET, then INIT -> RTR -> RTS towards a new peer QP: the QP works
+    again, and nothing from its first life reappears."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b, rnr_retry=7)
+        off = a.alloc(16)
+        ea.qp.post_recv(RecvWR(1, (a.sge(off, 16),)))
+        ea.qp.post_send(SendWR(2, Opcode.SEND, (a.sge(off, 16),)))  # stuck: no receive at b
+        ea.qp.modify(QpAttr(state=S.ERR))
+        await take(ea.scq, 1, "flush before RESET")
+        await take(ea.rcq, 1, "flush before RESET")
+        ea.qp.modify(QpAttr(state=S.RESET))
+        expect_state(ea.qp, S.RESET, "ERR -> RESET")
+        nb = b.end()
+        ea.qp.modify(init_attr())
+        nb.qp.modify(init_attr())
+        ea.qp.modify(rtr_attr(a, nb.dest()))
+        nb.qp.modify(rtr_attr(b, ea.dest()))
+        ea.qp.modify(rts_attr())
+        nb.qp.modify(rts_attr())
+        data = rng.randbytes(16)
+        a.put(off, data)
+        roff = b.alloc(16)
+        nb.qp.post_recv(RecvWR(3, (b.sge(roff, 16),)))
+        ea.qp.post_send(SendWR(4, Opcode.SEND, (a.sge(off, 16),)))
+        expect_wc(await take_one(ea.scq, "send after RESET"), "a reused QP sends", wr_id=4)
+        expect_wc(await take_one(nb.rcq, "send after RESET"), "a reused QP's message", wr_id=3)
+        if b.get(roff, 16) != data:
+            raise AssertionError("the first message of a reused QP arrived corrupt")
+        await quiet([ea.scq, ea.rcq, eb.rcq, nb.rcq], "nothing of a QP's first life reappears")

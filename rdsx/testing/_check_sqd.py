@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from ..errors import InvalidArgument, InvalidState
-from ..verbs import AsyncEventType, Opcode, QpAttr, QpState, RecvWR, SendWR, WcOpcode
+from ..verbs import AsyncEventType, Opcode, QpAttr, QpState, RecvWR, SendWR, WcOpcode, WcStatus
 from ._fixture import (
     End,
     Node,
@@ -126,3 +126,20 @@ async def check_sqd_path_change(harness: Harness, rng: random.Random) -> None:
         nb.qp.post_send(SendWR(78, Opcode.SEND, (b.sge(roff, 8),)))
         await take(nb.scq, 1, "new peer -> retargeted QP")
         expect_wc((await take(ea.rcq, 1, "receive from the new peer"))[0], "reverse path", wr_id=77)
+
+
+@check("sqd-then-err")
+async def check_sqd_then_err(harness: Harness, rng: random.Random) -> None:
+    """Sends queued while in SQD are outstanding: moving to ERR flushes them, in order."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b)
+        m = rng.randrange(1, 5)
+        off = a.alloc(8 * m)
+        eb.qp.post_recv([RecvWR(i, (b.sge(b.alloc(8), 8),)) for i in range(m)])
+        ea.qp.modify(QpAttr(state=S.SQD, en_sqd_async_notify=True))
+        await _drained(ea, "SQD with nothing in flight")
+        ea.qp.post_send(_sends(a, off, 0, m))
+        ea.qp.modify(QpAttr(state=S.ERR))
+        for i, wc in enumerate(await take(ea.scq, m, "sends queued in SQD, then ERR")):
+            expect_wc(wc, "ERR flushes sends queued in SQD", wr_id=i, status=WcStatus.WR_FLUSH_ERR)
+        await quiet([eb.rcq], "sends queued in SQD and flushed never arrive")
