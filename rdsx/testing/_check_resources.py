@@ -12,8 +12,10 @@ import random
 
 from ..errors import InvalidArgument, InvalidHandle, QueueFull
 from ..verbs import (
+    MTU_VALUES,
     Access,
     Opcode,
+    PortState,
     QpAttr,
     QpCap,
     QpState,
@@ -47,9 +49,9 @@ async def check_device_basics(harness: Harness, rng: random.Random) -> None:
             what = f"device {node.device.name!r}"
             if node.device.removed:
                 raise AssertionError(f"{what}: removed is True on a fresh device")
-            if node.port.state.name != "ACTIVE":
+            if node.port.state is not PortState.ACTIVE:
                 raise AssertionError(f"{what}: port should be ACTIVE, is {node.port.state}")
-            if node.port.active_mtu not in (256, 512, 1024, 2048, 4096):
+            if node.port.active_mtu not in MTU_VALUES:
                 raise AssertionError(f"{what}: active_mtu {node.port.active_mtu} is not an IB MTU")
             limits = node.attr
             for name in ("max_qp", "max_qp_wr", "max_sge", "max_cq", "max_cqe", "max_mr", "max_pd"):
