@@ -698,7 +698,13 @@ class Node:
             return
         log.info("%s: serving device %s", self.address, device.name)
         try:
-            listener = await ctx.cm_listen(self.config.cm_port)
+            try:
+                listener = await ctx.cm_listen(self.config.cm_port)
+            except DeviceRemoved:
+                raise
+            except VerbsError as exc:
+                log.error("%s: cannot listen on %s: %s", self.address, device.name, exc)
+                return
             async with trio.open_nursery() as nursery:
                 self._dev, self._dev_nursery = dev, nursery
                 nursery.start_soon(self._watch_device, dev)
@@ -733,7 +739,9 @@ class Node:
                         if path is not None and path.qp.qp_num == event.qp_num:
                             path.fail(f"QP fatal: {event.info}")
                             self._dispatch(conn)
-        except DeviceRemoved:
+        except VerbsError as exc:
+            # DeviceRemoved, or the context became unusable: either way the device is lost.
+            log.info("%s: device events ended: %s", self.address, exc)
             dev.removal(None)
 
     async def _drain(self, dev: DeviceState) -> None:
@@ -750,7 +758,7 @@ class Node:
             self._counters.inc("drain_timeout")
             log.warning("%s: drain cut short by the removal deadline", self.address)
         with trio.move_on_at(dev.deadline - self.config.drain_margin / 2):
-            for conn in self._conns.values():
+            for conn in list(self._conns.values()):
                 path = conn.path
                 if path is not None and path.cm_id is not None:
                     with contextlib.suppress(VerbsError):
@@ -871,6 +879,8 @@ class Node:
                 nursery.start_soon(self._handle_request, dev, request)
         except DeviceRemoved:
             dev.removal(None)
+        except VerbsError as exc:
+            log.error("%s: listener failed: %s", self.address, exc)
         finally:
             close_quietly(listener)
 
@@ -938,7 +948,7 @@ class Node:
 
     async def _goodbye(self) -> None:
         """On close: tell every connected peer at once instead of letting its QP time out."""
-        for conn in self._conns.values():
+        for conn in list(self._conns.values()):
             path = conn.path
             if path is not None and path.cm_id is not None:
                 with contextlib.suppress(VerbsError):

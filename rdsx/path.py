@@ -265,6 +265,9 @@ class Path:
             except DeviceRemoved:
                 self.dev.removal(None)
                 return
+            except VerbsError as exc:
+                self.fail(f"CQ: {exc}")
+                return
             finally:
                 self._wait_scope = None
             if scope.cancelled_caught:
@@ -288,6 +291,9 @@ class Path:
             return self.cq.poll(_BATCH)
         except DeviceRemoved:
             self.dev.removal(None)
+            return None
+        except VerbsError as exc:
+            self.fail(f"CQ: {exc}")
             return None
 
     def _timer_deadline(self) -> float:
