@@ -155,7 +155,10 @@ async def _expect_zombie(call: Callable[[], object], what: str) -> None:
     with expect_raises(DeviceRemoved, f"{what} on a zombie handle"):
         result = call()
         if isinstance(result, Awaitable):
-            await result
+            with trio.move_on_after(WAIT) as bound:
+                await result
+            if bound.cancelled_caught:
+                raise AssertionError(f"blocked for {WAIT}s")
 
 
 @check("remove-surprise")
