@@ -47,3 +47,12 @@ def test_hello_runs_as_a_script() -> None:
         check=True,
     )
     assert "alice got a pong from 127.0.0.2:0" in out.stdout
+
+
+async def test_migrate(autojump_clock: trio.abc.Clock) -> None:
+    lines = await _load("migrate").main()
+    assert lines[0] == "bob received 400 messages, in order: True"
+    assert lines[1] == "lost: 0, duplicated: 0"
+    pause_ms = float(lines[2].split(": ")[1].split()[0])
+    assert 50.0 <= pause_ms < 100.0  # the 50 ms in transit plus the reconnect
+    assert lines[3] == "alice: 1 removal, 2 devices, 1 connection reset, now on c/vf1"
