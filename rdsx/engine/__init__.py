@@ -30,7 +30,9 @@ How a path drives a Connection
    bytes). The engine never concatenates them, so the payload is copied once.
 4. **Receive.** For each receive completion, ``conn.receive_frame(buf[:byte_len],
    now)``, then repost the buffer and ``conn.receives_posted(1)`` (the engine
-   has copied what it keeps). Drain ``conn.next_event()`` until ``None``:
+   has copied what it keeps; reposts on a transport that is already gone are
+   not reported: the next handshake advertises the new ring). Drain
+   ``conn.next_event()`` until ``None``:
    :class:`MessageReceived` (deliver to the socket bound at ``dport``, or drop
    and count ``recv_drop_no_sock``), :class:`MessageAcked` (release send-buffer
    bytes, RDMA SUCCESS), :class:`MessageDropped`, :class:`CongestionUpdated`
@@ -46,6 +48,12 @@ How a path drives a Connection
    Completions of the old QP are not fed to the engine any more (nor after
    ``incoming_connect`` returned True while UP: that replaced the old
    transport). Reconnect as in step 2.
+
+Acks: every frame carries the cumulative ack; an explicit ack-only frame is
+built when ``frames_to_send`` is called and something new must be said (a
+message asked for an ack, the delayed-ack timer fired, or credits must be
+granted), so there is at most one per call and it always carries the newest
+ack. That is Linux IB's "one ack in flight" without a send-completion callback.
 
 Frames must be posted in the order ``frames_to_send`` returns them, on one
 reliable connected QP: the receiver treats a gap, a duplicate that is not a
@@ -65,9 +73,7 @@ from ._config import EngineConfig as EngineConfig
 from ._cong import CONG_MAP_BITS as CONG_MAP_BITS
 from ._cong import CongestionMap as CongestionMap
 from ._connection import Connection as Connection
-from ._connection import ConnectionInfo as ConnectionInfo
 from ._connection import Frame as Frame
-from ._connection import QueuedMessage as QueuedMessage
 from ._counters import COUNTER_NAMES as COUNTER_NAMES
 from ._counters import EngineCounters as EngineCounters
 from ._events import CongestionUpdated as CongestionUpdated
@@ -78,6 +84,8 @@ from ._events import MessageDropped as MessageDropped
 from ._events import MessageReceived as MessageReceived
 from ._events import PeerRestarted as PeerRestarted
 from ._events import PongReceived as PongReceived
+from ._message import ConnectionInfo as ConnectionInfo
+from ._message import QueuedMessage as QueuedMessage
 from ._state import LEGAL_TRANSITIONS as LEGAL_TRANSITIONS
 from ._state import ConnState as ConnState
 from ._wire import HEADER_SIZE as HEADER_SIZE
