@@ -16,17 +16,23 @@ PORT_MODELS = ("shared", "vswitch")
 
 #: (port model or None for both, check) -> what the sim gets wrong. Each is a strict
 #: xfail: when the sim is fixed the test turns red until the entry is removed.
-SIM_GAPS: dict[tuple[str | None, str], str] = {}
+SIM_GAPS: dict[tuple[str | None, str], str] = {
+    (None, "imm-data-range"): "post_send accepts imm_data outside 32 bits (2**32, -1) and "
+    "delivers it, where SendWR.imm_data is a 32-bit field (InvalidArgument expected)",
+}
+
+
+def _marks(model: str, name: str) -> list[pytest.MarkDecorator]:
+    reason = SIM_GAPS.get((model, name)) or SIM_GAPS.get((None, name))
+    return [pytest.mark.xfail(strict=True, reason=f"sim: {reason}")] if reason else []
 
 
 def _params() -> list[object]:
-    params: list[object] = []
-    for model in PORT_MODELS:
-        for name in CHECKS:
-            reason = SIM_GAPS.get((model, name)) or SIM_GAPS.get((None, name))
-            marks = [pytest.mark.xfail(strict=True, reason=f"sim: {reason}")] if reason else []
-            params.append(pytest.param(model, name, marks=marks, id=f"{model}-{name}"))
-    return params
+    return [
+        pytest.param(model, name, marks=_marks(model, name), id=f"{model}-{name}")
+        for model in PORT_MODELS
+        for name in CHECKS
+    ]
 
 
 @pytest.mark.parametrize(("model", "name"), _params())
@@ -53,8 +59,15 @@ class ChaosSimHarness(SimHarness):
             yield pair
 
 
-@pytest.mark.parametrize("name", list(CHECKS))
-@pytest.mark.parametrize("seed", [1, 2])
+def _chaos_params() -> list[object]:
+    return [
+        pytest.param(seed, name, marks=_marks(PORT_MODELS[seed % 2], name), id=f"{seed}-{name}")
+        for seed in (1, 2)
+        for name in CHECKS
+    ]
+
+
+@pytest.mark.parametrize(("seed", "name"), _chaos_params())
 async def test_sim_conforms_under_chaos(seed: int, name: str, autojump_clock: object) -> None:
-    model = ("shared", "vswitch")[seed % 2]
+    model = PORT_MODELS[seed % 2]
     await check_transport(ChaosSimHarness(model, seed), seed=seed, only=[name])

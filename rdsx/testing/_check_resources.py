@@ -282,3 +282,29 @@ async def check_receive_errors(harness: Harness, rng: random.Random) -> None:
             wc = await take_one(ea.scq, rule)
             if wc.status is WcStatus.SUCCESS or wc.wr_id != 2:
                 raise AssertionError(f"{rule}: the requester must see an error, got {wc}")
+
+
+@check("imm-data-range")
+async def check_imm_range(harness: Harness, rng: random.Random) -> None:
+    """imm_data is a 32-bit field: a value outside 0 .. 2**32 - 1 is refused at post time."""
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b)
+        off = a.alloc(8)
+        eb.qp.post_recv([RecvWR(i, (b.sge(b.alloc(8), 8),)) for i in range(2)])
+        for value in (1 << 32, -1):
+            for opcode in (Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM):
+                wr = SendWR(
+                    1,
+                    opcode,
+                    (a.sge(off, 8),),
+                    imm_data=value,
+                    remote_addr=b.mr.addr,
+                    rkey=b.mr.rkey,
+                )
+                with expect_raises(InvalidArgument, f"{opcode.name} with imm_data={value}"):
+                    ea.qp.post_send(wr)
+        top = (1 << 32) - 1
+        ea.qp.post_send(SendWR(2, Opcode.SEND_WITH_IMM, (a.sge(off, 8),), imm_data=top))
+        wc = await take_one(eb.rcq, "imm_data = 2**32 - 1")
+        if wc.imm_data != top:
+            raise AssertionError(f"imm_data 2**32 - 1 arrived as {wc.imm_data}")
