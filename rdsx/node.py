@@ -136,6 +136,10 @@ class _Conn:
         self.path: Path | None = None
         self.attempt: trio.CancelScope | None = None
         self.lot = trio.lowlevel.ParkingLot()
+        #: Was ever UP: worth reconnecting to at once when a new device arrives.
+        self.was_up = False
+        #: Try once on our own although we are the higher address (see _serve_device).
+        self.eager = False
         #: Messages sent while the device drains: they join the engine afterwards.
         self.held: deque[tuple[OutMessage, bool, bytes]] = deque()
 
@@ -710,6 +714,9 @@ class Node:
                 nursery.start_soon(self._watch_device, dev)
                 nursery.start_soon(self._accept_loop, dev, listener, nursery)
                 for conn in self._conns.values():
+                    # A node that just got a new device tries its old peers at once, even
+                    # as the higher address: the lower one may be deep in its back-off.
+                    conn.eager = conn.was_up
                     nursery.start_soon(self._supervise, conn, dev)
                 self._device_lot.unpark_all()
                 ready()
@@ -813,7 +820,7 @@ class Node:
     def _wants_connect(self, conn: _Conn, dev: DeviceState) -> bool:
         if dev.gone.is_set() or self._closed or conn.engine.state is not ConnState.DOWN:
             return False
-        return conn.initiator or conn.engine.has_pending()
+        return conn.initiator or conn.eager or conn.engine.has_pending()
 
     async def _supervise(self, conn: _Conn, dev: DeviceState) -> None:
         while True:
@@ -828,6 +835,7 @@ class Node:
 
     async def _attempt(self, conn: _Conn, dev: DeviceState) -> None:
         self._counters.inc("conn_connect_attempt")
+        conn.eager = False
         epoch = conn.new_epoch()
         conn.engine.start_connect(trio.current_time())
         try:
@@ -862,6 +870,7 @@ class Node:
                     self._transport_down(conn)
                 return
             conn.path = path
+            conn.was_up = True
             conn.backoff.reset()
             self._dispatch(conn)
             await path.run()
@@ -934,6 +943,7 @@ class Node:
                     self._transport_down(conn)
                 return
             conn.path = path
+            conn.was_up = True
             conn.backoff.reset()
             self._dispatch(conn)
             await path.run()

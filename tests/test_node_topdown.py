@@ -3,6 +3,8 @@ new VF arrives on another host; every socket pair still gets exactly its sent se
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 from node_world import move, world
@@ -164,3 +166,39 @@ async def test_link_down_longer_than_rc_retries(autojump_clock: trio.abc.Clock) 
         assert stats.conn_reset >= 1
         assert stats.conn_connect_failed >= 1  # reconnects were retried during the outage
         assert stats.conn_connect_attempt > stats.conn_connect_failed
+
+
+@pytest.mark.parametrize("mover", [0, 1], ids=["sender-moves", "receiver-moves"])
+@pytest.mark.parametrize("grace", [2.0, None], ids=["graceful", "surprise"])
+async def test_added_pause_is_small_after_a_long_transit(
+    autojump_clock: trio.abc.Clock, mover: int, grace: float | None
+) -> None:
+    """Whoever moved reconnects as soon as its VF arrives, even as the higher address
+    (the lower one may be a second deep into its back-off)."""
+    transit = 1.5
+    async with world(2, seed=1) as w:
+        tx, rx = w.nodes[0].socket(), w.nodes[1].socket()
+        tx.bind(1000)
+        rx.bind(2000)
+        arrivals: list[float] = []
+
+        async def stream() -> None:
+            for k in range(1100):
+                await tx.sendto(b"%d" % k, ("127.0.0.2", 2000))
+                await trio.sleep(0.002)
+
+        async def migrate() -> None:
+            await trio.sleep(0.3)
+            await w.fabric.detach(w.vms[mover], grace=grace)
+            await trio.sleep(transit)
+            await w.fabric.attach(w.vms[mover], w.spare[0])
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream)
+                nursery.start_soon(migrate)
+                for k in range(1100):
+                    assert await rx.recv() == b"%d" % k
+                    arrivals.append(trio.current_time())
+        pause = max(b - a for a, b in itertools.pairwise(arrivals))
+        assert transit <= pause < transit + 0.02
