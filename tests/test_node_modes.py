@@ -69,3 +69,52 @@ async def test_transparent_without_the_shim_is_a_typed_error(
     with pytest.raises(rdsx.ModeUnavailable):
         async with rdsx.open_node("127.0.0.1", None, mode="transparent"):  # type: ignore[arg-type]
             pass
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"),
+    [("reconnect", rdsx.RdmaStatus.REMOTE_ERROR), ("transparent", rdsx.RdmaStatus.SUCCESS)],
+)
+async def test_rdma_cookie_across_a_migration(
+    autojump_clock: trio.abc.Clock, mode: str, status: rdsx.RdmaStatus
+) -> None:
+    """Top-down: a cookie belongs to its device and goes stale; the shim keeps it valid."""
+    async with open_fabric(seed=5) as fabric, AsyncExitStack() as stack:
+        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
+        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
+        for vm, host in zip(vms, hosts, strict=False):
+            await fabric.attach(vm, host)
+        a, b = [
+            await stack.enter_async_context(
+                rdsx.open_node(vm.address, vm.devices, mode=mode, config=NodeConfig(seed=i))  # type: ignore[arg-type]
+            )
+            for i, vm in enumerate(vms)
+        ]
+        sa, sb = a.socket(), b.socket()
+        sa.bind(1000)
+        sb.bind(2000)
+        region = bytearray(100)
+        cookie = sb.get_mr(region)
+        await fabric.detach(vms[1], grace=1.0)
+        await fabric.attach(vms[1], hosts[2])
+        await sa.sendto(b"ping", ("127.0.0.2", 2000))  # the connection is back up
+        assert (await recv_n(sb, 1))[0][0] == b"ping"
+        await sa.sendto(
+            b"w",
+            ("127.0.0.2", 2000),
+            rdma=rdsx.RdmaArgs(cookie=cookie, local=bytearray(b"hello"), notify=True, token=1),
+        )
+        with trio.fail_after(20):
+            note = await sa.recv_notification()
+        assert note == rdsx.RdmaNotification(token=1, status=status)
+        assert (bytes(region[:5]) == b"hello") is (status is rdsx.RdmaStatus.SUCCESS)
+        if mode == "reconnect":
+            fresh = sb.get_mr(region)  # register again on the new device
+            await sa.sendto(
+                b"w2",
+                ("127.0.0.2", 2000),
+                rdma=rdsx.RdmaArgs(cookie=fresh, local=bytearray(b"again"), notify=True),
+            )
+            with trio.fail_after(20):
+                assert (await sa.recv_notification()).status is rdsx.RdmaStatus.SUCCESS
+            assert bytes(region[:5]) == b"again"
