@@ -94,6 +94,8 @@ _BAD_CASES = [
         "ok",
     ),
     ("READ past the end of the MR", Opcode.RDMA_READ, FULL_ACCESS, "past-end"),
+    ("WRITE to an MR of another PD", Opcode.RDMA_WRITE, FULL_ACCESS, "other-pd"),
+    ("READ from an MR of another PD", Opcode.RDMA_READ, FULL_ACCESS, "other-pd"),
 ]
 
 
@@ -105,7 +107,8 @@ async def check_rdma_access(harness: Harness, rng: random.Random) -> None:
         async with open_nodes(harness) as (a, b):
             ea, _eb = link(a, b)
             remote = bytearray(rng.randbytes(size))
-            mr = b.pd.reg_mr(remote, access)
+            pd = b.ctx.alloc_pd() if how == "other-pd" else b.pd
+            mr = pd.reg_mr(remote, access)
             remote_addr, rkey = mr.addr + rng.randrange(size - length), mr.rkey
             if how == "wrong-key":
                 live = {mr.rkey, b.mr.rkey}

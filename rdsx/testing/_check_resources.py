@@ -233,6 +233,16 @@ async def check_queue_full(harness: Harness, rng: random.Random) -> None:
         expect_wc(await take_one(ea.scq, "send into a freed slot"), "freed slot", wr_id=5)
 
 
+#: case -> what is wrong with the send's SGE
+_BAD_LOCAL = {
+    "beyond": "runs past the end of its MR",
+    "unknown": "names an unknown lkey",
+    "deregistered": "names a deregistered MR",
+    # "MRs and QPs of one PD may reference each other only"
+    "other-pd": "names an MR of another PD",
+}
+
+
 async def _bad_local_send(harness: Harness, rng: random.Random, case: str) -> None:
     async with open_nodes(harness) as (a, b):
         ea, eb = link(a, b)
@@ -246,12 +256,15 @@ async def _bad_local_send(harness: Harness, rng: random.Random, case: str) -> No
             while key in known:
                 key = (key + 1) & 0xFFFFFFFF
             sge = Sge(a.mr.addr, 16, key)
-        else:
+        elif case == "deregistered":
             stale = a.pd.reg_mr(bytearray(64), Access.LOCAL_WRITE)
             sge = Sge(stale.addr, 16, stale.lkey)
             stale.close()
+        else:
+            other = a.ctx.alloc_pd().reg_mr(bytearray(64), Access.LOCAL_WRITE)
+            sge = Sge(other.addr, 16, other.lkey)
         ea.qp.post_send(SendWR(2, Opcode.SEND, (sge,)))
-        rule = f"a send whose SGE is {case} the local MR"
+        rule = f"a send whose SGE {_BAD_LOCAL[case]}"
         expect_wc(await take_one(ea.scq, rule), rule, wr_id=2, status=WcStatus.LOC_PROT_ERR)
         await quiet([eb.rcq], f"{rule}: nothing may reach the peer")
         expect_state(ea.qp, QpState.ERR, f"{rule}: after an error completion")
@@ -259,8 +272,9 @@ async def _bad_local_send(harness: Harness, rng: random.Random, case: str) -> No
 
 @check("local-key-errors")
 async def check_local_keys(harness: Harness, rng: random.Random) -> None:
-    """An SGE outside its MR, an unknown or a deregistered lkey: LOC_PROT_ERR, nothing sent."""
-    for case in ("beyond", "unknown", "deregistered"):
+    """An SGE outside its MR, an unknown or deregistered lkey, an MR of another PD:
+    LOC_PROT_ERR, nothing sent."""
+    for case in _BAD_LOCAL:
         await _bad_local_send(harness, rng, case)
 
 
