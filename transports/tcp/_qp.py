@@ -106,6 +106,9 @@ _NAK_STATUS = {
     NakCode.REM_OP: WcStatus.REM_OP_ERR,
 }
 _WITH_IMM = frozenset({Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM})
+_RESPONDING = frozenset({S.RTR, S.RTS, S.SQD})
+_SUCCESS = WcStatus.SUCCESS
+_RECV = WcOpcode.RECV
 
 
 def _le(a: int, b: int) -> bool:
@@ -605,8 +608,29 @@ class TcpQP(_Handle, QP):
             self.device.counters.tcp_naks_tx += 1
             link.send(encode_nak(psn, code))
 
+    def _on_send(self, link: Link, frame: Send) -> None:
+        """The common case of :meth:`_respond`: the expected SEND, a receive posted."""
+        rq = self._rq
+        if frame.psn != self._epsn or not rq or self._state not in _RESPONDING:
+            self._respond(link, frame)
+            return
+        wr = rq[0]
+        try:
+            self._scatter(wr.sg_list, frame.payload, need_write=True)
+        except _LocalError:
+            self._respond(link, frame)  # the slow path reports it
+            return
+        rq.popleft()
+        self.recv_cq.push(
+            WorkCompletion(
+                wr.wr_id, _SUCCESS, _RECV, len(frame.payload), self.qp_num, frame.imm, ""
+            )
+        )
+        self._epsn = (self._epsn + 1) & PSN_MASK
+        self._ack_due = True
+
     def _respond(self, link: Link, frame: Send | Write | ReadReq) -> None:
-        if self._state not in (S.RTR, S.RTS, S.SQD):
+        if self._state not in _RESPONDING:
             return
         delta = (frame.psn - self._epsn) & PSN_MASK
         if delta:
@@ -685,7 +709,9 @@ class TcpQP(_Handle, QP):
         for frame in frames:
             if self._state is S.ERR or link is not self._link:
                 return
-            if isinstance(frame, Send | Write | ReadReq):
+            if type(frame) is Send:  # the hot path first
+                self._on_send(link, frame)
+            elif isinstance(frame, (Write, ReadReq)):
                 self._respond(link, frame)
             elif isinstance(frame, Ack):
                 self._on_ack(frame)
