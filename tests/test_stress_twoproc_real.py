@@ -1,0 +1,55 @@
+"""Two real rdsx-stress processes over the tcp transport on loopback (passive, then active)."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_processes_over_tcp(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(24).hex().encode())
+    control, devices = _free_port("127.0.0.2"), _free_port("127.0.0.1")
+    common = [
+        sys.executable,
+        "-m",
+        "bench.stress",
+        "--transport",
+        "tcp",
+        "-p",
+        str(control),
+        "--secret-file",
+        str(secret),
+        "--transport-port",
+        str(devices),
+    ]
+    passive = subprocess.Popen(
+        [*common, "-r", "127.0.0.2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wanted = ["-t", "2", "-d", "2", "-T", "1", "--connect-retries", "20"]
+        report = ["--json", str(tmp_path / "active.json")]
+        active = subprocess.run(
+            [*common, "-r", "127.0.0.1", "-s", "127.0.0.2", *wanted, *report],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        p_out, _ = passive.communicate(timeout=60)
+    finally:
+        passive.kill()
+    a_out = active.stdout
+    assert active.returncode == 0, a_out + active.stderr
+    assert passive.returncode == 0, p_out
+    assert f"waiting for incoming connection on 127.0.0.2:{control}" in p_out
+    for out in (a_out, p_out):
+        assert "  (average)" in out
+        assert ": 0 lost, 0 duplicated, 0 reordered, 0 errors" in out
+    assert (tmp_path / "active.json").exists()
