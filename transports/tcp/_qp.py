@@ -493,12 +493,21 @@ class TcpQP(_Handle, QP):
         """Complete outstanding WRs with PSN <= ``upto`` (stopping at unanswered READs)."""
         done = False
         outstanding = self._outstanding
-        while outstanding and _le(outstanding[0].psn, upto):
+        push = self.send_cq.push
+        all_signaled = self.sq_sig_all
+        qp_num = self.qp_num
+        while outstanding and ((upto - outstanding[0].psn) & PSN_MASK) < _HALF:
             head = outstanding[0]
-            if head.wr.opcode is Opcode.RDMA_READ:
+            wr = head.wr
+            if wr.opcode is Opcode.RDMA_READ:
                 break
             outstanding.popleft()
-            self._complete_send(head.wr, WcStatus.SUCCESS, head.length)
+            if wr.signaled or all_signaled:
+                push(
+                    WorkCompletion(
+                        wr.wr_id, _SUCCESS, _WC_OPCODE[wr.opcode], head.length, qp_num, None, ""
+                    )
+                )
             done = True
         return done
 
