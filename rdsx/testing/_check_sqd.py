@@ -143,3 +143,42 @@ async def check_sqd_then_err(harness: Harness, rng: random.Random) -> None:
         for i, wc in enumerate(await take(ea.scq, m, "sends queued in SQD, then ERR")):
             expect_wc(wc, "ERR flushes sends queued in SQD", wr_id=i, status=WcStatus.WR_FLUSH_ERR)
         await quiet([eb.rcq], "sends queued in SQD and flushed never arrive")
+
+
+@check("sqd-drain-rdma")
+async def check_sqd_drain_rdma(harness: Harness, rng: random.Random) -> None:
+    """RDMA WRITEs and READs in flight (several MTUs each) complete before SQ_DRAINED."""
+    async with open_nodes(harness) as (a, b):
+        ea, _eb = link(a, b)
+        mtu = a.port.active_mtu
+        n = rng.randrange(mtu + 1, 3 * mtu)
+        src, back = a.alloc(n), a.alloc(n)
+        wtarget, rsource = b.alloc(n), b.alloc(n)
+        written, remote = rng.randbytes(n), rng.randbytes(n)
+        a.put(src, written)
+        b.put(rsource, remote)
+        ea.qp.post_send(
+            [
+                SendWR(
+                    1,
+                    Opcode.RDMA_WRITE,
+                    (a.sge(src, n),),
+                    remote_addr=b.mr.addr + wtarget,
+                    rkey=b.mr.rkey,
+                ),
+                SendWR(
+                    2,
+                    Opcode.RDMA_READ,
+                    (a.sge(back, n),),
+                    remote_addr=b.mr.addr + rsource,
+                    rkey=b.mr.rkey,
+                ),
+            ]
+        )
+        ea.qp.modify(QpAttr(state=S.SQD, en_sqd_async_notify=True))
+        await _drained(ea, "SQD with an RDMA WRITE and READ in flight")
+        done = ea.scq.poll()
+        if [(wc.wr_id, wc.status) for wc in done] != [(1, WcStatus.SUCCESS), (2, WcStatus.SUCCESS)]:
+            raise AssertionError(f"SQ_DRAINED before the RDMA in flight completed: CQ had {done}")
+        if a.get(back, n) != remote or b.get(wtarget, n) != written:
+            raise AssertionError("RDMA data in flight across SQD is corrupt")
