@@ -111,11 +111,6 @@ _SUCCESS = WcStatus.SUCCESS
 _RECV = WcOpcode.RECV
 
 
-def _le(a: int, b: int) -> bool:
-    """``a <= b`` in 24-bit PSN space (within half the space behind ``b``)."""
-    return ((b - a) & PSN_MASK) < _HALF
-
-
 @attrs.define(slots=True)
 class _Inflight:
     """A transmitted request waiting for its acknowledgement."""
@@ -496,6 +491,7 @@ class TcpQP(_Handle, QP):
         push = self.send_cq.push
         all_signaled = self.sq_sig_all
         qp_num = self.qp_num
+        # PSN arithmetic mod 2**24: "psn <= upto" is "upto - psn lands in the half behind".
         while outstanding and ((upto - outstanding[0].psn) & PSN_MASK) < _HALF:
             head = outstanding[0]
             wr = head.wr
