@@ -114,6 +114,7 @@ class Dreq:
     comm_id: int
     src_lid: int
     src_guid: int
+    src_qpn: int
 
 
 @attrs.frozen(slots=True)
@@ -149,14 +150,19 @@ class CmAgent:
         self._waiting: dict[int, _Waiter] = {}
         self._requests: dict[tuple[int, int], SimCmRequest] = {}
         self._next_port = 20000
+        self._attempts: dict[int, int] = {}
 
     # ------------------------------------------------------------------ wire
 
-    def send(self, dlid: int, dguid: int, msg: object) -> None:
-        """Send one CM message to the device with vGUID ``dguid`` at ``dlid``."""
+    def send(self, dlid: int, dguid: int, msg: object, qpn: int = 1, dqpn: int = 1) -> None:
+        """Send one CM message to the device with vGUID ``dguid`` at ``dlid``.
+
+        ``qpn``/``dqpn`` name the QPs the exchange is about (the packet still goes
+        to the GSI agent); they label the packet in traces and order it.
+        """
         if self.device.removed:
             return
-        packet = Packet(Kind.CM, self.device.function.lid, dlid, 1, 1, 0, MAD)
+        packet = Packet(Kind.CM, self.device.function.lid, dlid, qpn, dqpn, 0, MAD)
         packet.dguid = dguid
         packet.msg = msg
         self.fabric.send_packet(packet)
@@ -170,15 +176,16 @@ class CmAgent:
             cm_id = self.ids.get(msg.remote_comm_id)
             if cm_id is not None:
                 # Our RTU was lost and the passive side resent its REP.
-                self.send(msg.src_lid, msg.src_guid, Rtu(msg.comm_id))
+                self.send(msg.src_lid, msg.src_guid, Rtu(msg.comm_id), cm_id.qp.qp_num, msg.src_qpn)
             elif (waiter := self._waiting.get(msg.remote_comm_id)) is not None:
                 waiter.set(msg)
         elif isinstance(msg, Rej | Rtu):
             if (waiter := self._waiting.get(msg.comm_id)) is not None:
                 waiter.set(msg)
         elif isinstance(msg, Dreq):
-            self.send(msg.src_lid, msg.src_guid, Drep(msg.comm_id))
             cm_id = self.ids.get(msg.comm_id)
+            qpn = cm_id.qp.qp_num if cm_id is not None else 1
+            self.send(msg.src_lid, msg.src_guid, Drep(msg.comm_id), qpn, msg.src_qpn)
             if cm_id is not None:
                 cm_id.disconnected()
 
@@ -187,11 +194,13 @@ class CmAgent:
         request = self._requests.get(key)
         if request is not None:
             if request.reply is not None:
-                self.send(req.src_lid, req.src_guid, request.reply)
+                self.send(req.src_lid, req.src_guid, request.reply, request.qpn, req.src_qpn)
             return
         listener = self.listeners.get(req.port)
         if listener is None or len(listener.queue) >= listener.backlog:
-            self.send(req.src_lid, req.src_guid, Rej(req.comm_id, listener is None, b""))
+            self.send(
+                req.src_lid, req.src_guid, Rej(req.comm_id, listener is None, b""), 1, req.src_qpn
+            )
             return
         request = SimCmRequest(self, listener.ctx, req)
         self._requests[key] = request
@@ -234,8 +243,7 @@ class CmAgent:
             raise Unreachable(f"no device answers for {address}")
         path = self.fabric.path_to(self.device.function.host, target.lid, target.guid)
         qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
-        comm_id = self.fabric.next_comm_id()
-        start_psn = self.fabric.random.randrange(1 << 24)
+        comm_id, start_psn = self.new_exchange(qp.qp_num)
         req = Req(
             comm_id,
             self.device.function.lid,
@@ -246,14 +254,14 @@ class CmAgent:
             self.device.address,
             bytes(private_data),
         )
-        answer = await self._exchange(comm_id, path.dlid, path.dguid, req, timeout)
+        answer = await self._exchange(comm_id, path.dlid, path.dguid, req, timeout, qp.qp_num, 1)
         if isinstance(answer, Rej):
             if answer.no_listener:
                 raise Unreachable(f"nothing listens on {address}:{port}")
             raise ConnectionRejected(f"{address}:{port} rejected", answer.private_data)
         assert isinstance(answer, Rep)
         _to_rts(qp, answer.src_lid, answer.src_qpn, answer.start_psn, start_psn)
-        self.send(answer.src_lid, answer.src_guid, Rtu(answer.comm_id))
+        self.send(answer.src_lid, answer.src_guid, Rtu(answer.comm_id), qp.qp_num, answer.src_qpn)
         cm_id = SimCmId(
             self,
             ctx,
@@ -267,14 +275,34 @@ class CmAgent:
         )
         return cm_id
 
+    def new_exchange(self, qpn: int) -> tuple[int, int]:
+        """A comm id and a start PSN for a new exchange about QP ``qpn``.
+
+        Both derive from (seed, LID, QPN, attempt) rather than a shared counter or
+        RNG, so they do not depend on the order trio runs concurrent connects in.
+        """
+        attempt = self._attempts.get(qpn, 0) + 1
+        self._attempts[qpn] = attempt
+        lid = self.device.function.lid
+        comm_id = (lid << 32) | (qpn << 8) | (attempt & 0xFF)
+        mix = self.fabric.seed * 0x9E3779B1 + lid * 0x85EBCA6B + qpn * 0xC2B2AE35 + attempt
+        return comm_id, (mix ^ (mix >> 15)) & 0xFFFFFF
+
     async def _exchange(
-        self, comm_id: int, dlid: int, dguid: int, msg: object, timeout: float
+        self,
+        comm_id: int,
+        dlid: int,
+        dguid: int,
+        msg: object,
+        timeout: float,
+        qpn: int,
+        dqpn: int,
     ) -> object:
         waiter = self._waiting[comm_id] = _Waiter()
         deadline = trio.current_time() + timeout
         try:
             while True:
-                self.send(dlid, dguid, msg)
+                self.send(dlid, dguid, msg, qpn, dqpn)
                 with trio.move_on_at(min(deadline, trio.current_time() + CM_RETRY)):
                     await waiter.event.wait()
                 if isinstance(waiter.answer, DeviceRemoved):
@@ -394,6 +422,8 @@ class SimCmRequest(CmRequest):
         self.private_data = req.private_data
         self.source = req.source
         self.reply: Rep | Rej | None = None
+        #: The accepting QP's number (1 until accepted).
+        self.qpn = 1
 
     async def accept(self, qp: QP, private_data: bytes = b"") -> SimCmId:
         """Accept with ``qp``; returns once the active side's RTU arrived.
@@ -415,10 +445,10 @@ class SimCmRequest(CmRequest):
         if len(private_data) > REP_PRIVATE_DATA:
             raise InvalidArgument(f"private data is limited to {REP_PRIVATE_DATA} bytes")
         agent, req = self.agent, self.req
-        start_psn = agent.fabric.random.randrange(1 << 24)
+        comm_id, start_psn = agent.new_exchange(qp.qp_num)
         qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
         _to_rts(qp, req.src_lid, req.src_qpn, req.start_psn, start_psn)
-        comm_id = agent.fabric.next_comm_id()
+        self.qpn = qp.qp_num
         self.reply = Rep(
             comm_id,
             req.comm_id,
@@ -440,7 +470,15 @@ class SimCmRequest(CmRequest):
             req.source,
         )
         try:
-            await agent._exchange(comm_id, req.src_lid, req.src_guid, self.reply, ACCEPT_TIMEOUT)
+            await agent._exchange(
+                comm_id,
+                req.src_lid,
+                req.src_guid,
+                self.reply,
+                ACCEPT_TIMEOUT,
+                qp.qp_num,
+                req.src_qpn,
+            )
         except BaseException:
             cm_id.close()
             raise
@@ -460,7 +498,7 @@ class SimCmRequest(CmRequest):
         if len(private_data) > REJ_PRIVATE_DATA:
             raise InvalidArgument(f"private data is limited to {REJ_PRIVATE_DATA} bytes")
         self.reply = Rej(self.req.comm_id, False, bytes(private_data))
-        self.agent.send(self.req.src_lid, self.req.src_guid, self.reply)
+        self.agent.send(self.req.src_lid, self.req.src_guid, self.reply, 1, self.req.src_qpn)
 
 
 class SimCmId(CmId):
@@ -550,7 +588,14 @@ class SimCmId(CmId):
             self.agent.send(
                 self.peer_lid,
                 self.peer_guid,
-                Dreq(self.remote_comm_id, self.agent.device.function.lid, self.agent.device.guid),
+                Dreq(
+                    self.remote_comm_id,
+                    self.agent.device.function.lid,
+                    self.agent.device.guid,
+                    self.qp.qp_num,
+                ),
+                self.qp.qp_num,
+                self.qp.dest_qpn,
             )
         self.disconnected()
 

@@ -123,7 +123,7 @@ class Fabric:
         self.sm = SubnetManager(switches, self._route)
         self.hosts: dict[str, Host] = {}
         self.vms: dict[str, Vm] = {}
-        self.trace: list[TraceRecord] = []
+        self._trace: list[tuple[tuple[float, int, str], int, TraceRecord]] = []
         self.tracing = trace
         self._policy: RoutePolicy = self.deliver_packet
         self._default_route = True
@@ -133,13 +133,13 @@ class Fabric:
         self._immediate: deque[Any] = deque()
         self._draining = False
         self._ready: set[RcQp] = set()
+        self._outbox: list[Packet] = []
         self._realtime = False
         self._slack = 0.0
         self._now = 0.0
         self._lot = trio.lowlevel.ParkingLot()
         self._wake_at = -math.inf
         self._next_guid = 0x0002_C903_0000_0001
-        self._comm_id = 0
         #: ``trio.current_time()`` when the fabric opened; trace times count from it.
         self.epoch = 0.0
         self._sent = self._delivered = self._dropped = self._bytes = 0
@@ -223,11 +223,6 @@ class Fabric:
                 return vm
         return None
 
-    def next_comm_id(self) -> int:
-        """A fresh CM communication id."""
-        self._comm_id += 1
-        return self._comm_id
-
     def endpoint(self, lid: int) -> Endpoint | None:
         """What ``lid`` leads to now, if anything."""
         return self._endpoints.get(lid)
@@ -297,7 +292,15 @@ class Fabric:
         return self._realtime and self._default_route and not self.tracing
 
     def send_packet(self, packet: Packet) -> None:
-        """Put ``packet`` on the wire: hand it to :attr:`route_packet`."""
+        """Put ``packet`` on the wire: hand it to :attr:`route_packet`.
+
+        Under the virtual clock a packet sent from a task (not from the pump) waits
+        in an outbox until every task is blocked, then goes out in a stable order.
+        """
+        if not self._draining and not self._realtime:
+            self._outbox.append(packet)
+            self._kick()
+            return
         self._sent += 1
         self._policy(packet)
 
@@ -377,10 +380,19 @@ class Fabric:
 
     def record(self, event: str, subject: str, detail: str = "") -> None:
         """Append to :attr:`trace` (if tracing)."""
-        if self.tracing:
-            self.trace.append(
-                TraceRecord(round(trio.current_time() - self.epoch, 10), event, subject, detail)
-            )
+        if not self.tracing:
+            return
+        time = round(trio.current_time() - self.epoch, 10)
+        # Records made by tasks (not the pump) sort after the pump's at the same
+        # instant and by subject, since trio runs the tasks of an instant in a
+        # random order; each subject's own records keep their order.
+        key = (time, 0, "") if self._draining else (time, 1, subject)
+        self._trace.append((key, len(self._trace), TraceRecord(time, event, subject, detail)))
+
+    @property
+    def trace(self) -> list[TraceRecord]:
+        """Every traced event so far, in a canonical order (one seed, one trace)."""
+        return [record for _, _, record in sorted(self._trace)]
 
     def _schedule(self, due: float, item: Any, now: float) -> None:
         if self._realtime and due - now < self._slack:
@@ -465,25 +477,39 @@ class Fabric:
             finally:
                 self._draining = False
             return
-        if not self._ready:
+        self._ready.add(qp)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._wake_at > -math.inf:
             self._wake_at = -math.inf
             self._lot.unpark_all()
-        self._ready.add(qp)
 
     def _transmit_ready(self) -> None:
+        # Work that tasks started: QPs by (LID, QPN), then packets (CM) by their
+        # addresses, so the order does not depend on which task trio ran first.
         ready = sorted(self._ready, key=lambda qp: qp.sort_key)
         self._ready.clear()
         for qp in ready:
             qp.transmit()
+        if self._outbox:
+            outbox = sorted(self._outbox, key=_packet_order)
+            self._outbox.clear()
+            for packet in outbox:
+                self._sent += 1
+                self._policy(packet)
 
     async def _pump(self) -> None:
         heap = self._heap
         while True:
+            if (self._ready or self._outbox) and not self._realtime:
+                # Let every task that can run at this instant post its work first.
+                await trio.testing.wait_all_tasks_blocked()
             now = self._now = trio.current_time()
             limit = now + self._slack
             self._draining = True
             try:
-                if self._ready:
+                if self._ready or self._outbox:
                     self._transmit_ready()
                 while heap and heap[0][0] <= limit:
                     self._fire(heapq.heappop(heap)[2])
@@ -493,7 +519,7 @@ class Fabric:
                         self._transmit_ready()
             finally:
                 self._draining = False
-            if self._ready or (heap and heap[0][0] <= now):
+            if self._ready or self._outbox or (heap and heap[0][0] <= now):
                 await trio.lowlevel.checkpoint()
                 continue
             self._wake_at = heap[0][0] if heap else math.inf
@@ -504,6 +530,18 @@ class Fabric:
     def _close(self) -> None:
         for vm in self.vms.values():
             vm.devices.close()
+
+
+def _packet_order(packet: Packet) -> tuple[int, int, int, int, int, int, str]:
+    return (
+        packet.src_lid,
+        packet.src_qpn,
+        packet.dst_lid,
+        packet.dst_qpn,
+        packet.kind,
+        packet.psn,
+        type(packet.msg).__name__,
+    )
 
 
 @asynccontextmanager
