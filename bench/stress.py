@@ -7,8 +7,7 @@ With ``--rate N`` the loop is open instead: each task sends N requests per
 second round-robin over the peer tasks, whatever is outstanding (virtual-time
 runs need this, since a closed loop in virtual time never lets time pass).
 
-Each task has one reader (never blocks on sends, so a full peer cannot
-deadlock it) and one writer (acks first, then requests). Every message is
+Each task (:mod:`bench.task`) has one reader and one writer; every message is
 checked by the task's :class:`~bench.verify.TaskLedger`. After ``-T`` seconds
 the tasks stop starting requests and the run drains: it waits, at most
 ``--drain-timeout``, until every request has its ack; what never arrived is
@@ -22,7 +21,6 @@ rds-stress's active side does.
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import secrets
@@ -35,9 +33,8 @@ import attrs
 import trio
 import trio.testing
 
-from rdsx.errors import RdsError, WouldBlock
+from rdsx.errors import RdsError
 
-from .header import Op, payload
 from .options import Options, parse_args
 from .report import (
     HEADER,
@@ -51,7 +48,8 @@ from .report import (
     format_summary,
     make_row,
 )
-from .verify import LedgerSnapshot, LedgerView, Tally, TaskLedger, reconcile
+from .task import Printer, Quiet, StressNode, StressSocket, Task, make_tasks
+from .verify import LedgerSnapshot, LedgerView, Tally, reconcile
 
 __all__ = [
     "Outcome",
@@ -64,259 +62,9 @@ __all__ = [
     "run_stress",
 ]
 
-Address = tuple[str, int]
-
-
-class StressSocket(Protocol):
-    """The part of :class:`rdsx.socket.Socket` rdsx-stress uses."""
-
-    def bind(self, port: int = 0) -> int: ...
-
-    async def sendto(self, data: bytes, dest: Address, *, rdma: Any = None) -> int: ...
-
-    def sendto_nowait(self, data: bytes, dest: Address, *, rdma: Any = None) -> int: ...
-
-    async def recvfrom(self) -> tuple[bytes, Address]: ...
-
-    def close(self) -> None: ...
-
-    def get_mr(self, buffer: bytearray, *, readwrite: bool = True) -> int: ...
-
-    def free_mr(self, cookie: int) -> None: ...
-
-    async def recv_notification(self) -> Any: ...
-
-
-class StressNode(Protocol):
-    """The part of a rdsx node rdsx-stress uses."""
-
-    def socket(self, *, sndbuf: int, rcvbuf: int) -> Any: ...
-
-
 #: An optional experiment run beside the traffic (e.g. a device removal); it
 #: gets the run's start time and returns what it wants recorded in the JSON.
 Experiment = Callable[[float], Awaitable[dict[str, Any]]]
-
-
-class _Printer:
-    """Where rows and mismatch tables go; caps the number of tables."""
-
-    def __init__(self, out: TextIO, max_reports: int) -> None:
-        self.out = out
-        self.max_reports = max_reports
-        self.reports = 0
-
-    def line(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def report(self, text: str) -> None:
-        self.reports += 1
-        if self.reports <= self.max_reports:
-            self.out.write(text)
-        elif self.reports == self.max_reports + 1:
-            self.out.write("(further mismatch reports suppressed)\n")
-        self.out.flush()
-
-
-class _Quiet:
-    """Wakes the drain waiter whenever some task's outstanding count drops."""
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-
-    def poke(self) -> None:
-        self.event.set()
-
-
-class _Task:
-    """One rds-stress task: a bound socket, a reader and a writer."""
-
-    def __init__(
-        self,
-        sock: StressSocket,
-        ledger: TaskLedger,
-        opts: Options,
-        printer: _Printer,
-        quiet: _Quiet,
-        peer_addr: str,
-    ) -> None:
-        self.sock = sock
-        self.ledger = ledger
-        self.opts = opts
-        self.printer = printer
-        self.quiet = quiet
-        self.peer_addr = peer_addr
-        self.counters = Counters()
-        self.histogram = RttHistogram()
-        self.rtts: list[float] = []
-        self.send_errors = 0
-        self.sending = True
-        self.credits = [opts.depth] * opts.tasks
-        self.acks: collections.deque[tuple[int, int, int]] = collections.deque()
-        #: -D: (peer, request seq) -> (the region the acker writes, its cookie).
-        self.regions: dict[tuple[int, int], tuple[bytearray, int]] = {}
-        self.wake = trio.Event()
-        self.next_peer = 0
-        self.last_rx: float | None = None
-        self.max_gap = 0.0
-        self.measure_gaps = True
-
-    def stop_sending(self) -> None:
-        self.sending = False
-        self.measure_gaps = False
-        self.wake.set()
-
-    async def _send(self, op: Op, peer: int, data: bytes, rdma: Any = None) -> bool:
-        dest = (self.peer_addr, self.ledger.peer_port(peer))
-        extra = {} if rdma is None else {"rdma": rdma}
-        t0 = time.perf_counter()
-        try:
-            try:
-                self.sock.sendto_nowait(data, dest, **extra)
-            except WouldBlock:
-                await self.sock.sendto(data, dest, **extra)
-        except RdsError as exc:
-            self.ledger.rollback(op, peer)
-            self.send_errors += 1
-            self.printer.report(f"send to {dest[0]}:{dest[1]} failed: {exc!r}\n")
-            return False
-        c = self.counters
-        c.send_calls += 1
-        c.send_usecs += (time.perf_counter() - t0) * 1e6
-        if op is Op.REQUEST:
-            c.req_tx += 1
-            c.req_tx_bytes += len(data)
-        else:
-            c.ack_tx += 1
-            c.ack_tx_bytes += len(data)
-            if rdma is not None:
-                c.rdma_out_bytes += len(rdma.local)
-        return True
-
-    async def _request(self, peer: int, now: float) -> bool:
-        """Send the next request to ``peer``; with -D, with a fresh region for its RDMA."""
-        if not self.opts.rdma_bytes:
-            return await self._send(Op.REQUEST, peer, self.ledger.make_request(peer, now))
-        region = bytearray(self.opts.rdma_bytes)
-        cookie = self.sock.get_mr(region, readwrite=True)
-        data = self.ledger.make_request(peer, now, cookie)
-        seq = self.ledger.sent[(Op.REQUEST, peer)] - 1
-        if not await self._send(Op.REQUEST, peer, data):
-            self.sock.free_mr(cookie)
-            return False
-        self.regions[(peer, seq)] = (region, cookie)
-        return True
-
-    async def _ack(self, peer: int, ack_of: int, cookie: int) -> None:
-        """Ack request ``ack_of``; with a cookie, RDMA-write the stamped pattern first."""
-        data = self.ledger.make_ack(peer, ack_of)
-        if not cookie:
-            await self._send(Op.ACK, peer, data)
-            return
-        from rdsx import RdmaArgs
-
-        local = bytearray(_rdma_pattern(ack_of, self.opts.rdma_bytes))
-        await self._send(Op.ACK, peer, data, RdmaArgs(cookie=cookie, local=local, write=True))
-
-    def _rdma_done(self, peer: int, ack_of: int) -> None:
-        """The ack of request ``ack_of`` arrived: its region must hold the stamped pattern."""
-        region = self.regions.pop((peer, ack_of), None)
-        if region is None:
-            return
-        buf, cookie = region
-        self.sock.free_mr(cookie)
-        if bytes(buf) != _rdma_pattern(ack_of, len(buf)):
-            self.ledger.errors += 1
-            self.printer.report(
-                f"RDMA data for request {ack_of} to task {peer} did not arrive before its ack\n"
-            )
-            return
-        self.counters.rdma_in_bytes += len(buf)
-
-    async def notifications(self) -> None:
-        """-D: count every failed RDMA operation (failures are always notified)."""
-        from rdsx import RdmaStatus
-
-        while True:
-            note = await self.sock.recv_notification()
-            if note.status != RdmaStatus.SUCCESS:
-                self.ledger.errors += 1
-                self.printer.report(f"RDMA operation failed: {note.status.name}\n")
-
-    def _pick_peer(self) -> int | None:
-        """Round-robin over the peers that still have credit (closed loop)."""
-        n = self.opts.tasks
-        for k in range(n):
-            peer = (self.next_peer + k) % n
-            if self.credits[peer] > 0:
-                self.next_peer = (peer + 1) % n
-                return peer
-        return None
-
-    async def writer(self, start: float) -> None:
-        rate = self.opts.rate
-        interval = 1.0 / rate if rate else 0.0
-        # Stagger the open-loop tasks so they do not all send at the same instant.
-        due = start + interval * self.ledger.index / self.opts.tasks
-        while True:
-            if self.acks:
-                await self._ack(*self.acks.popleft())
-                continue
-            now = trio.current_time()
-            if self.sending and rate is None:
-                target = self._pick_peer()
-                if target is not None:
-                    self.credits[target] -= 1
-                    if not await self._request(target, now):
-                        self.credits[target] += 1
-                    continue
-            elif self.sending and now >= due:
-                peer = self.next_peer
-                self.next_peer = (peer + 1) % self.opts.tasks
-                await self._request(peer, now)
-                # Falling behind (a blocked send) skips ticks rather than bursting.
-                due = max(due + interval, trio.current_time())
-                continue
-            self.wake = trio.Event()
-            if self.sending and rate:
-                with trio.move_on_at(due):
-                    await self.wake.wait()
-            else:
-                await self.wake.wait()
-
-    async def reader(self) -> None:
-        c = self.counters
-        while True:
-            data, source = await self.sock.recvfrom()
-            now = trio.current_time()
-            if self.measure_gaps and self.last_rx is not None:
-                self.max_gap = max(self.max_gap, now - self.last_rx)
-            self.last_rx = now
-            verdict = self.ledger.receive(data, source, now)
-            if verdict.report:
-                self.printer.report(verdict.report)
-            if not verdict.deliver or verdict.peer is None:
-                continue
-            if verdict.op is Op.REQUEST:
-                c.req_rx += 1
-                c.req_rx_bytes += len(data)
-                self.acks.append((verdict.peer, verdict.seq, verdict.cookie))
-            else:
-                c.ack_rx += 1
-                c.ack_rx_bytes += len(data)
-                if self.regions:
-                    self._rdma_done(verdict.peer, verdict.ack_of)
-                if verdict.rtt is not None:
-                    us = verdict.rtt * 1e6
-                    c.rtt_count += 1
-                    c.rtt_usecs += us
-                    self.rtts.append(us)
-                    self.histogram.add(us)
-                if self.opts.rate is None:
-                    self.credits[verdict.peer] += 1
-                self.quiet.poke()
-            self.wake.set()
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -339,32 +87,6 @@ class Outcome:
     def exit_status(self) -> int:
         """0 when every message arrived exactly once and in order, else 1."""
         return 0 if self.tally.ok else 1
-
-
-def _make_tasks(
-    node: StressNode,
-    local: str,
-    peer: str,
-    opts: Options,
-    printer: _Printer,
-    quiet: _Quiet,
-) -> list[_Task]:
-    tasks = []
-    for i in range(opts.tasks):
-        sock = node.socket(sndbuf=opts.sockbuf, rcvbuf=opts.sockbuf)
-        sock.bind(opts.port + 1 + i)
-        ledger = TaskLedger(
-            local_addr=local,
-            index=i,
-            peer_addr=peer,
-            base_port=opts.port,
-            tasks=opts.tasks,
-            req_bytes=opts.req_bytes,
-            ack_bytes=opts.ack_bytes,
-            verify_payload=opts.verify_payload,
-        )
-        tasks.append(_Task(sock, ledger, opts, printer, quiet, peer))
-    return tasks
 
 
 class Remote(Protocol):
@@ -437,9 +159,9 @@ async def run_sides(
         remote: in a two-process run, the peer side's control connection.
     """
     out = out if out is not None else sys.stdout
-    printer = _Printer(out, opts.max_reports)
-    quiet = _Quiet()
-    per_side = [_make_tasks(node, local, peer, opts, printer, quiet) for node, local, peer in sides]
+    printer = Printer(out, opts.max_reports)
+    quiet = Quiet()
+    per_side = [make_tasks(node, local, peer, opts, printer, quiet) for node, local, peer in sides]
     mine, theirs = per_side[0], [t for side in per_side[1:] for t in side]
     everyone = mine + theirs
     rows: list[tuple[float, Row]] = []
@@ -530,15 +252,10 @@ def _node_counters(sides: Sequence[Side]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _rdma_pattern(seq: int, length: int) -> bytes:
-    """What the acker writes into a request's region: its sequence, then the pattern."""
-    return (seq.to_bytes(8, "big") + payload(max(length - 8, 0)))[:length]
-
-
 _Stamp = tuple[float, Counters, float, float, Counters]
 
 
-def _stamp(tasks: Sequence[_Task], others: Sequence[_Task]) -> _Stamp:
+def _stamp(tasks: Sequence[Task], others: Sequence[Task]) -> _Stamp:
     """(trio time, shown tasks' counters, process CPU s, wall s, other tasks' counters) now."""
     return (
         trio.current_time(),
@@ -564,9 +281,9 @@ async def _cancel_on_sigint(scope: trio.CancelScope) -> None:
 
 async def _report_seconds(
     opts: Options,
-    tasks: Sequence[_Task],
-    others: Sequence[_Task],
-    printer: _Printer,
+    tasks: Sequence[Task],
+    others: Sequence[Task],
+    printer: Printer,
     rows: list[tuple[float, Row]],
     start: float,
     marks: list[_Stamp],
@@ -610,7 +327,7 @@ def _summary_row(opts: Options, first: _Stamp, last: _Stamp, shown: bool = True)
     return make_row(delta, elapsed, opts.tasks, _cpu(opts, first, last))
 
 
-async def _drain(tasks: Sequence[_Task], quiet: _Quiet, timeout: float) -> bool:
+async def _drain(tasks: Sequence[Task], quiet: Quiet, timeout: float) -> bool:
     """Wait until no request is outstanding anywhere; False if ``timeout`` ran out."""
     with trio.move_on_after(timeout):
         while any(t.ledger.outstanding_count() for t in tasks):
