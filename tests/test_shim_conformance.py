@@ -107,21 +107,7 @@ class TcpShimHarness(Harness):
 NAMES = [name for name in CHECKS if name not in HIDDEN_BY_DESIGN]
 
 
-#: Gaps of the sim underneath (see SIM_GAPS in tests/test_conformance_sim.py), strict.
-SIM_GAPS = {
-    "imm-data-range": "sim: post_send accepts imm_data outside 32 bits and delivers it",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SIM_GAPS[n]))
-        if n in SIM_GAPS
-        else n
-        for n in NAMES
-    ],
-)
+@pytest.mark.parametrize("name", NAMES)
 async def test_shim_conforms_on_sim(name: str, autojump_clock: trio.abc.Clock) -> None:
     await CHECKS[name](ShimHarness(), check_rng(0, name))
 

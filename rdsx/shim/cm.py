@@ -103,7 +103,7 @@ class VirtualCmId(CmId):
         if peer is not None and session is not None and not session.removal.is_set():
             # Tell the peer's shim first, so it passes the DISCONNECTED up
             # instead of waiting for us to come back.
-            await session.call(
+            await session.control.call(
                 peer.address,
                 Close(src_vqpn=qp.qp_num, dst_vqpn=peer.vqpn),
                 timeout=session.core.config.connect_timeout,

@@ -138,7 +138,7 @@ class Core:
             return  # pushed with the whole map when the next device reconnects
         peers = {qp.peer.address for qp in self.all_qps() if qp.peer is not None}
         for address in sorted(peers):
-            session.spawn(session.push_pairs, address, [virtual, physical])
+            session.spawn(session.control.push_pairs, address, [virtual, physical])
 
     def key_pairs(self) -> list[int]:
         """Our remote keys whose physical value differs from the virtual one, flattened."""

@@ -262,7 +262,8 @@ class VirtualQP(QP):
             InvalidState: the QP is in RESET, INIT or RTR.
             QueueFull: more than ``max_send_wr`` outstanding (held ones count).
             InvalidArgument: too many SGEs, a message over ``max_msg_sz``, a
-                negative length, a ``*_WITH_IMM`` without ``imm_data``.
+                negative length, a ``*_WITH_IMM`` without ``imm_data``, an
+                ``imm_data`` outside 32 bits.
         """
         self._check_open()
         batch = [wrs] if isinstance(wrs, SendWR) else list(wrs)
@@ -281,6 +282,9 @@ class VirtualQP(QP):
                 wr.imm_data is None
             ):
                 raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
+            if wr.imm_data is not None and not 0 <= wr.imm_data < 1 << 32:
+                # Checked here, not left to the device: a held WR meets no device.
+                raise InvalidArgument(f"imm_data {wr.imm_data} does not fit 32 bits")
         if len(self._sends) + len(batch) > self._cap.max_send_wr:
             raise QueueFull(f"more than {self._cap.max_send_wr} sends outstanding")
         if state is S.ERR and (self._phys is None or self.failure is not None):

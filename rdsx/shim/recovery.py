@@ -49,18 +49,12 @@ from ..verbs import (
     AsyncEventType,
     CmEventType,
     CmId,
-    CmListener,
-    CmRequest,
     Context,
     Device,
-    QpCap,
     WorkCompletion,
 )
+from .control import ControlPlane
 from .protocol import (
-    KEYMAP_CHUNK,
-    Ack,
-    Close,
-    KeyMap,
     Message,
     Reconnect,
     Refused,
@@ -96,13 +90,12 @@ class Session:
         self.released = False
         self.closed = False
         self.ctrl: Context | None = None
-        self._ctrl_pd: PD | None = None
-        self._ctrl_cq: CQ | None = None
+        self.ctrl_pd: PD | None = None
+        self.ctrl_cq: CQ | None = None
         self._wr_ids = itertools.count(1)
         self._wrs: dict[int, tuple[VirtualQP, _Entry]] = {}
         self._qps: dict[int, VirtualQP] = {}
-        self._key_locks: dict[str, trio.Lock] = {}
-        self._keys_pushed: set[str] = set()
+        self.control = ControlPlane(self)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -237,160 +230,6 @@ class Session:
             if qp.cm_id is not None:
                 qp.cm_id.push_event(event)
 
-    # ------------------------------------------------------------------ control plane
-
-    async def call(self, address: str, message: Message, timeout: float) -> Message | None:
-        """One control RPC: a connect request the peer's shim answers with a reject.
-
-        Returns:
-            The peer's answer, or ``None`` if it could not be reached.
-        """
-        assert self.ctrl is not None and self._ctrl_pd is not None and self._ctrl_cq is not None
-        try:
-            qp = self._ctrl_pd.create_qp(self._ctrl_cq, self._ctrl_cq, QpCap(1, 1, 1, 1))
-        except DeviceRemoved:
-            self.report_removal(None)
-            return None
-        try:
-            cm = await self.ctrl.cm_connect(
-                qp, address, self.core.config.control_port, encode(message), timeout=timeout
-            )
-        except ConnectionRejected as exc:
-            try:
-                return decode(exc.private_data)[0]
-            except RemoteProtocolError:
-                return None
-        except (Unreachable, ConnectTimeout):
-            return None
-        except DeviceRemoved:
-            self.report_removal(None)
-            return None
-        else:
-            cm.close()
-            return None
-        finally:
-            with contextlib.suppress(VerbsError):
-                qp.close()
-
-    async def serve_control(self, listener: CmListener) -> None:
-        """Answer peers' SUSPEND and RECONNECT requests on the control port."""
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    request = await listener.get_request()
-                except VerbsError:
-                    return
-                self.spawn(self._serve_one, request, nursery=nursery)
-
-    def _find(self, vqpn: int, source: str, src_vqpn: int) -> VirtualQP | None:
-        qp = self.core.qpns.lookup(vqpn)
-        if qp is None or qp.failure is not None or qp.peer is None:
-            return None
-        if qp.peer.address != source or qp.peer.vqpn != src_vqpn:
-            return None
-        return qp
-
-    async def _serve_one(self, request: CmRequest) -> None:
-        self.core.recorder.control_requests += 1
-        try:
-            message, _ = decode(request.private_data)
-        except RemoteProtocolError:
-            message = None
-        try:
-            if isinstance(message, Suspend):
-                await self._on_suspend(request, message)
-            elif isinstance(message, Reconnect):
-                await self._on_reconnect(request, message)
-            elif isinstance(message, Close):
-                qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
-                if qp is not None:
-                    qp.peer = None  # its DISCONNECTED is the end, not a loss
-                await request.reject(encode(Ack()))
-            elif isinstance(message, KeyMap):
-                self._on_keymap(request.source, message)
-                await request.reject(encode(Ack()))
-            else:
-                await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
-        except VerbsError as exc:
-            log.info("control request from %s failed: %s", request.source, exc)
-
-    async def _on_suspend(self, request: CmRequest, message: Suspend) -> None:
-        qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
-        if qp is None:
-            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
-            return
-        qp.quiesce_begin(Hold.SUSPENDED)
-        drained = await qp.quiesce_wait(trio.current_time() + message.budget)
-        await request.reject(encode(Suspended(drained=drained)))
-
-    def _on_keymap(self, source: str, message: KeyMap) -> None:
-        known = self.core.peer_keys.get(source)
-        if message.first or known is None or known[0] != message.inc:
-            known = (message.inc, {})
-            self.core.peer_keys[source] = known
-        pairs = message.pairs
-        known[1].update(zip(pairs[0::2], pairs[1::2], strict=True))
-
-    async def push_keys(self, address: str) -> bool:
-        """Tell the peer at ``address`` (once) which of our remote keys changed on this device."""
-        lock = self._key_locks.setdefault(address, trio.Lock())
-        async with lock:
-            if address in self._keys_pushed:
-                return True
-            if await self._push_keys(address):
-                self._keys_pushed.add(address)
-                return True
-            return False
-
-    async def push_pairs(self, address: str, pairs: list[int]) -> None:
-        """Add ``pairs`` to the peer's copy of our key map (a key registered since)."""
-        await self.call(
-            address,
-            KeyMap(inc=self.inc, pairs=pairs, first=False),
-            timeout=self.core.config.connect_timeout,
-        )
-
-    async def _push_keys(self, address: str) -> bool:
-        pairs = self.core.key_pairs()
-        if not pairs:
-            return True  # no map for our incarnation means "identity": nothing to say
-        step = 2 * KEYMAP_CHUNK
-        chunks = [pairs[i : i + step] for i in range(0, len(pairs), step)]
-        for index, chunk in enumerate(chunks):
-            answer = await self.call(
-                address,
-                KeyMap(inc=self.inc, pairs=chunk, first=index == 0),
-                timeout=self.core.config.connect_timeout,
-            )
-            if not isinstance(answer, Ack):
-                return False
-        return True
-
-    async def _on_reconnect(self, request: CmRequest, message: Reconnect) -> None:
-        qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
-        if qp is None or message.peer_inc > self.inc:
-            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
-            return
-        if qp._ctx.session is not self or self.removal.is_set():
-            await request.reject(encode(Refused(reason=RefuseReason.BUSY)))
-            return
-        if message.peer_inc < self.inc and not request.source < self.core.address:
-            # Both sides were replaced; the lower address's attempt wins (no duels).
-            await request.reject(encode(Refused(reason=RefuseReason.DUEL)))
-            return
-        if self.inc > 1:
-            # The requester may not know our keys yet (both sides migrated).
-            await self.push_keys(request.source)
-        qp.prepare_rebind()
-        phys = qp.new_physical(self)
-        try:
-            pcm = await request.accept(phys, encode(Resumed(received=qp.received, inc=self.inc)))
-        except VerbsError:
-            phys.close()
-            raise
-        qp.bind(self, phys, pcm, message.received, message.inc)
-        self.core.recorder.resumed()
-
     # ------------------------------------------------------------------ reconnect
 
     async def reconnect_all(self, qps: list[VirtualQP]) -> None:
@@ -415,7 +254,7 @@ class Session:
             if now >= deadline:
                 qp.fail(PeerResumeTimeout(f"QP {qp.qp_num}: could not reconnect to {peer}"))
                 return
-            if self.inc > 1 and not await self.push_keys(peer.address):
+            if self.inc > 1 and not await self.control.push_keys(peer.address):
                 with trio.move_on_at(deadline):
                     await trio.sleep(pause)
                 pause = min(pause * 2, config.max_retry_interval)
@@ -484,7 +323,7 @@ class Session:
         if peer is not None:
             remaining = budget_end - trio.current_time()
             with trio.move_on_at(budget_end):
-                answer = await self.call(
+                answer = await self.control.call(
                     peer.address,
                     Suspend(src_vqpn=qp.qp_num, dst_vqpn=peer.vqpn, budget=remaining / 2),
                     timeout=remaining,
@@ -549,10 +388,10 @@ async def _serve_device(core: Core, session: Session, first: trio.Event) -> None
         if not first.is_set():
             core.set_first_device(device.address, ctrl.query_device(), ctrl.query_port())
             first.set()
-        session._ctrl_pd = ctrl.alloc_pd()
-        session._ctrl_cq = ctrl.create_cq(16)
+        session.ctrl_pd = ctrl.alloc_pd()
+        session.ctrl_cq = ctrl.create_cq(16)
         listener = await ctrl.cm_listen(core.config.control_port)
-        session.spawn(session.serve_control, listener)
+        session.spawn(session.control.serve, listener)
         core.session = session
         for vctx in list(core.contexts):
             await vctx.attach(session)

@@ -1,0 +1,211 @@
+"""The shim's control plane: one-round-trip RPCs between shims over the CM.
+
+A request is a CM connect to the peer shim's control port carrying a
+:mod:`~rdsx.shim.protocol` message; the answer comes back in the reject's
+private data (``SUSPEND`` -> ``SUSPENDED``, ``KeyMap``/``CLOSE`` -> ``Ack``), or,
+for ``RECONNECT``, in the accept that connects the two new physical QPs.
+Nothing here touches the layer above's QPs or receive buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import (
+    ConnectionRejected,
+    ConnectTimeout,
+    DeviceRemoved,
+    RemoteProtocolError,
+    Unreachable,
+    VerbsError,
+)
+from ..verbs import CmListener, CmRequest, QpCap
+from .protocol import (
+    KEYMAP_CHUNK,
+    Ack,
+    Close,
+    KeyMap,
+    Message,
+    Reconnect,
+    Refused,
+    RefuseReason,
+    Resumed,
+    Suspend,
+    Suspended,
+    decode,
+    encode,
+)
+from .qp import Hold, VirtualQP
+
+if TYPE_CHECKING:
+    from .recovery import Session
+
+__all__ = ["ControlPlane"]
+
+log = logging.getLogger("rdsx.shim")
+
+
+class ControlPlane:
+    """A session's side of the shim-to-shim protocol (client and server)."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+        self._key_locks: dict[str, trio.Lock] = {}
+        self._keys_pushed: set[str] = set()
+
+    async def call(self, address: str, message: Message, timeout: float) -> Message | None:
+        """One control RPC: a connect request the peer's shim answers with a reject.
+
+        Returns:
+            The peer's answer, or ``None`` if it could not be reached.
+        """
+        ctrl, pd, cq = self._s.ctrl, self._s.ctrl_pd, self._s.ctrl_cq
+        assert ctrl is not None and pd is not None and cq is not None
+        try:
+            qp = pd.create_qp(cq, cq, QpCap(1, 1, 1, 1))
+        except DeviceRemoved:
+            self._s.report_removal(None)
+            return None
+        try:
+            cm = await ctrl.cm_connect(
+                qp, address, self._s.core.config.control_port, encode(message), timeout=timeout
+            )
+        except ConnectionRejected as exc:
+            try:
+                return decode(exc.private_data)[0]
+            except RemoteProtocolError:
+                return None
+        except (Unreachable, ConnectTimeout):
+            return None
+        except DeviceRemoved:
+            self._s.report_removal(None)
+            return None
+        else:
+            cm.close()
+            return None
+        finally:
+            with contextlib.suppress(VerbsError):
+                qp.close()
+
+    async def serve(self, listener: CmListener) -> None:
+        """Answer peers' SUSPEND and RECONNECT requests on the control port."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    request = await listener.get_request()
+                except VerbsError:
+                    return
+                self._s.spawn(self._serve_one, request, nursery=nursery)
+
+    def _find(self, vqpn: int, source: str, src_vqpn: int) -> VirtualQP | None:
+        qp = self._s.core.qpns.lookup(vqpn)
+        if qp is None or qp.failure is not None or qp.peer is None:
+            return None
+        if qp.peer.address != source or qp.peer.vqpn != src_vqpn:
+            return None
+        return qp
+
+    async def _serve_one(self, request: CmRequest) -> None:
+        self._s.core.recorder.control_requests += 1
+        try:
+            message, _ = decode(request.private_data)
+        except RemoteProtocolError:
+            message = None
+        try:
+            if isinstance(message, Suspend):
+                await self._on_suspend(request, message)
+            elif isinstance(message, Reconnect):
+                await self._on_reconnect(request, message)
+            elif isinstance(message, Close):
+                qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+                if qp is not None:
+                    qp.peer = None  # its DISCONNECTED is the end, not a loss
+                await request.reject(encode(Ack()))
+            elif isinstance(message, KeyMap):
+                self._on_keymap(request.source, message)
+                await request.reject(encode(Ack()))
+            else:
+                await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+        except VerbsError as exc:
+            log.info("control request from %s failed: %s", request.source, exc)
+
+    async def _on_suspend(self, request: CmRequest, message: Suspend) -> None:
+        qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+        if qp is None:
+            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+            return
+        qp.quiesce_begin(Hold.SUSPENDED)
+        drained = await qp.quiesce_wait(trio.current_time() + message.budget)
+        await request.reject(encode(Suspended(drained=drained)))
+
+    def _on_keymap(self, source: str, message: KeyMap) -> None:
+        known = self._s.core.peer_keys.get(source)
+        if message.first or known is None or known[0] != message.inc:
+            known = (message.inc, {})
+            self._s.core.peer_keys[source] = known
+        pairs = message.pairs
+        known[1].update(zip(pairs[0::2], pairs[1::2], strict=True))
+
+    async def push_keys(self, address: str) -> bool:
+        """Tell the peer at ``address`` (once) which of our remote keys changed on this device."""
+        lock = self._key_locks.setdefault(address, trio.Lock())
+        async with lock:
+            if address in self._keys_pushed:
+                return True
+            if await self._push_keys(address):
+                self._keys_pushed.add(address)
+                return True
+            return False
+
+    async def push_pairs(self, address: str, pairs: list[int]) -> None:
+        """Add ``pairs`` to the peer's copy of our key map (a key registered since)."""
+        await self.call(
+            address,
+            KeyMap(inc=self._s.inc, pairs=pairs, first=False),
+            timeout=self._s.core.config.connect_timeout,
+        )
+
+    async def _push_keys(self, address: str) -> bool:
+        pairs = self._s.core.key_pairs()
+        if not pairs:
+            return True  # no map for our incarnation means "identity": nothing to say
+        step = 2 * KEYMAP_CHUNK
+        chunks = [pairs[i : i + step] for i in range(0, len(pairs), step)]
+        for index, chunk in enumerate(chunks):
+            answer = await self.call(
+                address,
+                KeyMap(inc=self._s.inc, pairs=chunk, first=index == 0),
+                timeout=self._s.core.config.connect_timeout,
+            )
+            if not isinstance(answer, Ack):
+                return False
+        return True
+
+    async def _on_reconnect(self, request: CmRequest, message: Reconnect) -> None:
+        qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+        if qp is None or message.peer_inc > self._s.inc:
+            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+            return
+        if qp._ctx.session is not self._s or self._s.removal.is_set():
+            await request.reject(encode(Refused(reason=RefuseReason.BUSY)))
+            return
+        if message.peer_inc < self._s.inc and not request.source < self._s.core.address:
+            # Both sides were replaced; the lower address's attempt wins (no duels).
+            await request.reject(encode(Refused(reason=RefuseReason.DUEL)))
+            return
+        if self._s.inc > 1:
+            # The requester may not know our keys yet (both sides migrated).
+            await self.push_keys(request.source)
+        qp.prepare_rebind()
+        phys = qp.new_physical(self._s)
+        try:
+            pcm = await request.accept(phys, encode(Resumed(received=qp.received, inc=self._s.inc)))
+        except VerbsError:
+            phys.close()
+            raise
+        qp.bind(self._s, phys, pcm, message.received, message.inc)
+        self._s.core.recorder.resumed()
