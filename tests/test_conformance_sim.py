@@ -16,10 +16,7 @@ PORT_MODELS = ("shared", "vswitch")
 
 #: (port model or None for both, check) -> what the sim gets wrong. Each is a strict
 #: xfail: when the sim is fixed the test turns red until the entry is removed.
-SIM_GAPS: dict[tuple[str | None, str], str] = {
-    (None, "imm-data-range"): "post_send accepts imm_data outside 32 bits (2**32, -1) and "
-    "delivers it, where SendWR.imm_data is a 32-bit field (InvalidArgument expected)",
-}
+SIM_GAPS: dict[tuple[str | None, str], str] = {}
 
 
 def _marks(model: str, name: str) -> list[pytest.MarkDecorator]:

@@ -604,8 +604,11 @@ class SimQP(_Handle, RcQp, QP):
                 total += sge.length
             if total > MAX_MSG:
                 raise InvalidArgument(f"message of {total} bytes > max_msg_sz")
-            if wr.imm_data is None and id(wr.opcode) in _WITH_IMM:
-                raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
+            if wr.imm_data is None:
+                if id(wr.opcode) in _WITH_IMM:
+                    raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
+            elif not 0 <= wr.imm_data < 1 << 32:
+                raise InvalidArgument(f"imm_data {wr.imm_data} does not fit 32 bits")
         if len(self.sq) + len(self.sq_pending) + len(wrs) > cap.max_send_wr:
             raise QueueFull(f"more than max_send_wr={cap.max_send_wr} outstanding")
         if state is _ERR:
