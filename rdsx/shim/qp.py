@@ -274,9 +274,12 @@ class VirtualQP(QP):
         for wr in batch:
             if len(wr.sg_list) > self._cap.max_send_sge:
                 raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_send_sge")
-            if any(sge.length < 0 for sge in wr.sg_list):
-                raise InvalidArgument("negative SGE length")
-            if sum(sge.length for sge in wr.sg_list) > limit:
+            total = 0
+            for sge in wr.sg_list:
+                if sge.length < 0:
+                    raise InvalidArgument("negative SGE length")
+                total += sge.length
+            if total > limit:
                 raise InvalidArgument(f"message longer than max_msg_sz {limit}")
             if wr.opcode in (Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM) and (
                 wr.imm_data is None
@@ -359,8 +362,16 @@ class VirtualQP(QP):
         return self._phys is not None and self._hold is None
 
     def _translate_sges(self, sges: tuple[Sge, ...]) -> tuple[Sge, ...]:
-        keys = self._ctx.core
-        return tuple(Sge(sge.addr, sge.length, keys.physical_lkey(sge.lkey)) for sge in sges)
+        physical_lkey = self._ctx.core.physical_lkey
+        if all(physical_lkey(sge.lkey) == sge.lkey for sge in sges):
+            return sges  # the common case until a migration: keep the caller's tuple
+        return tuple(Sge(sge.addr, sge.length, physical_lkey(sge.lkey)) for sge in sges)
+
+    def _upward(self, wc: WorkCompletion, wr_id: int) -> WorkCompletion:
+        """``wc`` as the layer above must see it: its own wr_id, the virtual QPN."""
+        return WorkCompletion(
+            wr_id, wc.status, wc.opcode, wc.byte_len, self.qp_num, wc.imm_data, wc.message
+        )
 
     def _post_sends(self, entries: list[_Entry], *, from_user: bool) -> None:
         assert self._phys is not None and self._session is not None
@@ -371,12 +382,14 @@ class VirtualQP(QP):
             assert isinstance(wr, SendWR)
             wr_id = session.register(self, entry)
             physical.append(
-                attrs.evolve(
-                    wr,
-                    wr_id=wr_id,
-                    sg_list=self._translate_sges(wr.sg_list),
-                    rkey=self._ctx.core.physical_rkey(self.peer, wr.rkey),
-                    signaled=True,
+                SendWR(
+                    wr_id,
+                    wr.opcode,
+                    self._translate_sges(wr.sg_list),
+                    wr.imm_data,
+                    wr.remote_addr,
+                    self._ctx.core.physical_rkey(self.peer, wr.rkey),
+                    True,
                 )
             )
         try:
@@ -454,12 +467,12 @@ class VirtualQP(QP):
                 wr = entry.wr
                 assert isinstance(wr, SendWR)
                 if wr.signaled or self._sq_sig_all:
-                    self._send_cq.push(attrs.evolve(wc, wr_id=wr.wr_id, qp_num=self.qp_num))
+                    self._send_cq.push(self._upward(wc, wr.wr_id))
                 if self._quiescing and not any(e.posted for e in self._sends.values()):
                     self._drained.set()
             else:
                 self._received += 1
-                self._recv_cq.push(attrs.evolve(wc, wr_id=entry.wr.wr_id, qp_num=self.qp_num))
+                self._recv_cq.push(self._upward(wc, entry.wr.wr_id))
             return
         if self._swallows(wc.status):
             entry.posted = False
@@ -475,7 +488,7 @@ class VirtualQP(QP):
         del table[entry.seq]
         self.peer = None
         cq = self._send_cq if is_send else self._recv_cq
-        cq.push(attrs.evolve(wc, wr_id=entry.wr.wr_id, qp_num=self.qp_num))
+        cq.push(self._upward(wc, entry.wr.wr_id))
 
     def on_sq_drained(self) -> bool:
         """The physical QP reported SQ_DRAINED; True if the shim (not the user) asked for it."""
