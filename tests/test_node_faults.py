@@ -10,11 +10,12 @@ import faulthandler
 from contextlib import AsyncExitStack
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from node_world import recv_n, until, world
+from node_world import move, recv_n, until, world
 
 import rdsx
 from rdsx.config import NodeConfig
@@ -196,3 +197,83 @@ async def test_peer_restart_starts_a_new_sequence(autojump_clock: trio.abc.Clock
                     assert await sb2.recvfrom() == (b"new", ("127.0.0.1", 10))
                 (conn,) = a.info().connections
                 assert conn.next_tx_seq == 2  # the sequence restarted with the peer
+
+
+async def _cancel_scenario(seed: int, ops: list[tuple[str, int]]) -> None:
+    async with world(2, seed=seed, spare_hosts=2) as w:
+        sa = w.nodes[0].socket(sndbuf=1 << 20)
+        sa.bind(10)
+        sb = w.nodes[1].socket(rcvbuf=1 << 22)
+        sb.bind(20)
+        dst = ("127.0.0.2", 20)
+        sent: list[int] = []
+        maybe: set[int] = set()  # canceled: may or may not arrive, never twice
+        k = 0
+        for op, arg in ops:
+            if op == "send":
+                for _ in range(arg):
+                    sa.sendto_nowait(b"%d" % k, dst)
+                    sent.append(k)
+                    k += 1
+            elif op == "cancel":
+                sa.cancel_sent_to(dst)
+                maybe.update(sent)
+            elif op == "sleep":
+                await trio.sleep(arg * 1e-5)
+            else:
+                await move(w, arg, grace=1.0 if op == "graceful" else None)
+                # The VM runs on its new host for a moment: a detach in the very instant
+                # of the attach hits the sim gap of test_removal_right_after_attach.
+                await trio.sleep(0.001)
+        sa.sendto_nowait(b"end", dst)
+        got: list[int] = []
+        with trio.fail_after(60):
+            while (data := await sb.recv()) != b"end":
+                got.append(int(data))
+        assert got == sorted(set(got))  # no duplicate, no reordering
+        assert set(sent) - maybe <= set(got)  # nothing that was not canceled is lost
+        assert set(got) <= set(sent)
+        await until(lambda: sa.snd_bytes == 0)  # all accounted for: acked or canceled
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 100),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.integers(1, 20)),
+            st.tuples(st.just("cancel"), st.just(0)),
+            st.tuples(st.just("sleep"), st.integers(0, 50)),
+            st.tuples(st.sampled_from(["graceful", "surprise"]), st.integers(0, 1)),
+        ),
+        max_size=12,
+    ),
+)
+def test_cancel_across_resets_never_duplicates_or_loses(
+    seed: int, ops: list[tuple[str, int]]
+) -> None:
+    faulthandler.dump_traceback_later(120, exit=True)
+    trio.run(_cancel_scenario, seed, ops, clock=trio.testing.MockClock(autojump_threshold=0))
+    faulthandler.cancel_dump_traceback_later()
+
+
+async def test_removal_right_after_attach(autojump_clock: trio.abc.Clock) -> None:
+    """Back to back removals in one instant.
+
+    Depending on trio's scheduling order, node 1 may open its new VF after the
+    next removal was announced. The sim gives such a context no DEVICE_REMOVAL
+    event, so no verbs user can know it must let go, and the detach ends in
+    DeviceBusy: a gap in the sim, reported as an expected failure when it shows.
+    """
+    busy = False
+    async with world(2, spare_hosts=2) as w:
+        try:
+            for who, grace in ((0, 1.0), (1, 1.0), (0, None), (1, 1.0)):
+                await move(w, who, grace=grace)
+        except rdsx.DeviceBusy:
+            busy = True
+        else:
+            for node in w.nodes:
+                await node.wait_device()
+    if busy:
+        pytest.xfail("sim: no DEVICE_REMOVAL for a context opened during a pending removal")
