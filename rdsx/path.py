@@ -148,6 +148,7 @@ class Path:
             CmError: rejected, unreachable or timed out.
             DeviceRemoved: the device went away.
             RemoteProtocolError: the peer's handshake did not check out.
+            PathReplaced: the connection took another transport meanwhile.
         """
         engine = self.conn.engine
         engine.receives_posted(self.recv_slots)
@@ -170,6 +171,7 @@ class Path:
             CmError: the active side went away.
             DeviceRemoved: the device went away.
             RemoteProtocolError: the peer's handshake did not check out.
+            PathReplaced: the connection took another transport meanwhile.
         """
         engine = self.conn.engine
         engine.receives_posted(self.recv_slots)
