@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
-from shim_world import End, World, migrate, ok, open_world, take
+from shim_world import ACCESS, PORT, End, World, migrate, ok, open_world, take
 
-from rdsx.errors import PeerResumeTimeout
+from rdsx.errors import PeerResumeTimeout, VerbsError
 from rdsx.shim import ShimConfig
 from rdsx.shim.qp import VirtualQP
+from rdsx.shim.resources import VirtualMR
 from rdsx.verbs import AsyncEventType, QpState, WcStatus
 from transports.sim import Packet
 from transports.sim.packet import Kind
@@ -172,3 +175,37 @@ async def test_both_sides_migrate_at_once(autojump_clock: trio.abc.Clock) -> Non
             await expect_exactly(a, b, to_a)
             a.send(b"again")
             assert ok(await take(b.rcq, 1))
+
+
+async def test_verbs_calls_racing_a_surprise_removal_are_never_errors(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Calls made before the shim has noticed the removal hit zombies; none of it shows."""
+    with trio.fail_after(120):
+        async with open_world(seed=12, recvs=8) as world:
+            a, b = world.a, world.b
+            await world.fabric.detach(a.vm, None)
+            # No checkpoint since the device vanished: the shim has not noticed yet.
+            pd = a.ctx.alloc_pd()
+            mr = pd.reg_mr(bytearray(4096), ACCESS)
+            scq, rcq = a.ctx.create_cq(), a.ctx.create_cq()
+            fresh = pd.create_qp(scq, rcq)
+            to_b = burst(a, 3, b"a")  # on the old connection: held
+            listener = await b.ctx.cm_listen(PORT + 1)
+            async with trio.open_nursery() as nursery:
+
+                async def serve() -> None:
+                    while True:
+                        request = await listener.get_request()
+                        with contextlib.suppress(VerbsError):
+                            assert isinstance(b.mr, VirtualMR)
+                            await request.accept(b.mr.pd.create_qp(b.scq, b.rcq))
+                            return
+
+                nursery.start_soon(serve)
+                # cm_connect waits for the next device and connects on it.
+                nursery.start_soon(world.fabric.attach, a.vm, world.hosts["C"])
+                cm = await a.ctx.cm_connect(fresh, b.vm.address, PORT + 1, timeout=10.0)
+            assert cm.qp is fresh and fresh.state is QpState.RTS
+            assert isinstance(mr, VirtualMR) and mr.physical is not None
+            await expect_exactly(b, a, to_b)

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..errors import AddressInUse, InvalidArgument, InvalidHandle, InvalidState, VerbsError
+from ..errors import (
+    AddressInUse,
+    ConnectTimeout,
+    DeviceRemoved,
+    InvalidArgument,
+    InvalidHandle,
+    InvalidState,
+    VerbsError,
+)
 from ..verbs import QP, CmEvent, CmEventType, CmId, CmListener, CmRequest, QpAttr, QpState
 from .protocol import (
     CM_PRIVATE_DATA_MAX,
@@ -279,17 +287,30 @@ async def connect(
     if len(private_data) > CM_PRIVATE_DATA_MAX:
         raise InvalidArgument(f"private data of {len(private_data)} bytes > {CM_PRIVATE_DATA_MAX}")
     deadline = trio.current_time() + timeout
-    session = await ctx.core.wait_attached(ctx, deadline)
-    phys_ctx, phys_qp = ctx.physical, qp.physical
-    assert phys_ctx is not None and phys_qp is not None
-    resumable = len(private_data) <= USER_PRIVATE_DATA_MAX
-    data = (
-        encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
-        if resumable
-        else private_data
-    )
-    remaining = max(deadline - trio.current_time(), 0.0)
-    pcm = await phys_ctx.cm_connect(phys_qp, address, port, data, timeout=remaining)
+    while True:
+        session = await ctx.core.wait_attached(ctx, deadline)
+        phys_ctx, phys_qp = ctx.physical, qp.physical
+        if phys_ctx is None or phys_qp is None or session.removal.is_set():
+            # This device is on its way out: connect on the next one, in time.
+            with trio.move_on_at(deadline):
+                await session.done.wait()
+            if trio.current_time() >= deadline:
+                raise ConnectTimeout("no usable device arrived in time")
+            continue
+        resumable = len(private_data) <= USER_PRIVATE_DATA_MAX
+        data = private_data
+        if resumable:
+            data = encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
+        remaining = max(deadline - trio.current_time(), 0.0)
+        try:
+            pcm = await phys_ctx.cm_connect(phys_qp, address, port, data, timeout=remaining)
+        except DeviceRemoved:
+            # The device went under the connect: try again on the next one, in time.
+            session.report_removal(None)
+            with trio.move_on_at(deadline):
+                await session.done.wait()
+            continue
+        break
     accepted, user = _unwrap(pcm.private_data)
     peer = None
     if resumable and isinstance(accepted, Accept):

@@ -163,8 +163,17 @@ class VirtualQP(QP):
         self.cm_id: VirtualCmId | None = None
         self._closed = False
         self.qp_num = 0
-        if ctx.session is not None:
-            self._create_phys(ctx.session)
+        if (
+            ctx.session is not None
+            and pd.physical is not None
+            and send_cq.has_physical
+            and recv_cq.has_physical
+        ):
+            try:
+                self._create_phys(ctx.session)
+            except DeviceRemoved:
+                self._phys = None
+                ctx.device_gone()
         self.qp_num = ctx.core.qpns.allocate(
             self, self._phys.qp_num if self._phys is not None else None
         )

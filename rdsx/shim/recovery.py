@@ -89,6 +89,8 @@ class Session:
         self.deadline: float | None = None
         self.released = False
         self.closed = False
+        #: Set once the device is released and the session's tasks are over.
+        self.done = trio.Event()
         self.ctrl: Context | None = None
         self.ctrl_pd: PD | None = None
         self.ctrl_cq: CQ | None = None
@@ -374,6 +376,7 @@ async def run_session(core: Core, device: Device, inc: int, first: trio.Event) -
             session.release()
             if session.removal.is_set():
                 recorder.update(released_at=trio.current_time())
+            session.done.set()
 
 
 async def _serve_device(core: Core, session: Session, first: trio.Event) -> None:

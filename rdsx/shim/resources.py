@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..errors import InvalidArgument, InvalidHandle, VerbsError
+from ..errors import DeviceRemoved, InvalidArgument, InvalidHandle, VerbsError
 from ..verbs import (
     CQ,
     MR,
@@ -200,6 +200,11 @@ class VirtualContext(Context):
 
     # ------------------------------------------------------------------ shim side
 
+    def device_gone(self) -> None:
+        """A call on the physical device found it gone: a surprise removal."""
+        if self.session is not None:
+            self.session.report_removal(None)
+
     def forget_qp(self, qp: VirtualQP) -> None:
         """``qp`` was destroyed."""
         if qp in self._qps:
@@ -256,7 +261,10 @@ class VirtualPD(PD):
         self.qps: list[VirtualQP] = []
         self._closed = False
         if ctx.physical is not None:
-            self.physical = ctx.physical.alloc_pd()
+            try:
+                self.physical = ctx.physical.alloc_pd()
+            except DeviceRemoved:
+                ctx.device_gone()  # made on the next device, like everything else
 
     def _check_open(self) -> None:
         if self._closed:
@@ -346,7 +354,11 @@ class VirtualMR(MR):
         self._closed = False
         core = pd.ctx.core
         if pd.physical is not None:
-            self.physical = pd.physical.reg_mr(buffer, access, iova=iova)
+            try:
+                self.physical = pd.physical.reg_mr(buffer, access, iova=iova)
+            except DeviceRemoved:
+                pd.ctx.device_gone()
+        if self.physical is not None:
             self.addr = self.physical.addr
             prefer_l: int | None = self.physical.lkey
             prefer_r: int | None = self.physical.rkey
@@ -396,12 +408,21 @@ class VirtualCQ(CQ):
         self._session: Session | None = None
         self._closed = False
         if ctx.session is not None and ctx.physical is not None:
-            self.attach(ctx.session, ctx.physical)
+            try:
+                self.attach(ctx.session, ctx.physical)
+            except DeviceRemoved:
+                self._phys = None
+                ctx.device_gone()
 
     def check_open(self) -> None:
         """Raise InvalidHandle if destroyed."""
         if self._closed:
             raise InvalidHandle("CQ is destroyed")
+
+    @property
+    def has_physical(self) -> bool:
+        """Whether a physical CQ is under this one right now."""
+        return self._phys is not None
 
     def physical_cq(self) -> CQ:
         """The physical CQ under this one (the node must have a device)."""
