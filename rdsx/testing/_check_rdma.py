@@ -96,7 +96,15 @@ _BAD_CASES = [
     ("READ past the end of the MR", Opcode.RDMA_READ, FULL_ACCESS, "past-end"),
     ("WRITE to an MR of another PD", Opcode.RDMA_WRITE, FULL_ACCESS, "other-pd"),
     ("READ from an MR of another PD", Opcode.RDMA_READ, FULL_ACCESS, "other-pd"),
+    ("WRITE through a QP without REMOTE_WRITE", Opcode.RDMA_WRITE, FULL_ACCESS, "qp-no-write"),
+    ("READ through a QP without REMOTE_READ", Opcode.RDMA_READ, FULL_ACCESS, "qp-no-read"),
 ]
+
+#: The responder QP's access_flags per case (the MR allows everything in these).
+_QP_ACCESS = {
+    "qp-no-write": Access.LOCAL_WRITE | Access.REMOTE_READ,
+    "qp-no-read": Access.LOCAL_WRITE | Access.REMOTE_WRITE,
+}
 
 
 @check("rdma-remote-access-errors")
@@ -105,7 +113,7 @@ async def check_rdma_access(harness: Harness, rng: random.Random) -> None:
     size, length = 256, 32
     for case, opcode, access, how in _BAD_CASES:
         async with open_nodes(harness) as (a, b):
-            ea, _eb = link(a, b)
+            ea, _eb = link(a, b, access_b=_QP_ACCESS.get(how, FULL_ACCESS))
             remote = bytearray(rng.randbytes(size))
             pd = b.ctx.alloc_pd() if how == "other-pd" else b.pd
             mr = pd.reg_mr(remote, access)

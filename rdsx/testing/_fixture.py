@@ -114,9 +114,9 @@ class End:
         return QpDest(self.node.port.address, self.qp.qp_num)
 
 
-def init_attr() -> QpAttr:
-    """RESET -> INIT with every access a link needs."""
-    return QpAttr(state=QpState.INIT, access_flags=FULL_ACCESS, port_num=1, pkey_index=0)
+def init_attr(access: Access = FULL_ACCESS) -> QpAttr:
+    """RESET -> INIT allowing ``access`` (by default every access a link needs)."""
+    return QpAttr(state=QpState.INIT, access_flags=access, port_num=1, pkey_index=0)
 
 
 def rtr_attr(node: Node, dest: QpDest, *, min_rnr_timer: float = RNR_TIMER) -> QpAttr:
@@ -151,10 +151,14 @@ def connect(
     retry_cnt: int = 7,
     rnr_retry: int = 7,
     min_rnr_timer: float = RNR_TIMER,
+    access_b: Access = FULL_ACCESS,
 ) -> None:
-    """Bring ``a`` and ``b`` to RTS towards each other, by hand (no CM)."""
-    for end in (a, b):
-        end.qp.modify(init_attr())
+    """Bring ``a`` and ``b`` to RTS towards each other, by hand (no CM).
+
+    ``access_b`` is the remote access ``b``'s QP allows (its ``access_flags``).
+    """
+    a.qp.modify(init_attr())
+    b.qp.modify(init_attr(access_b))
     a.qp.modify(rtr_attr(a.node, b.dest(), min_rnr_timer=min_rnr_timer))
     b.qp.modify(rtr_attr(b.node, a.dest(), min_rnr_timer=min_rnr_timer))
     for end in (a, b):
@@ -171,6 +175,7 @@ def link(
     retry_cnt: int = 7,
     rnr_retry: int = 7,
     min_rnr_timer: float = RNR_TIMER,
+    access_b: Access = FULL_ACCESS,
 ) -> tuple[End, End]:
     """A fresh RC QP on each node, connected to each other and in RTS."""
     ea, eb = a.end(cap, sq_sig_all=sq_sig_all), b.end(cap, sq_sig_all=sq_sig_all)
@@ -181,6 +186,7 @@ def link(
         retry_cnt=retry_cnt,
         rnr_retry=rnr_retry,
         min_rnr_timer=min_rnr_timer,
+        access_b=access_b,
     )
     return ea, eb
 
