@@ -99,6 +99,9 @@ class Options:
         report_cpu: ``-c``: measure CPU use (else the column is -1.00).
         verify_payload: ``-v``: also check payload bytes against the pattern.
         show_histogram: print the RTT histogram after the summary.
+        show_params: print the job parameters first (``--show-params``).
+        show_perfdata: print ``::``-prefixed CSV lines instead of rows
+            (``--show-perfdata``), with the active node's rds-info counters.
         transport: transport name from the ``rdsx.transports`` entry points.
         mode: the node's mode, ``reconnect`` or ``transparent``.
         port_model: sim port model, ``vswitch`` or ``shared``.
@@ -135,6 +138,8 @@ class Options:
     report_cpu: bool = False
     verify_payload: bool = False
     show_histogram: bool = False
+    show_params: bool = False
+    show_perfdata: bool = False
     transport: str = "sim"
     mode: Literal["reconnect", "transparent"] = "reconnect"
     port_model: str = "vswitch"
@@ -179,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("-c", "--report-cpu", action="store_true", help="report CPU use")
     add("-v", "--verify", action="store_true", help="check payload bytes too")
     add("--show-histogram", action="store_true", help="print the RTT histogram")
+    add("--show-params", action="store_true", help="print the job parameters")
+    add("--show-perfdata", action="store_true", help="'::' CSV lines instead of rows")
     add("--transport", default="sim", help="transport name (sim, tcp, ...)")
     add("--mode", choices=("reconnect", "transparent"), default="reconnect")
     add("--port-model", choices=("vswitch", "shared"), default="vswitch")
@@ -251,6 +258,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         report_cpu=ns.report_cpu,
         verify_payload=ns.verify,
         show_histogram=ns.show_histogram,
+        show_params=ns.show_params,
+        show_perfdata=ns.show_perfdata,
         transport=ns.transport,
         mode=ns.mode,
         port_model=ns.port_model,

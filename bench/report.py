@@ -33,6 +33,9 @@ __all__ = [
     "build_json",
     "cpu_percent",
     "format_histogram",
+    "format_params",
+    "format_perfdata",
+    "format_perfdata_header",
     "format_row",
     "format_summary",
     "make_row",
@@ -184,6 +187,53 @@ def format_summary(row: Row, summary_only: bool = False) -> str:
     """The dashes (unless ``-z``) and the ``(average)`` line, newline-terminated."""
     dashes = "" if summary_only else DASHES + "\n"
     return f"{dashes}{format_row(row)}  (average)\n"
+
+
+def format_params(opts: Options) -> str:
+    """rds-stress's ``--show-params`` block (``"  %-10s %-7u"`` lines, then a blank line)."""
+    lines = ["Options:"]
+    for name, value in (
+        ("Tasks", opts.tasks),
+        ("Req size", opts.req_bytes),
+        ("ACK size", opts.ack_bytes),
+        ("RDMA size", opts.rdma_bytes),
+    ):
+        lines.append("  %-10s %-7u" % (name, value))  # noqa: UP031
+    lines.append("  %-10s (defaults)" % "RDMA opts")  # noqa: UP031
+    return "\n".join(lines) + "\n\n"
+
+
+PERFDATA_FIELDS = (
+    "nr_tasks:count,req_size:bytes,ack_size:bytes,rdma_size:bytes,"
+    "req_sent:count,thruput:kB/s,thruput_rdma:kB/s,tx_delay:microseconds,"
+    "rtt:microseconds,cpu:percent"
+)
+
+
+def format_perfdata_header(counter_names: Sequence[str]) -> str:
+    """The ``--show-perfdata`` CSV header: rds-stress's fields, then one per counter."""
+    return "::" + PERFDATA_FIELDS + "".join(f",{name}:count" for name in counter_names)
+
+
+def format_perfdata(opts: Options, delta: Counters, row: Row, counters: Sequence[int]) -> str:
+    """One ``--show-perfdata`` line for a second.
+
+    As in rds-stress, the values are ``%u,%u,%u,%u,`` (tasks and sizes), then
+    requests sent in the interval and six ``%f`` (throughput, RDMA in, RDMA out,
+    µs per send, RTT µs, CPU % with 0 for unmeasured): one more than the header
+    names, as rds-stress prints it. Then the counters' increments.
+    """
+    head = "%u,%u,%u,%u," % (opts.tasks, opts.req_bytes, opts.ack_bytes, opts.rdma_bytes)  # noqa: UP031
+    body = "%u,%f,%f,%f,%f,%f,%f" % (  # noqa: UP031
+        delta.req_tx,
+        row.kib_per_s,
+        row.mbi_kib_per_s,
+        row.mbo_kib_per_s,
+        row.tx_us_per_call,
+        row.rtt_us,
+        row.cpu_percent if row.cpu_percent >= 0 else 0.0,
+    )
+    return "::" + head + body + "".join(f",{n}" for n in counters)
 
 
 def cpu_percent(cpu_start: float, cpu_end: float, wall_start: float, wall_end: float) -> float:

@@ -26,7 +26,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TextIO
 
 import attrs
@@ -44,6 +44,9 @@ from .report import (
     build_json,
     cpu_percent,
     format_histogram,
+    format_params,
+    format_perfdata,
+    format_perfdata_header,
     format_row,
     format_summary,
     make_row,
@@ -169,9 +172,11 @@ async def run_sides(
     try:
         if remote is not None:
             await remote.start()
+        if opts.show_params:
+            printer.out.write(format_params(opts))
         printer.line("Starting up....")
-        if not opts.summary_only:
-            printer.line(HEADER)
+        sink = _RowSink(opts, printer, getattr(sides[0][0], "statistics", None))
+        sink.header()
         async with trio.open_nursery() as traffic:
             start = trio.current_time()
             for task in everyone:
@@ -189,7 +194,7 @@ async def run_sides(
             with trio.CancelScope() as reporting:
                 if stop_on_sigint:
                     traffic.start_soon(_cancel_on_sigint, reporting)
-                await _report_seconds(opts, mine, theirs, printer, rows, start, marks)
+                await _report_seconds(opts, mine, theirs, sink, rows, start, marks)
             first, last = marks[0], marks[-1]
             for task in everyone:
                 task.stop_sending()
@@ -279,11 +284,44 @@ async def _cancel_on_sigint(scope: trio.CancelScope) -> None:
             return
 
 
+class _RowSink:
+    """Prints each second: rds-stress's row, or a ``::`` perfdata line with counters."""
+
+    def __init__(
+        self,
+        opts: Options,
+        printer: Printer,
+        statistics: Callable[[], Mapping[str, int]] | None,
+    ) -> None:
+        self.opts = opts
+        self.printer = printer
+        self.stats = statistics if opts.show_perfdata else None
+        self.prev: Mapping[str, int] = self.stats() if self.stats is not None else {}
+        self.names = sorted(self.prev)
+
+    def header(self) -> None:
+        if self.opts.show_perfdata:
+            self.printer.line(format_perfdata_header(self.names))
+        elif not self.opts.summary_only:
+            self.printer.line(HEADER)
+
+    def emit(self, row: Row, delta: Counters) -> None:
+        if self.opts.summary_only:
+            return
+        if not self.opts.show_perfdata:
+            self.printer.line(format_row(row))
+            return
+        now = self.stats() if self.stats is not None else {}
+        increments = [now.get(n, 0) - self.prev.get(n, 0) for n in self.names]
+        self.prev = now
+        self.printer.line(format_perfdata(self.opts, delta, row, increments))
+
+
 async def _report_seconds(
     opts: Options,
     tasks: Sequence[Task],
     others: Sequence[Task],
-    printer: Printer,
+    sink: _RowSink,
     rows: list[tuple[float, Row]],
     start: float,
     marks: list[_Stamp],
@@ -301,8 +339,7 @@ async def _report_seconds(
         now = _stamp(tasks, others)
         row = make_row(now[1] - prev[1], now[0] - prev[0], opts.tasks, _cpu(opts, prev, now))
         rows.append((now[0] - start, row))
-        if not opts.summary_only:
-            printer.line(format_row(row))
+        sink.emit(row, now[1] - prev[1])
         marks.append(now)
         prev = now
         k += 1
@@ -313,8 +350,7 @@ async def _report_seconds(
         if now[0] > prev[0]:
             row = make_row(now[1] - prev[1], now[0] - prev[0], opts.tasks, _cpu(opts, prev, now))
             rows.append((now[0] - start, row))
-            if not opts.summary_only:
-                printer.line(format_row(row))
+            sink.emit(row, now[1] - prev[1])
             marks.append(now)
 
 

@@ -126,3 +126,13 @@ async def test_rdma_region_is_checked_on_ack(autojump_clock: trio.abc.Clock, wri
         assert outcome.tally.errors == 2 * 50 and outcome.exit_status == 1
         assert "RDMA data for request 0 to task 0 did not arrive before its ack" in text
         assert outcome.summary.mbi_kib_per_s == 0.0
+
+
+async def test_perfdata_replaces_rows(autojump_clock: trio.abc.Clock) -> None:
+    opts = Options(time=2, rate=100.0, show_perfdata=True, show_params=True)
+    _outcome, text = await _run(opts, FakeNet(latency=1e-3))
+    lines = text.splitlines()
+    assert lines[0] == "Options:" and "Starting up...." in lines
+    perf = [line for line in lines if line.startswith("::")]
+    assert len(perf) == 3 and perf[0].startswith("::nr_tasks:count,")
+    assert perf[1].startswith("::1,1024,48,0,100,") and HEADER not in lines

@@ -126,3 +126,32 @@ def test_json_schema() -> None:
     assert report["options"]["tasks"] == 7 and report["ok"] is True
     assert len(report["histogram"]) == 16 and report["histogram"][0]["lo_us"] == 1
     json.dumps(report)  # serialisable as is
+
+
+def test_show_params_block() -> None:
+    from bench.report import format_params
+
+    assert format_params(Options(tasks=7, req_bytes=4096, ack_bytes=4096)) == (
+        "Options:\n"
+        "  Tasks      7      \n"
+        "  Req size   4096   \n"
+        "  ACK size   4096   \n"
+        "  RDMA size  0      \n"
+        "  RDMA opts  (defaults)\n"
+        "\n"
+    )
+
+
+def test_perfdata_lines() -> None:
+    from bench.report import format_perfdata, format_perfdata_header
+
+    assert format_perfdata_header(["conn_reset", "send_queued"]) == (
+        "::nr_tasks:count,req_size:bytes,ack_size:bytes,rdma_size:bytes,req_sent:count,"
+        "thruput:kB/s,thruput_rdma:kB/s,tx_delay:microseconds,rtt:microseconds,cpu:percent,"
+        "conn_reset:count,send_queued:count"
+    )
+    row = make_row(_delta(), 1.0, 7, -1.0)
+    line = format_perfdata(Options(tasks=7, req_bytes=4096, ack_bytes=4096), _delta(), row, [0, 9])
+    assert line == (
+        "::7,4096,4096,0,1000,15920.000000,0.000000,0.000000,12.500000,250.250000,0.000000,0,9"
+    )
