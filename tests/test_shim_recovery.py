@@ -12,7 +12,7 @@ from rdsx.errors import PeerResumeTimeout, VerbsError
 from rdsx.shim import ShimConfig
 from rdsx.shim.qp import VirtualQP
 from rdsx.shim.resources import VirtualMR
-from rdsx.verbs import AsyncEventType, QpState, WcStatus
+from rdsx.verbs import AsyncEventType, QpAttr, QpState, WcStatus
 from transports.sim import Packet
 from transports.sim.packet import Kind
 
@@ -190,6 +190,9 @@ async def test_verbs_calls_racing_a_surprise_removal_are_never_errors(
             mr = pd.reg_mr(bytearray(4096), ACCESS)
             scq, rcq = a.ctx.create_cq(), a.ctx.create_cq()
             fresh = pd.create_qp(scq, rcq)
+            manual = pd.create_qp(scq, rcq)
+            manual.modify(QpAttr(state=QpState.INIT, access_flags=ACCESS))
+            a_listener = await a.ctx.cm_listen(PORT + 2)
             to_b = burst(a, 3, b"a")  # on the old connection: held
             listener = await b.ctx.cm_listen(PORT + 1)
             async with trio.open_nursery() as nursery:
@@ -208,4 +211,7 @@ async def test_verbs_calls_racing_a_surprise_removal_are_never_errors(
                 cm = await a.ctx.cm_connect(fresh, b.vm.address, PORT + 1, timeout=10.0)
             assert cm.qp is fresh and fresh.state is QpState.RTS
             assert isinstance(mr, VirtualMR) and mr.physical is not None
+            assert isinstance(manual, VirtualQP) and manual.physical is not None
+            assert manual.state is QpState.INIT and manual.physical.state is QpState.INIT
             await expect_exactly(b, a, to_b)
+            a_listener.close()

@@ -117,8 +117,11 @@ class VirtualCmId(CmId):
                 timeout=session.core.config.connect_timeout,
             )
         if pcm is not None and qp.held is None:
-            await pcm.disconnect()
-            return
+            try:
+                await pcm.disconnect()
+                return
+            except DeviceRemoved:
+                qp._ctx.device_gone()
         # No live physical connection (we are migrating): end it on our side only.
         if qp.state is not QpState.ERR:
             qp.modify(QpAttr(state=QpState.ERR))
@@ -170,7 +173,11 @@ class VirtualCmRequest(CmRequest):
         data = encode(header, private_data) if resumable else private_data
         if len(private_data) > CM_PRIVATE_DATA_MAX:
             raise InvalidArgument(f"private data of {len(private_data)} bytes")
-        pcm = await self._request.accept(phys, data)
+        try:
+            pcm = await self._request.accept(phys, data)
+        except DeviceRemoved:
+            self._ctx.device_gone()
+            raise ConnectTimeout("the device went away before the connection was made") from None
         peer = None
         if resumable and self._header is not None:
             peer = PeerLink(self.source, self._header.vqpn, self._header.inc)
@@ -263,7 +270,10 @@ async def listen(ctx: VirtualContext, port: int, backlog: int) -> VirtualCmListe
         raise AddressInUse(f"CM port {port} is already listened on")
     listener = VirtualCmListener(ctx, port, backlog)
     if ctx.session is not None and ctx.physical is not None:
-        await listener.attach(ctx.session, ctx.physical)
+        try:
+            await listener.attach(ctx.session, ctx.physical)
+        except DeviceRemoved:
+            ctx.device_gone()  # it listens on the next device
     core.listen_ports.add(port)
     ctx.listeners.append(listener)
     return listener

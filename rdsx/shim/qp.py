@@ -241,6 +241,15 @@ class VirtualQP(QP):
         if target in (S.ERR, S.RESET):
             # The layer above ends the connection: nothing more to resume.
             self.peer = None
+        if self._phys is not None and self._hold is None:
+            try:
+                self._phys.modify(attr)
+            except DeviceRemoved:
+                self._ctx.device_gone()
+                self._hold_for(Hold.LOCAL)
+            else:
+                self._modified(attr)
+                return
         if self._hold is not None or self._phys is None:
             if target is S.ERR:
                 self._give_up(None)
@@ -253,8 +262,14 @@ class VirtualQP(QP):
                 self._replay.clear()
                 self._resume_fresh()
                 return
+            if self.peer is None and self.cm_id is None:
+                # Set up by hand: the next device replays it.
+                self._modified(attr)
+                return
             raise InvalidState(f"QP {self.qp_num} is held by a migration; only ERR/RESET now")
-        self._phys.modify(attr)
+
+    def _modified(self, attr: QpAttr) -> None:
+        target = attr.state
         self._vstate = target
         self._user_sqd = target is S.SQD
         if target is S.RESET:
