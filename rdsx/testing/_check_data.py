@@ -348,3 +348,39 @@ async def check_shared_cq(harness: Harness, rng: random.Random) -> None:
                 if order != list(range(rounds)):
                     raise AssertionError(f"QP {k}'s completions on a shared CQ: order {order}")
         await quiet([cq_a, cq_b], "a shared CQ holds each completion once")
+
+
+@check("write-imm-needs-receive")
+async def check_write_imm_receive(harness: Harness, rng: random.Random) -> None:
+    """RDMA_WRITE_WITH_IMM consumes a receive (an empty one will do): with none posted it is
+    RNR-NAKed like a SEND (finite rnr_retry: RNR_RETRY_EXC_ERR; infinite: waits)."""
+    async with open_nodes(harness) as (a, b):
+        off, target = a.alloc(64), b.alloc(64)
+        a.put(off, rng.randbytes(64))
+        imm = rng.getrandbits(32)
+
+        def wr() -> SendWR:
+            return SendWR(
+                1,
+                Opcode.RDMA_WRITE_WITH_IMM,
+                (a.sge(off, 64),),
+                imm_data=imm,
+                remote_addr=b.mr.addr + target,
+                rkey=b.mr.rkey,
+            )
+
+        ea, _ = link(a, b, rnr_retry=1)
+        ea.qp.post_send(wr())
+        rule = "RDMA_WRITE_WITH_IMM without a receive, rnr_retry=1"
+        expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.RNR_RETRY_EXC_ERR)
+
+        ea, eb = link(a, b, rnr_retry=7)
+        ea.qp.post_send(wr())
+        await quiet([ea.scq], "RDMA_WRITE_WITH_IMM must wait for a receive (rnr_retry=7)")
+        eb.qp.post_recv(RecvWR(2, ()))
+        rule = "RDMA_WRITE_WITH_IMM into a late, empty receive"
+        expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, opcode=WcOpcode.RDMA_WRITE)
+        wc = await take_one(eb.rcq, rule)
+        expect_wc(wc, rule, wr_id=2, opcode=WcOpcode.RECV_RDMA_WITH_IMM, byte_len=64)
+        if wc.imm_data != imm or b.get(target, 64) != a.get(off, 64):
+            raise AssertionError(f"{rule}: imm_data or data wrong ({wc})")
