@@ -170,6 +170,11 @@ async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
         listener = await b.ctx.cm_listen(port)
         with expect_raises(AddressInUse, "a second listener on the same port"):
             await b.ctx.cm_listen(port)
+        second = await b.device.open()
+        with expect_raises(AddressInUse, "a listener on the same port from another context"):
+            await second.cm_listen(port)
+        second.close()
+        (await a.ctx.cm_listen(port)).close()  # another address: the same port is free there
         with expect_raises(InvalidArgument, f"{MAX_PRIVATE_DATA + 1} bytes of private data"):
             await a.ctx.cm_connect(a.end().qp, b.device.address, port, bytes(MAX_PRIVATE_DATA + 1))
         end = a.end()
