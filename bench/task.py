@@ -31,27 +31,36 @@ Address = tuple[str, int]
 class StressSocket(Protocol):
     """The part of :class:`rdsx.socket.Socket` rdsx-stress uses."""
 
-    def bind(self, port: int = 0) -> int: ...
+    def bind(self, port: int = 0) -> int:
+        """Bind to ``port`` on the node; return it."""
 
-    async def sendto(self, data: bytes, dest: Address, *, rdma: Any = None) -> int: ...
+    async def sendto(self, data: bytes, dest: Address, *, rdma: Any = None) -> int:
+        """Send, waiting for buffer space or congestion to clear."""
 
-    def sendto_nowait(self, data: bytes, dest: Address, *, rdma: Any = None) -> int: ...
+    def sendto_nowait(self, data: bytes, dest: Address, *, rdma: Any = None) -> int:
+        """Send now or raise ``WouldBlock``/``Congested``."""
 
-    async def recvfrom(self) -> tuple[bytes, Address]: ...
+    async def recvfrom(self) -> tuple[bytes, Address]:
+        """The next message and its (address, port) source."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the socket."""
 
-    def get_mr(self, buffer: bytearray, *, readwrite: bool = True) -> int: ...
+    def get_mr(self, buffer: bytearray, *, readwrite: bool = True) -> int:
+        """Register ``buffer`` for the peer's RDMA (``-D``); return its cookie."""
 
-    def free_mr(self, cookie: int) -> None: ...
+    def free_mr(self, cookie: int) -> None:
+        """Deregister the region of ``cookie``."""
 
-    async def recv_notification(self) -> Any: ...
+    async def recv_notification(self) -> Any:
+        """The next RDMA notification."""
 
 
 class StressNode(Protocol):
     """The part of a rdsx node rdsx-stress uses."""
 
-    def socket(self, *, sndbuf: int, rcvbuf: int) -> Any: ...
+    def socket(self, *, sndbuf: int, rcvbuf: int) -> Any:
+        """A new unbound socket with these buffer sizes."""
 
 
 class Printer:

@@ -459,7 +459,8 @@ class LedgerView(Protocol):
     sent: dict[tuple[Op, int], int]
     streams: dict[tuple[Op, int], StreamState]
 
-    def outstanding_count(self) -> int: ...
+    def outstanding_count(self) -> int:
+        """Requests still waiting for their ack."""
 
 
 @attrs.define(slots=True, kw_only=True)
