@@ -82,6 +82,10 @@ _WITH_IMM = frozenset({id(Opcode.SEND_WITH_IMM), id(Opcode.RDMA_WRITE_WITH_IMM)}
 _LIVE = (_RTS, _SQD)
 #: Timers fire at due times quantised by the fabric; closer than this counts as due.
 EPSILON = 1e-9
+#: Packets a requester keeps unacknowledged at most (the go-back-N window).
+WINDOW = 32
+#: A responder ACKs at least every this many packets of a long message.
+ACK_EVERY = 8
 _RECEIVING = (_RTR, _RTS, _SQD)
 
 
@@ -201,6 +205,7 @@ class RcQp:
         self.sq: deque[SendWqe] = deque()
         self.next_psn = 0
         self.una = 0
+        self.snd_nxt = 0
         self.retry_left = 7
         self.rnr_left = 7
         self.timer_armed = False
@@ -284,6 +289,8 @@ class RcQp:
                 mr = mrs.get(sge.lkey)
                 if (
                     length <= mtu
+                    and self.snd_nxt == psn
+                    and psn - self.una < WINDOW
                     and mr is not None
                     and mr.pd is self.pd
                     and mr.addr <= sge.addr
@@ -295,7 +302,7 @@ class RcQp:
                     # memory, which the verbs contract forbids touching until the
                     # send completes (a retransmission reads it again).
                     wqe.data = data = mr.buffer[start : start + length]
-                    self.next_psn = psn + 1
+                    self.next_psn = self.snd_nxt = psn + 1
                     self.sq.append(wqe)
                     packet = Packet(
                         kind,
@@ -329,18 +336,46 @@ class RcQp:
                 wqe.data = memory[0] if len(memory) == 1 else memoryview(b"".join(memory))
             self.next_psn = psn + npkts
             self.sq.append(wqe)
-            self._emit(wqe, psn)
+        self._send_window()
         self._arm()
 
-    def _emit(self, wqe: SendWqe, from_psn: int) -> None:
+    def _send_window(self) -> None:
+        """Put packets on the wire from ``snd_nxt`` while fewer than WINDOW are unacked."""
+        psn = self.snd_nxt
+        limit = min(self.next_psn, self.una + WINDOW)
+        if psn >= limit or self.rnr_until:
+            return
+        for wqe in self.sq:
+            if wqe.last_psn < psn:
+                continue
+            if wqe.first_psn >= limit:
+                break
+            if wqe.kind == Kind.READ_REQ:
+                # One request packet stands for the whole response range.
+                if wqe.read_next <= wqe.last_psn:
+                    self._emit(wqe, wqe.first_psn, wqe.first_psn)
+                psn = wqe.last_psn + 1
+            else:
+                end = min(wqe.last_psn, limit - 1)
+                self._emit(wqe, max(psn, wqe.first_psn), end)
+                psn = end + 1
+            if psn >= limit:
+                break
+        self.snd_nxt = max(psn, self.snd_nxt)
+
+    def _emit(self, wqe: SendWqe, from_psn: int, to_psn: int) -> None:
+        """Send the packets ``from_psn`` .. ``to_psn`` of ``wqe``."""
         send = self.fabric.send_packet
         src, dst, qpn, dqpn = self.function.lid, self.dest_lid, self.qp_num, self.dest_qpn
         wr = wqe.wr
         if wqe.kind == Kind.READ_REQ:
-            packet = Packet(Kind.READ_REQ, src, dst, qpn, dqpn, wqe.first_psn)
+            # Ask for what has not arrived yet, from read_next on (as an HCA re-issues
+            # a partially answered READ), so a loss late in a long READ costs little.
+            offset = (wqe.read_next - wqe.first_psn) * self.mtu
+            packet = Packet(Kind.READ_REQ, src, dst, qpn, dqpn, wqe.read_next)
             packet.rkey = wr.rkey
-            packet.raddr = wr.remote_addr
-            packet.length = wqe.length
+            packet.raddr = wr.remote_addr + offset
+            packet.length = wqe.length - offset
             send(packet)
             return
         first, last, mtu, data, kind = wqe.first_psn, wqe.last_psn, self.mtu, wqe.data, wqe.kind
@@ -353,7 +388,7 @@ class RcQp:
                 packet.length = wqe.length
             send(packet)
             return
-        for psn in range(max(from_psn, first), last + 1):
+        for psn in range(max(from_psn, first), min(to_psn, last) + 1):
             offset = (psn - first) * mtu
             packet = Packet(kind, src, dst, qpn, dqpn, psn, data[offset : offset + mtu])
             packet.first = psn == first
@@ -366,15 +401,10 @@ class RcQp:
             send(packet)
 
     def _retransmit(self, from_psn: int) -> None:
+        """Go back N: resend from ``from_psn`` (as far as the window allows)."""
         self.retransmits += 1
-        for wqe in self.sq:
-            if wqe.last_psn < from_psn:
-                continue
-            if wqe.kind == Kind.READ_REQ:
-                if wqe.read_next <= wqe.last_psn:
-                    self._emit(wqe, wqe.first_psn)
-            else:
-                self._emit(wqe, from_psn)
+        self.snd_nxt = from_psn
+        self._send_window()
 
     def _arm(self) -> None:
         if not self.timer_armed and self.una < self.next_psn and self.timeout > 0:
@@ -448,9 +478,13 @@ class RcQp:
         self._acked(wqe.first_psn - 1)
         scatter(wqe.targets, (packet.psn - wqe.first_psn) * self.mtu, packet.payload)
         wqe.read_next += 1
-        self.progress_at = self.fabric.now()
         if wqe.read_next > wqe.last_psn:
             self._acked(wqe.last_psn)
+        else:
+            # Each response acknowledges its PSN: progress, the retry budget is whole again.
+            self.una = wqe.read_next
+            self.retry_left = self.retry_cnt
+            self.progress_at = self.fabric.now()
 
     def _acked(self, psn: int) -> None:
         limit = psn + 1
@@ -479,6 +513,8 @@ class RcQp:
                         wr.wr_id, _SUCCESS, _WC_OPCODE[id(wr.opcode)], wqe.length, self.qp_num
                     )
                 )
+        if self.snd_nxt < self.next_psn:
+            self._send_window()
         if self.draining and not sq and not self.drain_quota:
             self._drained()
 
@@ -599,6 +635,8 @@ class RcQp:
                 )
             )
             self._reply(Syndrome.ACK, packet.psn)
+        elif packet.psn % ACK_EVERY == 0:
+            self._reply(Syndrome.ACK, packet.psn)  # keep a long message's window moving
 
     def _rx_send_whole(self, packet: Packet) -> None:
         """A SEND that fits one packet: no progress to keep."""
@@ -675,6 +713,8 @@ class RcQp:
                         packet.imm,
                     )
                 )
+            self._reply(Syndrome.ACK, packet.psn)
+        elif packet.psn % ACK_EVERY == 0:
             self._reply(Syndrome.ACK, packet.psn)
 
     def _respond_read(self, packet: Packet) -> bool:

@@ -554,7 +554,7 @@ class SimQP(_Handle, RcQp, QP):
         if attr.rq_psn is not None:
             self.epsn = attr.rq_psn
         if attr.sq_psn is not None:
-            self.next_psn = self.una = attr.sq_psn
+            self.next_psn = self.una = self.snd_nxt = attr.sq_psn
         if attr.min_rnr_timer is not None:
             self.min_rnr_timer = attr.min_rnr_timer
         if attr.timeout is not None:
