@@ -151,3 +151,50 @@ async def test_problem4_peer_suspends_and_resumes_on_a_new_qp(
             stats_b = b.shim.statistics()
             assert stats_b.held == 5 and stats_b.resume_timeouts == 0
             assert a.shim.statistics().migrations[0].peers_suspended == 1
+
+
+async def test_problem2_rdma_in_flight_is_rekeyed_on_resend(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """RDMA posted by the peer before a surprise removal is re-posted with A's new keys."""
+    with trio.fail_after(60):
+        async with open_world(port_model="shared", seed=6) as world:
+            a, b = world.a, world.b
+            other = world.fabric.create_vm("vmX", address="127.0.0.9")
+            squatter = await world.fabric.attach(other, world.hosts["C"])
+            ctx = await squatter.open()
+            pd = ctx.alloc_pd()
+            mrs = [pd.reg_mr(bytearray(64), ACCESS) for _ in range(8)]
+            assert a.mr.rkey in {mr.rkey for mr in mrs}  # A's key is someone else's on C
+            a.buf[7000:7016] = b"read-me-remotely"
+            payload = b"written-across-a-surprise"
+            b.buf[0 : len(payload)] = payload
+            b.qp.post_send(
+                [
+                    SendWR(
+                        1,
+                        Opcode.RDMA_WRITE,
+                        (Sge(b.mr.addr, len(payload), b.mr.lkey),),
+                        remote_addr=a.mr.addr + 4096,
+                        rkey=a.mr.rkey,
+                    ),
+                    SendWR(
+                        2,
+                        Opcode.RDMA_READ,
+                        (Sge(b.mr.addr + 256, 16, b.mr.lkey),),
+                        remote_addr=a.mr.addr + 7000,
+                        rkey=a.mr.rkey,
+                    ),
+                ]
+            )
+            await migrate(world, a.vm, "C", grace=None)  # before any of it completed
+            wcs = await take(b.scq, 2)
+            assert [(wc.wr_id, wc.status) for wc in wcs] == [
+                (1, WcStatus.SUCCESS),
+                (2, WcStatus.SUCCESS),
+            ]
+            assert bytes(a.buf[4096 : 4096 + len(payload)]) == payload
+            assert bytes(b.buf[256:272]) == b"read-me-remotely"
+            assert all(bytes(mr.buffer[:8]) == bytes(8) for mr in mrs)  # nobody else written
+            assert b.shim.statistics().resent == 2  # both really crossed the removal
+            ctx.close()
