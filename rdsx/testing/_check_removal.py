@@ -39,7 +39,7 @@ GRACE = 2.0
 @check("remove-grace-released")
 async def check_remove_released(harness: Harness, rng: random.Random) -> None:
     """DEVICE_REMOVAL with a deadline (async and CM event); the device works until released;
-    closing the context in time lets ``remove`` succeed."""
+    closing the context in time lets ``remove`` succeed; the peer's next send fails."""
     async with open_nodes(harness) as (a, b):
         active, passive, ea, eb, _, _ = await cm_pair(a, b, rng)
         # Remove the active or the passive side's device: the CM event is due on either.
@@ -79,6 +79,14 @@ async def check_remove_released(harness: Harness, rng: random.Random) -> None:
             raise AssertionError("device.removed must be True after a successful removal")
         with expect_raises(DeviceRemoved, "device.open() after the removal"):
             await gone.device.open()
+        # The peer's QP now talks to nobody: its next send fails (retries exhausted, or
+        # flushed if the peer already learnt of the loss and went to ERR), never succeeds.
+        off = peer.node.alloc(16)
+        peer.qp.post_send(SendWR(9, Opcode.SEND, (peer.node.sge(off, 16),)))
+        rule = "a send to a QP whose device was removed"
+        wc = await take_one(peer.scq, rule)
+        if wc.wr_id != 9 or wc.status not in (WcStatus.RETRY_EXC_ERR, WcStatus.WR_FLUSH_ERR):
+            raise AssertionError(f"{rule} must fail (RETRY_EXC_ERR or WR_FLUSH_ERR), got {wc}")
 
 
 @check("remove-every-context")
