@@ -154,7 +154,6 @@ class VirtualQP(QP):
         self._drained = trio.Event()
         self._quiescing = False
         self._user_sqd = False
-        self._reconnecting = False
         self.peer: PeerLink | None = None
         self._received = 0
         self._acked = 0
