@@ -40,6 +40,7 @@ SHARED = (
     "time",
     "rate",
     "verify_payload",
+    "one_way",
     "drain_timeout",
     "port",
 )

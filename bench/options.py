@@ -99,6 +99,7 @@ class Options:
         report_cpu: ``-c``: measure CPU use (else the column is -1.00).
         verify_payload: ``-v``: also check payload bytes against the pattern.
         show_histogram: print the RTT histogram after the summary.
+        one_way: ``-o``: only the active side sends requests (simplex).
         show_params: print the job parameters first (``--show-params``).
         show_perfdata: print ``::``-prefixed CSV lines instead of rows
             (``--show-perfdata``), with the active node's rds-info counters.
@@ -138,6 +139,7 @@ class Options:
     report_cpu: bool = False
     verify_payload: bool = False
     show_histogram: bool = False
+    one_way: bool = False
     show_params: bool = False
     show_perfdata: bool = False
     transport: str = "sim"
@@ -184,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-c", "--report-cpu", action="store_true", help="report CPU use")
     add("-v", "--verify", action="store_true", help="check payload bytes too")
     add("--show-histogram", action="store_true", help="print the RTT histogram")
+    add("-o", "--one-way", action="store_true", help="only the active side sends requests")
     add("--show-params", action="store_true", help="print the job parameters")
     add("--show-perfdata", action="store_true", help="'::' CSV lines instead of rows")
     add("--transport", default="sim", help="transport name (sim, tcp, ...)")
@@ -258,6 +261,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         report_cpu=ns.report_cpu,
         verify_payload=ns.verify,
         show_histogram=ns.show_histogram,
+        one_way=ns.one_way,
         show_params=ns.show_params,
         show_perfdata=ns.show_perfdata,
         transport=ns.transport,

@@ -164,7 +164,12 @@ async def run_sides(
     out = out if out is not None else sys.stdout
     printer = Printer(out, opts.max_reports)
     quiet = Quiet()
-    per_side = [make_tasks(node, local, peer, opts, printer, quiet) for node, local, peer in sides]
+    # -o: only the active side sends requests (the first side, unless this is the passive process).
+    requests = [not opts.one_way or (i == 0 and opts.role != "passive") for i in range(len(sides))]
+    per_side = [
+        make_tasks(node, local, peer, opts, printer, quiet, requests[i])
+        for i, (node, local, peer) in enumerate(sides)
+    ]
     mine, theirs = per_side[0], [t for side in per_side[1:] for t in side]
     everyone = mine + theirs
     rows: list[tuple[float, Row]] = []

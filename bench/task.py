@@ -305,8 +305,12 @@ def make_tasks(
     opts: Options,
     printer: Printer,
     quiet: Quiet,
+    requests: bool = True,
 ) -> list[Task]:
-    """Create and bind ``-t`` tasks on ``node`` (ports p+1..p+t) exchanging with ``peer``."""
+    """Create and bind ``-t`` tasks on ``node`` (ports p+1..p+t) exchanging with ``peer``.
+
+    With ``requests=False`` (the passive side of ``-o``) the tasks only ack.
+    """
     tasks = []
     for i in range(opts.tasks):
         sock = node.socket(sndbuf=opts.sockbuf, rcvbuf=opts.sockbuf)
@@ -321,7 +325,9 @@ def make_tasks(
             ack_bytes=opts.ack_bytes,
             verify_payload=opts.verify_payload,
         )
-        tasks.append(Task(sock, ledger, opts, printer, quiet, peer))
+        task = Task(sock, ledger, opts, printer, quiet, peer)
+        task.sending = requests
+        tasks.append(task)
     return tasks
 
 

@@ -136,3 +136,19 @@ async def test_perfdata_replaces_rows(autojump_clock: trio.abc.Clock) -> None:
     perf = [line for line in lines if line.startswith("::")]
     assert len(perf) == 3 and perf[0].startswith("::nr_tasks:count,")
     assert perf[1].startswith("::1,1024,48,0,100,") and HEADER not in lines
+
+
+async def test_one_way_only_the_active_side_requests(autojump_clock: trio.abc.Clock) -> None:
+    opts = Options(tasks=2, time=2, rate=100.0, one_way=True)
+    outcome, _text = await _run(opts, FakeNet(latency=1e-3))
+    assert outcome.tally.ok and outcome.summary.rx_per_s == 0
+    assert outcome.summary.tx_per_s == 200 and outcome.report["passive"]["tx_per_s"] == 0
+    assert outcome.tally.requests_sent * 2 == outcome.tally.sent  # every request acked
+
+
+def test_one_way_is_negotiated_in_two_process_runs() -> None:
+    from bench.control import adopt_options, shared_options
+
+    message = shared_options(Options(one_way=True, tasks=3))
+    passive = adopt_options(Options(role="passive"), message, "127.0.0.1")
+    assert passive.one_way and passive.tasks == 3 and passive.send_addr == "127.0.0.1"
