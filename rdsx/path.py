@@ -376,7 +376,9 @@ class Path:
             self._post_frames(frames)
         scope = self._wait_scope
         if scope is not None:
-            scope.deadline = self._timer_deadline()
+            deadline = self._timer_deadline()
+            if deadline != scope.deadline:
+                scope.deadline = deadline
 
     def _post_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
         buf = self.send_buf
