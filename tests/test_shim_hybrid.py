@@ -9,7 +9,7 @@ from node_world import recv_n
 
 import rdsx
 from rdsx.config import NodeConfig
-from rdsx.shim import ShimConfig
+from rdsx.shim import ShimConfig, TransparentDeviceSource
 from transports.sim import open_fabric
 
 
@@ -53,3 +53,5 @@ async def test_a_peer_gone_longer_than_the_bound_falls_back_to_rds(
             stats = a.statistics()
             assert stats.device_removal == 0  # the shim still hid the device removal
             assert stats.conn_reset >= 1  # but RDS itself had to reconnect
+            shim = TransparentDeviceSource.over(vms[0].devices)
+            assert shim is not None and shim.statistics().resume_timeouts >= 1

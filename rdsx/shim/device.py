@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import ClassVar
 
 import trio
 
@@ -77,14 +79,29 @@ class TransparentDeviceSource(DeviceSource):
         config: shim settings (:class:`ShimConfig`).
     """
 
+    #: underlying source -> the shim over it, so tools can find a shim a node made.
+    _by_source: ClassVar[weakref.WeakKeyDictionary[DeviceSource, TransparentDeviceSource]] = (
+        weakref.WeakKeyDictionary()
+    )
+
     def __init__(self, underlying: DeviceSource, config: ShimConfig | None = None) -> None:
         self._core = Core(underlying, config if config is not None else ShimConfig())
+        TransparentDeviceSource._by_source[underlying] = self
         self._device: VirtualDevice | None = None
         self._first = trio.Event()
         self._closed = trio.Event()
         self._nursery_manager: trio.Nursery | None = None
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._given = False
+
+    @classmethod
+    def over(cls, underlying: DeviceSource) -> TransparentDeviceSource | None:
+        """The shim most recently made over ``underlying`` (e.g. by ``open_node``), if any.
+
+        Lets a benchmark read :meth:`statistics` of the shim a node created
+        for itself in ``mode="transparent"``.
+        """
+        return cls._by_source.get(underlying)
 
     @property
     def config(self) -> ShimConfig:
