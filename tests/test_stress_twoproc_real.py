@@ -53,3 +53,18 @@ def test_two_processes_over_tcp(tmp_path: Path) -> None:
         assert "  (average)" in out
         assert ": 0 lost, 0 duplicated, 0 reordered, 0 errors" in out
     assert (tmp_path / "active.json").exists()
+
+
+async def test_both_ends_in_one_process_over_tcp() -> None:
+    import io
+
+    import trio
+
+    from bench.options import Options
+    from bench.stress import run_in_process
+
+    opts = Options(transport="tcp", tasks=2, depth=2, time=0.5, req_bytes=4096, ack_bytes=4096)
+    with trio.fail_after(60):
+        outcome = await run_in_process(opts, out=io.StringIO())
+    assert outcome.tally.ok and outcome.tally.requests_sent > 0
+    assert outcome.report["drained"] is True
