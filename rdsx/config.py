@@ -45,6 +45,9 @@ class NodeConfig:
         drain_margin: on a graceful removal, how long before the grace deadline
             the drain gives up so closing the context still makes it in time.
         connect_timeout: bound on one CM connect attempt, in seconds.
+        admin_socket: path of a Unix socket (mode 0600) on which the node serves
+            its rds-info tables to ``rdsx-info`` (:mod:`rdsx.admin`); ``None``
+            (the default) opens none.
     """
 
     sndbuf: int = attrs.field(default=256 * 1024, validator=_positive)
@@ -56,3 +59,4 @@ class NodeConfig:
     seed: int | None = None
     drain_margin: float = attrs.field(default=0.05, validator=_nonnegative)
     connect_timeout: float = attrs.field(default=2.0, validator=_positive)
+    admin_socket: str | None = None

@@ -1031,6 +1031,10 @@ async def _run_node(
 ) -> AsyncIterator[Node]:
     node = Node(address, config, mode)
     async with trio.open_nursery() as nursery:
+        if config.admin_socket is not None:
+            from .admin import serve_admin
+
+            await nursery.start(serve_admin, node, config.admin_socket)
         await nursery.start(node._run, devices)
         try:
             yield node
