@@ -128,6 +128,16 @@ class Counters(Mapping[str, int]):
     def __contains__(self, name: object) -> bool:
         return name in self.counts
 
+    def format(self) -> str:
+        """Render as ``rds-info -c`` prints it: ``Counters:`` then name and value columns.
+
+        Returns:
+            The text, one counter per line, in rds-info's order.
+        """
+        lines = ["Counters:", f"{'CounterName':>25} {'Value':>16}"]
+        lines += [f"{name:>25} {value:>16}" for name, value in self.counts.items()]
+        return "\n".join(lines) + "\n"
+
     @classmethod
     def merge(cls, *parts: Mapping[str, int]) -> Counters:
         """Sum several name -> value mappings (node and engines) into one snapshot.

@@ -101,3 +101,47 @@ class NodeInfo:
     recv_queue: tuple[MessageInfo, ...]
     send_queue: tuple[MessageInfo, ...]
     retransmit_queue: tuple[MessageInfo, ...]
+
+    def format(self) -> str:
+        """Render the tables as ``rds-info -k -n -r -s -t`` prints them.
+
+        Returns:
+            The text, one table after another, each under rds-info's header line.
+        """
+        lines = ["", "RDS Sockets:"]
+        lines.append(
+            f"{'BoundAddr':>15} {'BPort':>5} {'ConnAddr':>15} {'CPort':>5} "
+            f"{'SndBuf':>10} {'RcvBuf':>10} {'Inode':>10}"
+        )
+        for k in self.sockets:
+            lines.append(
+                f"{k.bound_addr or '0.0.0.0':>15} {k.bound_port:>5} "
+                f"{k.conn_addr or '0.0.0.0':>15} {k.conn_port:>5} "
+                f"{k.sndbuf:>10} {k.rcvbuf:>10} {k.inode:>10}"
+            )
+        lines += ["", "RDS Connections:"]
+        lines.append(
+            f"{'LocalAddr':>15} {'RemoteAddr':>15} {'Tos':>4} "
+            f"{'NextTX':>20} {'NextRX':>20} {'Flgs':>4}"
+        )
+        for c in self.connections:
+            lines.append(
+                f"{c.local_addr:>15} {c.remote_addr:>15} {0:>4} "
+                f"{c.next_tx_seq:>20} {c.next_rx_seq:>20} {c.flags:>4}"
+            )
+        for title, rows in (
+            ("Receive Message Queue:", self.recv_queue),
+            ("Send Message Queue:", self.send_queue),
+            ("Retransmit Message Queue:", self.retransmit_queue),
+        ):
+            lines += ["", title]
+            lines.append(
+                f"{'LocalAddr':>15} {'LPort':>5} {'RemoteAddr':>15} {'RPort':>5} "
+                f"{'Tos':>4} {'Seq':>20} {'Bytes':>10}"
+            )
+            for m in rows:
+                lines.append(
+                    f"{m.local_addr:>15} {m.local_port:>5} {m.remote_addr:>15} "
+                    f"{m.remote_port:>5} {0:>4} {m.seq:>20} {m.bytes:>10}"
+                )
+        return "\n".join(lines[1:]) + "\n"

@@ -214,6 +214,21 @@ async def test_counters_and_info_tables(autojump_clock: trio.abc.Clock) -> None:
         # rows are frozen values
         with pytest.raises(AttributeError):
             conn_a.next_tx_seq = 0  # type: ignore[misc]
+        # printed as rds-info prints them
+        text = a.info().format()
+        for header in (
+            "RDS Sockets:",
+            "RDS Connections:",
+            "Receive Message Queue:",
+            "Send Message Queue:",
+            "Retransmit Message Queue:",
+        ):
+            assert header in text
+        retrans = text.split("Retransmit Message Queue:")[1].splitlines()
+        assert retrans[2].split() == ["127.0.0.1", "10", "127.0.0.2", "7000", "0", "5", "7"]
+        counters = a.statistics().format().splitlines()
+        assert counters[0] == "Counters:" and counters[1].split() == ["CounterName", "Value"]
+        assert counters[2].split() == ["conn_reset", str(a.statistics().conn_reset)]
 
 
 async def test_congestion_clears_across_a_removal(autojump_clock: trio.abc.Clock) -> None:
