@@ -84,6 +84,8 @@ class _CQ(_Proxy):
                 if self._fault != "wait-survives-removal":
                     raise
                 await trio.sleep_forever()
+            if self._fault == "lossy-cancelled-wait":
+                await trio.sleep(1e-6)  # a checkpoint after taking: cancelling here loses them
             got = self._filter(batch)[:max_entries]
             if got:
                 return got
@@ -209,6 +211,7 @@ class BrokenSim(Harness):
         ("zombie-poll-returns-empty", "remove-surprise", "cq.poll on a zombie"),
         ("wait-survives-removal", "remove-surprise", "did not end in"),
         ("no-qp-fatal", "qp-fatal-event", "no QP_FATAL event"),
+        ("lossy-cancelled-wait", "cq-wait-cancellation", "a cancelled wait lost"),
     ],
 )
 async def test_suite_catches(fault: str, check: str, rule: str, autojump_clock: object) -> None:
