@@ -12,6 +12,7 @@ import random
 
 from ..errors import InvalidArgument, InvalidHandle, QueueFull
 from ..verbs import (
+    MR,
     MTU_VALUES,
     Access,
     Opcode,
@@ -273,22 +274,48 @@ async def _bad_local_send(harness: Harness, rng: random.Random, case: str) -> No
 @check("local-key-errors")
 async def check_local_keys(harness: Harness, rng: random.Random) -> None:
     """An SGE outside its MR, an unknown or deregistered lkey, an MR of another PD:
-    LOC_PROT_ERR, nothing sent."""
+    LOC_PROT_ERR, nothing sent. An RDMA READ into an MR without LOCAL_WRITE: LOC_PROT_ERR,
+    nothing written."""
     for case in _BAD_LOCAL:
         await _bad_local_send(harness, rng, case)
+    async with open_nodes(harness) as (a, b):
+        ea, _eb = link(a, b)
+        source = b.alloc(16)
+        b.put(source, rng.randbytes(16))
+        landing = bytearray(16)
+        readonly = a.pd.reg_mr(landing, Access.NONE)
+        ea.qp.post_send(
+            SendWR(
+                1,
+                Opcode.RDMA_READ,
+                (Sge(readonly.addr, 16, readonly.lkey),),
+                remote_addr=b.mr.addr + source,
+                rkey=b.mr.rkey,
+            )
+        )
+        rule = "an RDMA READ into an MR without LOCAL_WRITE"
+        expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.LOC_PROT_ERR)
+        if landing != bytearray(16):
+            raise AssertionError(f"{rule}: the read-only memory was written")
 
 
 @check("receive-side-errors")
 async def check_receive_errors(harness: Harness, rng: random.Random) -> None:
-    """A receive too small (LOC_LEN_ERR) or outside its MR (LOC_PROT_ERR) fails both ends."""
-    for case in ("too small", "outside its MR"):
+    """A receive too small (LOC_LEN_ERR), outside its MR or in an MR without LOCAL_WRITE
+    (LOC_PROT_ERR) fails both ends and writes nothing read-only."""
+    for case in ("too small", "outside its MR", "in an MR without LOCAL_WRITE"):
         async with open_nodes(harness) as (a, b):
             ea, eb = link(a, b)
             off = a.alloc(32)
+            readonly: MR | None = None
             if case == "too small":
                 sge, status = b.sge(b.alloc(8), 8), WcStatus.LOC_LEN_ERR
-            else:
+            elif case == "outside its MR":
                 sge, status = Sge(b.mr.addr + b.mr.length - 8, 32, b.mr.lkey), WcStatus.LOC_PROT_ERR
+            else:
+                readonly = b.pd.reg_mr(bytearray(32), Access.NONE)
+                sge, status = Sge(readonly.addr, 32, readonly.lkey), WcStatus.LOC_PROT_ERR
+            a.put(off, rng.randbytes(32))
             eb.qp.post_recv(RecvWR(1, (sge,)))
             ea.qp.post_send(SendWR(2, Opcode.SEND, (a.sge(off, 32),)))
             rule = f"a 32-byte send into a receive {case}"
@@ -296,6 +323,8 @@ async def check_receive_errors(harness: Harness, rng: random.Random) -> None:
             wc = await take_one(ea.scq, rule)
             if wc.status is WcStatus.SUCCESS or wc.wr_id != 2:
                 raise AssertionError(f"{rule}: the requester must see an error, got {wc}")
+            if readonly is not None and bytes(readonly.buffer) != bytes(32):
+                raise AssertionError(f"{rule}: the read-only memory was written")
 
 
 @check("imm-data-range")
