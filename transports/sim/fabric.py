@@ -39,6 +39,7 @@ from rdsx.verbs import MTU_VALUES
 
 from .hca import Endpoint, Host, PortModel
 from .packet import HEADER_BYTES, Kind, Packet
+from .rc import _LIVE
 from .sm import PathRecord, SubnetManager
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Fabric:
         self.port_model = PortModel(port_model)
         self.seed = seed
         self.random = random.Random(seed)
+        self._latency = self._bandwidth = 0.0
         self.latency = latency
         self.bandwidth = bandwidth
         self.mtu = mtu
@@ -124,9 +126,10 @@ class Fabric:
         self.hosts: dict[str, Host] = {}
         self.vms: dict[str, Vm] = {}
         self._trace: list[tuple[tuple[float, int, str], int, TraceRecord]] = []
-        self.tracing = trace
+        self._tracing = trace
         self._policy: RoutePolicy = self.deliver_packet
         self._default_route = True
+        self.fast_lane = False
         self._endpoints: dict[int, Endpoint] = {}
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = 0
@@ -145,6 +148,26 @@ class Fabric:
         self._sent = self._delivered = self._dropped = self._bytes = 0
         for index in range(switches):
             self.sm.assign_lid(("switch", index))
+
+    @property
+    def latency(self) -> float:
+        """Seconds per link hop."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._latency = value
+        self._two_hops = 2 * value
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes per second of every link."""
+        return self._bandwidth
+
+    @bandwidth.setter
+    def bandwidth(self, value: float) -> None:
+        self._bandwidth = value
+        self._seconds_per_byte = 1.0 / value
 
     # ------------------------------------------------------------------ topology
 
@@ -284,12 +307,22 @@ class Fabric:
     def route_packet(self, policy: RoutePolicy) -> None:
         self._policy = policy
         self._default_route = policy == self.deliver_packet
+        self._update_fast_lane()
 
     @property
-    def fast_acks(self) -> bool:
-        """True when an ACK may skip the packet machinery: real clock, default
-        route, no trace (nothing could observe, drop or delay it)."""
-        return self._realtime and self._default_route and not self.tracing
+    def tracing(self) -> bool:
+        """Whether :attr:`trace` is being recorded."""
+        return self._tracing
+
+    @tracing.setter
+    def tracing(self, on: bool) -> None:
+        self._tracing = on
+        self._update_fast_lane()
+
+    def _update_fast_lane(self) -> None:
+        # An ACK may skip the packet machinery when nothing could observe, drop or
+        # delay it: real clock, default route, no trace.
+        self.fast_lane = self._realtime and self._default_route and not self._tracing
 
     def send_packet(self, packet: Packet) -> None:
         """Put ``packet`` on the wire: hand it to :attr:`route_packet`.
@@ -305,7 +338,7 @@ class Fabric:
         self._policy(packet)
 
     def fast_ack(self, src_lid: int, src_qpn: int, dst_lid: int, dst_qpn: int, psn: int) -> bool:
-        """Deliver a positive ACK at once, without a packet (see :attr:`fast_acks`).
+        """Deliver a positive ACK at once, without a packet (when ``fast_lane``).
 
         Only valid from protocol code run by the fabric (never re-entrant).
         Returns False when the ACK must take the normal path.
@@ -318,7 +351,8 @@ class Fabric:
             return False
         self._sent += 1
         self._delivered += 1
-        peer.on_fast_ack(psn)
+        if peer._state in _LIVE and psn < peer.next_psn:
+            peer._acked(psn)
         return True
 
     def now(self) -> float:
@@ -338,20 +372,24 @@ class Fabric:
         now = self._now if self._draining else trio.current_time()
         endpoints = self._endpoints
         src = endpoints.get(packet.src_lid)
-        wire = (HEADER_BYTES + len(packet.payload)) / self.bandwidth
+        wire = (HEADER_BYTES + len(packet.payload)) * self._seconds_per_byte
         if src is None:
-            due = now + wire + 2 * self.latency + delay
+            due = now + wire + self._two_hops + delay
         else:
             host = src.host
             if not host.reachable:
                 self.drop_packet(packet, f"{host.name} unreachable")
                 return
-            depart = host.tx_free if host.tx_free > now else now
+            depart = host.tx_free
+            if depart < now:
+                depart = now
             host.tx_free = depart + wire
             dst = endpoints.get(packet.dst_lid)
-            hops = 2 if dst is None or dst.host.switch == host.switch else 4
-            due = depart + wire + hops * self.latency + delay
-        if self._realtime and due - now < self._slack:
+            if dst is None or dst.host.switch == host.switch:
+                due = depart + wire + self._two_hops + delay
+            else:
+                due = depart + wire + 2 * self._two_hops + delay
+        if due - now < self._slack:
             self._immediate.append(packet)
             if not self._draining:
                 self._drain()
@@ -589,6 +627,7 @@ async def open_fabric(
         realtime = not virtual
     fabric.epoch = trio.current_time()
     fabric._realtime = realtime
+    fabric._update_fast_lane()
     fabric._slack = REALTIME_SLACK if realtime else 0.0
     try:
         async with trio.open_nursery() as nursery:

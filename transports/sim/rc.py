@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+import trio
+
 from rdsx.verbs import (
     Access,
     AsyncEvent,
@@ -42,7 +44,7 @@ from rdsx.verbs import (
     WorkCompletion,
 )
 
-from .packet import Kind, Packet, Syndrome
+from .packet import HEADER_BYTES, Kind, Packet, Syndrome
 
 if TYPE_CHECKING:
     from .fabric import Fabric
@@ -79,6 +81,8 @@ _SUCCESS = WcStatus.SUCCESS
 _FLUSH = WcStatus.WR_FLUSH_ERR
 _RECV = WcOpcode.RECV
 _WITH_IMM = frozenset({id(Opcode.SEND_WITH_IMM), id(Opcode.RDMA_WRITE_WITH_IMM)})
+_SEND, _SEND_IMM = Opcode.SEND, Opcode.SEND_WITH_IMM
+_WC_SEND = WcOpcode.SEND
 _LIVE = (_RTS, _SQD)
 #: Timers fire at due times quantised by the fabric; closer than this counts as due.
 EPSILON = 1e-9
@@ -95,12 +99,10 @@ class SendWqe:
     __slots__ = (
         "data",
         "first_psn",
-        "imm",
         "kind",
         "last_psn",
         "length",
         "read_next",
-        "signaled",
         "targets",
         "wr",
     )
@@ -116,8 +118,12 @@ class SendWqe:
         # checks ``kind`` first).
         self.targets: list[memoryview]
         self.read_next: int
-        self.imm = wr.imm_data if id(wr.opcode) in _WITH_IMM else None
-        self.signaled = wr.signaled
+
+    @property
+    def imm(self) -> int | None:
+        """The immediate data the packets carry (``*_WITH_IMM`` only)."""
+        wr = self.wr
+        return wr.imm_data if id(wr.opcode) in _WITH_IMM else None
 
 
 class RecvProgress:
@@ -173,8 +179,12 @@ class RcQp:
         self.function = function
         self.qp_num = qp_num
         self.sq_sig_all = sq_sig_all
+        #: The key table of the QP's resource space (fixed for the QP's life).
+        self.mrs = function.space.mrs
         self.retransmits = 0
         self.rnr_naks = 0
+        #: SENDs that took the real-clock fast lane (see :meth:`_direct_send`).
+        self.fast_sends = 0
         self._state = _RESET
         self._reset_protocol()
 
@@ -222,7 +232,7 @@ class RcQp:
 
     def _local(self, sges: tuple[Sge, ...], write: bool) -> list[memoryview] | None:
         """The memory ``sges`` name, or None if a key, range or right is wrong."""
-        mrs = self.function.space.mrs
+        mrs = self.mrs
         out = []
         for sge in sges:
             mr = mrs.get(sge.lkey)
@@ -242,7 +252,7 @@ class RcQp:
         """The responder's check of an RETH (write or read rights): the MR, or None to NAK."""
         if not (self.remote_write if write else self.remote_read):
             return None
-        mr = self.function.space.mrs.get(rkey)
+        mr = self.mrs.get(rkey)
         if (
             mr is None
             or mr.pd is not self.pd
@@ -266,19 +276,24 @@ class RcQp:
             return
         if not budget:
             return
-        now = self.fabric.now()
+        fabric = self.fabric
+        now = fabric._now if fabric._draining else trio.current_time()
         if self.rnr_until > now:
             return
         if self.una == self.next_psn:
             self.progress_at = now
         mtu = self.mtu
         pending = self.sq_pending
-        mrs = self.function.space.mrs
+        mrs = self.mrs
+        send = fabric.send_packet
+        direct = fabric.fast_lane and state is _RTS
         while pending and budget:
             budget -= 1
             if state is _SQD:
                 self.drain_quota -= 1
             wr = pending.popleft()
+            if direct and not self.sq and self._direct_send(wr, now):
+                continue
             sges = wr.sg_list
             kind = _KIND[id(wr.opcode)]
             psn = self.next_psn
@@ -313,12 +328,13 @@ class RcQp:
                         psn,
                         data,
                     )
-                    packet.imm = wqe.imm
+                    if wr.imm_data is not None and id(wr.opcode) in _WITH_IMM:
+                        packet.imm = wr.imm_data
                     if kind == Kind.WRITE:
                         packet.rkey = wr.rkey
                         packet.raddr = wr.remote_addr
                         packet.length = length
-                    self.fabric.send_packet(packet)
+                    send(packet)
                     continue
             length = 0
             for sge in sges:
@@ -336,8 +352,90 @@ class RcQp:
                 wqe.data = memory[0] if len(memory) == 1 else memoryview(b"".join(memory))
             self.next_psn = psn + npkts
             self.sq.append(wqe)
-        self._send_window()
-        self._arm()
+        if self.snd_nxt < self.next_psn:
+            self._send_window()
+        if not self.timer_armed:
+            self._arm()
+
+    def _direct_send(self, wr: SendWR, now: float) -> bool:
+        """The real-clock fast lane for a one-packet SEND with nothing outstanding.
+
+        When the packet would be delivered within the same pass anyway and nothing
+        could drop, delay or observe it (``fabric.fast_lane``), place it in the
+        peer's receive and take the ACK at once, without a packet, a WQE or a queue.
+        Returns False (having changed nothing) whenever any condition of the normal
+        path might matter: the caller then takes it.
+        """
+        opcode = wr.opcode
+        if (opcode is not _SEND and opcode is not _SEND_IMM) or len(wr.sg_list) != 1:
+            return False
+        sge = wr.sg_list[0]
+        size = sge.length
+        mr = self.mrs.get(sge.lkey)
+        if (
+            size > self.mtu
+            or mr is None
+            or mr.pd is not self.pd
+            or sge.addr < mr.addr
+            or sge.addr + size > mr.addr + mr.length
+        ):
+            return False
+        fabric = self.fabric
+        lid = self.function.lid
+        endpoints = fabric._endpoints
+        src, dst = endpoints.get(lid), endpoints.get(self.dest_lid)
+        if src is None or dst is None or not src.host.reachable or not dst.host.reachable:
+            return False
+        peer = dst.space.qps.get(self.dest_qpn)
+        psn = self.next_psn
+        if (
+            peer is None
+            or peer.dest_lid != lid
+            or peer.dest_qpn != self.qp_num
+            or peer._state not in _RECEIVING
+            or peer.epsn != psn
+            or not peer.rq
+        ):
+            return False
+        rwr = peer.rq[0]
+        if len(rwr.sg_list) != 1:
+            return False
+        rsge = rwr.sg_list[0]
+        rmr = peer.mrs.get(rsge.lkey)
+        if (
+            rmr is None
+            or rmr.pd is not peer.pd
+            or not rmr.local_write
+            or rsge.addr < rmr.addr
+            or rsge.addr + size > rmr.addr + rmr.length
+            or size > rsge.length
+        ):
+            return False
+        host = src.host
+        wire = (HEADER_BYTES + size) * fabric._seconds_per_byte
+        depart = host.tx_free if host.tx_free > now else now
+        hops = fabric._two_hops if dst.host.switch == host.switch else 2 * fabric._two_hops
+        if depart + wire + hops - now >= fabric._slack:
+            return False
+        # Committed: the same effects as the packet path, in the same order.
+        host.tx_free = depart + wire
+        peer.rq.popleft()
+        start, rstart = sge.addr - mr.addr, rsge.addr - rmr.addr
+        rmr.buffer[rstart : rstart + size] = mr.buffer[start : start + size]
+        peer.epsn = psn + 1
+        imm = wr.imm_data if opcode is _SEND_IMM else None
+        peer.recv_cq.push(WorkCompletion(rwr.wr_id, _SUCCESS, _RECV, size, peer.qp_num, imm))
+        self.fast_sends += 1
+        fabric._sent += 2
+        fabric._delivered += 2
+        fabric._bytes += size
+        self.next_psn = self.una = self.snd_nxt = psn + 1
+        self.retry_left = self.retry_cnt
+        self.rnr_left = self.rnr_retry
+        self.progress_at = now
+        if wr.signaled or self.sq_sig_all:
+            self.send_cq.push(WorkCompletion(wr.wr_id, _SUCCESS, _WC_SEND, size, self.qp_num))
+        return True
 
     def _send_window(self) -> None:
         """Put packets on the wire from ``snd_nxt`` while fewer than WINDOW are unacked."""
@@ -379,9 +477,10 @@ class RcQp:
             send(packet)
             return
         first, last, mtu, data, kind = wqe.first_psn, wqe.last_psn, self.mtu, wqe.data, wqe.kind
+        imm = wqe.imm
         if first == last:
             packet = Packet(kind, src, dst, qpn, dqpn, first, data)
-            packet.imm = wqe.imm
+            packet.imm = imm
             if kind == Kind.WRITE:
                 packet.rkey = wr.rkey
                 packet.raddr = wr.remote_addr
@@ -393,7 +492,7 @@ class RcQp:
             packet = Packet(kind, src, dst, qpn, dqpn, psn, data[offset : offset + mtu])
             packet.first = psn == first
             packet.last = psn == last
-            packet.imm = wqe.imm
+            packet.imm = imm
             if kind == Kind.WRITE:
                 packet.rkey = wr.rkey
                 packet.raddr = wr.remote_addr + offset
@@ -501,12 +600,13 @@ class RcQp:
         self.una = limit
         self.retry_left = self.retry_cnt
         self.rnr_left = self.rnr_retry
-        self.progress_at = self.fabric.now()
+        fabric = self.fabric
+        self.progress_at = fabric._now if fabric._draining else trio.current_time()
         sq = self.sq
         push = self.send_cq.push
         while sq and sq[0].last_psn < limit:
             wqe = sq.popleft()
-            if wqe.signaled or self.sq_sig_all:
+            if wqe.wr.signaled or self.sq_sig_all:
                 wr = wqe.wr
                 push(
                     WorkCompletion(
@@ -551,16 +651,11 @@ class RcQp:
             else:
                 self._on_request(packet)
 
-    def on_fast_ack(self, psn: int) -> None:
-        """A positive ACK that skipped the packet machinery (``Fabric.fast_ack``)."""
-        if self._state in _LIVE and psn < self.next_psn:
-            self._acked(psn)
-
     def _reply(self, syndrome: int, psn: int) -> None:
         fabric = self.fabric
         if (
             syndrome == Syndrome.ACK
-            and fabric.fast_acks
+            and fabric.fast_lane
             and fabric.fast_ack(self.function.lid, self.qp_num, self.dest_lid, self.dest_qpn, psn)
         ):
             return
@@ -649,7 +744,7 @@ class RcQp:
         sges = wr.sg_list
         if len(sges) == 1:
             sge = sges[0]
-            mr = self.function.space.mrs.get(sge.lkey)
+            mr = self.mrs.get(sge.lkey)
             if (
                 mr is not None
                 and mr.pd is self.pd
