@@ -12,8 +12,11 @@ so the only thing that differs from an rdsx run is what carries the messages:
 * ``zmq``: pyzmq PUSH/PULL sockets over loopback TCP, one pair per direction,
   a message per frame (the ``bench`` extra; skipped with a message when pyzmq
   is not installed).
+* ``memory``: each message is handed straight to the peer's socket: no
+  transport at all, so this measures rdsx-stress's own cost (task loops,
+  ledger, verification, trio scheduling).
 
-Run ``python -m bench.baselines tcp -q 4K -a 4K -t 7 -T 10 [--json FILE]``
+Run ``python -m bench.baselines tcp|zmq|memory -q 4K -a 4K -t 7 -T 10 [--json FILE]``
 (any rdsx-stress option applies).
 """
 
@@ -35,7 +38,14 @@ from rdsx.errors import AddressInUse, NotBound, SocketClosed
 from .options import Options, parse_args
 from .stress import Outcome, run_stress
 
-__all__ = ["BaselineNode", "BaselineSocket", "main", "open_tcp_pair", "open_zmq_pair"]
+__all__ = [
+    "BaselineNode",
+    "BaselineSocket",
+    "main",
+    "open_memory_pair",
+    "open_tcp_pair",
+    "open_zmq_pair",
+]
 
 Address = tuple[str, int]
 _FRAME = struct.Struct(">IHH")
@@ -110,13 +120,18 @@ class BaselineNode:
         self.sockets: dict[int, BaselineSocket] = {}
         self.outgoing: list[tuple[int, int, bytes]] = []
         self.wake = trio.Event()
+        #: The ``memory`` baseline: the peer node, which gets every message at once.
+        self.direct: BaselineNode | None = None
 
     def socket(self, *, sndbuf: int, rcvbuf: int) -> BaselineSocket:
         """A new unbound socket (the buffer sizes are ignored: there is no flow control)."""
         return BaselineSocket(self)
 
     def queue_frame(self, src_port: int, dst_port: int, data: bytes) -> None:
-        """Queue one message for the writer."""
+        """Queue one message for the writer (or hand it straight to a memory peer)."""
+        if self.direct is not None:
+            self.direct.dispatch(src_port, dst_port, data)
+            return
         self.outgoing.append((src_port, dst_port, data))
         self.wake.set()
 
@@ -250,18 +265,32 @@ async def open_zmq_pair(a: str, b: str) -> AsyncIterator[tuple[BaselineNode, Bas
         ctx.term()
 
 
+@asynccontextmanager
+async def open_memory_pair(a: str, b: str) -> AsyncIterator[tuple[BaselineNode, BaselineNode]]:
+    """Two baseline nodes that hand each message straight to the other: the tool's own cost."""
+    node_a, node_b = BaselineNode(a, b), BaselineNode(b, a)
+    node_a.direct, node_b.direct = node_b, node_a
+    yield node_a, node_b
+
+
+_OPENERS = {"tcp": open_tcp_pair, "zmq": open_zmq_pair, "memory": open_memory_pair}
+
+
 async def run_baseline(kind: str, opts: Options, stop_on_sigint: bool = False) -> Outcome:
-    """Run rdsx-stress's traffic over the ``tcp`` or ``zmq`` baseline."""
-    opener = open_tcp_pair if kind == "tcp" else open_zmq_pair
+    """Run rdsx-stress's traffic over the ``tcp``, ``zmq`` or ``memory`` baseline."""
+    opener = _OPENERS[kind]
     async with opener(opts.recv_addr, opts.send_addr) as (a, b):
         return await run_stress(opts, a, b, stop_on_sigint=stop_on_sigint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.baselines {tcp,zmq} [rdsx-stress options]``; returns the exit status."""
+    """``python -m bench.baselines {tcp,zmq,memory} [options]``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in ("tcp", "zmq"):
-        print("usage: python -m bench.baselines {tcp,zmq} [rdsx-stress options]", file=sys.stderr)
+    if not args or args[0] not in _OPENERS:
+        print(
+            "usage: python -m bench.baselines {tcp,zmq,memory} [rdsx-stress options]",
+            file=sys.stderr,
+        )
         return 2
     kind, opts = args[0], parse_args(args[1:])
     if opts.rdma_bytes:

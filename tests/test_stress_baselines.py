@@ -5,16 +5,16 @@ import io
 import pytest
 import trio
 
-from bench.baselines import open_tcp_pair, open_zmq_pair
+from bench.baselines import open_memory_pair, open_tcp_pair, open_zmq_pair
 from bench.options import Options
 from bench.stress import run_stress
 
 
-@pytest.mark.parametrize("kind", ["tcp", "zmq"])
+@pytest.mark.parametrize("kind", ["tcp", "zmq", "memory"])
 async def test_baseline_carries_verified_traffic(kind: str) -> None:
     if kind == "zmq":
         pytest.importorskip("zmq")
-    opener = open_tcp_pair if kind == "tcp" else open_zmq_pair
+    opener = {"tcp": open_tcp_pair, "zmq": open_zmq_pair, "memory": open_memory_pair}[kind]
     opts = Options(tasks=2, depth=2, time=0.3, req_bytes=2048, ack_bytes=64)
     out = io.StringIO()
     with trio.fail_after(20):
