@@ -180,7 +180,8 @@ async def check_partition_heals(harness: Harness, rng: random.Random) -> None:
 
 @check("qp-close-discards")
 async def check_qp_close(harness: Harness, rng: random.Random) -> None:
-    """Destroying a QP discards its outstanding WRs without completions."""
+    """Destroying a QP discards its outstanding WRs without completions; its peer's next
+    send exhausts its retries."""
     async with open_nodes(harness) as (a, b):
         ea, _eb = link(a, b, rnr_retry=7)
         off = a.alloc(16)
@@ -188,6 +189,12 @@ async def check_qp_close(harness: Harness, rng: random.Random) -> None:
         ea.qp.post_send([SendWR(10 + i, Opcode.SEND, (a.sge(off, 16),)) for i in range(3)])
         ea.qp.close()
         await quiet([ea.scq, ea.rcq], "qp.close discards outstanding WRs without completions")
+    async with open_nodes(harness) as (a, b):
+        ea, eb = link(a, b, retry_cnt=2)
+        eb.qp.close()
+        ea.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(a.alloc(8), 8),)))
+        rule = "a send to a destroyed peer QP"
+        expect_wc(await take_one(ea.scq, rule), rule, wr_id=1, status=WcStatus.RETRY_EXC_ERR)
 
 
 @check("qp-fatal-event")

@@ -301,9 +301,10 @@ async def check_local_keys(harness: Harness, rng: random.Random) -> None:
 
 @check("receive-side-errors")
 async def check_receive_errors(harness: Harness, rng: random.Random) -> None:
-    """A receive too small (LOC_LEN_ERR), outside its MR or in an MR without LOCAL_WRITE
-    (LOC_PROT_ERR) fails both ends and writes nothing read-only."""
-    for case in ("too small", "outside its MR", "in an MR without LOCAL_WRITE"):
+    """A receive too small (LOC_LEN_ERR), outside its MR, in an MR without LOCAL_WRITE or
+    deregistered after the post (LOC_PROT_ERR) fails both ends, writes nothing read-only."""
+    cases = ("too small", "outside its MR", "in an MR without LOCAL_WRITE", "deregistered")
+    for case in cases:
         async with open_nodes(harness) as (a, b):
             ea, eb = link(a, b)
             off = a.alloc(32)
@@ -312,11 +313,16 @@ async def check_receive_errors(harness: Harness, rng: random.Random) -> None:
                 sge, status = b.sge(b.alloc(8), 8), WcStatus.LOC_LEN_ERR
             elif case == "outside its MR":
                 sge, status = Sge(b.mr.addr + b.mr.length - 8, 32, b.mr.lkey), WcStatus.LOC_PROT_ERR
+            elif case == "deregistered":
+                stale = b.pd.reg_mr(bytearray(32), Access.LOCAL_WRITE)
+                sge, status = Sge(stale.addr, 32, stale.lkey), WcStatus.LOC_PROT_ERR
             else:
                 readonly = b.pd.reg_mr(bytearray(32), Access.NONE)
                 sge, status = Sge(readonly.addr, 32, readonly.lkey), WcStatus.LOC_PROT_ERR
             a.put(off, rng.randbytes(32))
             eb.qp.post_recv(RecvWR(1, (sge,)))
+            if case == "deregistered":
+                stale.close()  # after the post: the key is checked when the message lands
             ea.qp.post_send(SendWR(2, Opcode.SEND, (a.sge(off, 32),)))
             rule = f"a 32-byte send into a receive {case}"
             expect_wc(await take_one(eb.rcq, rule), f"{rule} (responder)", wr_id=1, status=status)
