@@ -215,3 +215,38 @@ async def test_verbs_calls_racing_a_surprise_removal_are_never_errors(
             assert manual.state is QpState.INIT and manual.physical.state is QpState.INIT
             await expect_exactly(b, a, to_b)
             a_listener.close()
+
+
+async def test_a_given_up_qp_can_be_reset_and_connected_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """After PeerResumeTimeout both sides reset their QPs and connect anew (what RDS does)."""
+    config = ShimConfig(resume_timeout=1.0)
+    with trio.fail_after(60):
+        async with open_world(seed=13, config=config, recvs=4) as world:
+            a, b = world.a, world.b
+            await world.fabric.detach(a.vm, grace=1.0)
+            assert b.cm is not None
+            with pytest.raises(PeerResumeTimeout):
+                await b.cm.next_event()
+            await world.fabric.attach(a.vm, world.hosts["C"])
+            assert a.cm is not None
+            with pytest.raises(PeerResumeTimeout):
+                await a.cm.next_event()  # B no longer knows the connection
+            for end in (a, b):
+                end.scq.poll(64)
+                end.rcq.poll(64)
+                end.qp.modify(QpAttr(state=QpState.RESET))
+                assert end.qp.state is QpState.RESET
+            listener = await b.ctx.cm_listen(PORT + 3)
+            async with trio.open_nursery() as nursery:
+
+                async def serve() -> None:
+                    b.cm = await (await listener.get_request()).accept(b.qp)
+
+                nursery.start_soon(serve)
+                a.cm = await a.ctx.cm_connect(a.qp, b.vm.address, PORT + 3)
+            b.post_recvs(2)
+            a.send(b"again")
+            (wc,) = await take(b.rcq, 1)
+            assert ok([wc]) and b.received(wc) == b"again"

@@ -162,12 +162,7 @@ class VirtualQP(QP):
         self.cm_id: VirtualCmId | None = None
         self._closed = False
         self.qp_num = 0
-        if (
-            ctx.session is not None
-            and pd.physical is not None
-            and send_cq.has_physical
-            and recv_cq.has_physical
-        ):
+        if ctx.session is not None:
             try:
                 self._create_phys(ctx.session)
             except DeviceRemoved:
@@ -260,6 +255,13 @@ class VirtualQP(QP):
                 self._vstate = S.RESET
                 self._replay.clear()
                 self._resume_fresh()
+                self.failure = None
+                self.cm_id = None
+                session = self._ctx.session
+                if session is not None and not session.removal.is_set():
+                    # Reusable at once: a fresh physical QP in RESET on this device.
+                    with contextlib.suppress(DeviceRemoved):
+                        self._create_phys(session)
                 return
             if self.peer is None and self.cm_id is None:
                 # Set up by hand: the next device replays it.
@@ -564,9 +566,10 @@ class VirtualQP(QP):
                 await self._resumed.wait()
         return self._hold is None and self.failure is None
 
-    def _create_phys(self, session: Session) -> QP:
+    def _create_phys(self, session: Session) -> QP | None:
         ppd = self._pd.physical
-        assert ppd is not None
+        if ppd is None or not (self._send_cq.has_physical and self._recv_cq.has_physical):
+            return None  # its parents are not on this device (yet): made with them later
         qp = ppd.create_qp(self._send_cq.physical_cq(), self._recv_cq.physical_cq(), self._cap)
         self._phys = qp
         self._session = session
@@ -611,7 +614,13 @@ class VirtualQP(QP):
         self._session = session
         if self.failure is not None:
             return
+        if self._vstate is S.ERR and not self._replay:
+            # Ended through the CM before the move: stay in ERR, flush what is left.
+            self._give_up(None)
+            return
         qp = self._create_phys(session)
+        if qp is None:
+            return
         try:
             for attr in self._replay:
                 qp.modify(attr)
