@@ -10,9 +10,16 @@ fabric (IBTA ch. 9.7, reduced to what the model needs):
   ``retry_cnt`` times, then ``RETRY_EXC_ERR``. An RNR NAK → wait the
   responder's ``min_rnr_timer``, resend, ``rnr_retry`` times (7 = forever),
   then ``RNR_RETRY_EXC_ERR``. A sequence NAK → resend at once from that PSN.
+* At most :data:`WINDOW` packets are unacknowledged (go-back-N resends at most
+  a window per loss); a partially answered READ is re-requested from its first
+  missing response.
 * Responder: accepts only the expected PSN (ePSN). A duplicate is re-ACKed
   (a duplicate READ is re-executed: reads are idempotent), a gap is NAKed
-  once per ePSN, and a SEND finding no posted receive is RNR-NAKed.
+  once per ePSN, and a SEND finding no posted receive is RNR-NAKed. It ACKs the
+  last packet of every message and every :data:`ACK_EVERY` th packet.
+
+PSNs are kept as unbounded integers (the 24-bit wrap is not modelled); the CQ
+never overruns (``cqe`` is not enforced as a limit).
 
 So a routing policy may drop, duplicate, delay or reorder packets and a message
 is still placed exactly once, in order, or the requester gets the right status.
