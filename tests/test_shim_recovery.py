@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import random
 
 import pytest
 import trio
 from shim_world import ACCESS, PORT, End, World, migrate, ok, open_world, take
 
-from rdsx.errors import PeerResumeTimeout, VerbsError
+from rdsx.errors import ConnectionRejected, PeerResumeTimeout, VerbsError
 from rdsx.shim import ShimConfig
+from rdsx.shim.protocol import MAGIC, Reconnect, encode
 from rdsx.shim.qp import VirtualQP
 from rdsx.shim.resources import VirtualMR
 from rdsx.verbs import AsyncEventType, QpAttr, QpState, WcStatus
@@ -250,3 +252,35 @@ async def test_a_given_up_qp_can_be_reset_and_connected_again(
             a.send(b"again")
             (wc,) = await take(b.rcq, 1)
             assert ok([wc]) and b.received(wc) == b"again"
+
+
+async def test_garbage_on_the_control_port_is_refused_and_harmless(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A stranger's malformed or lying control requests are rejected; traffic goes on."""
+    rng = random.Random(14)
+    with trio.fail_after(60):
+        async with open_world(seed=14) as world:
+            a, b = world.a, world.b
+            stranger = world.fabric.create_vm("vmX", address="127.0.0.9")
+            device = await world.fabric.attach(stranger, world.hosts["C"])
+            ctx = await device.open()
+            pd = ctx.alloc_pd()
+            cq = ctx.create_cq()
+            port = b.shim.config.control_port
+            forged = encode(
+                Reconnect(src_vqpn=1, dst_vqpn=b.qp.qp_num, received=0, inc=2, peer_inc=1)
+            )
+            payloads = [rng.randbytes(rng.randrange(0, 60)) for _ in range(10)]
+            payloads += [MAGIC + rng.randbytes(rng.randrange(0, 40)) for _ in range(10)]
+            payloads.append(forged)  # names B's real QP, from the wrong node
+            for data in payloads:
+                qp = pd.create_qp(cq, cq)
+                with pytest.raises(ConnectionRejected):
+                    await ctx.cm_connect(qp, b.vm.address, port, data)
+                qp.close()
+            assert b.qp.state is QpState.RTS and isinstance(b.qp, VirtualQP) and b.qp.held is None
+            a.send(b"still-fine")
+            (wc,) = await take(b.rcq, 1)
+            assert b.received(wc) == b"still-fine"
+            ctx.close()
