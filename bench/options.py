@@ -75,6 +75,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _chaos(text: str) -> tuple[float, float, float]:
+    names = {"drop": 0, "dup": 1, "delay": 2}
+    values = [0.0, 0.0, 0.0]
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            probability = float(value)
+        except ValueError:
+            probability = -1.0
+        if name.strip() not in names or not 0.0 <= probability <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"invalid chaos {part!r} (expected drop=P,dup=P,delay=P with 0 <= P <= 1)"
+            )
+        values[names[name.strip()]] = probability
+    return values[0], values[1], values[2]
+
+
 def _grace(text: str) -> float | None:
     if text == "surprise":
         return None
@@ -118,6 +135,8 @@ class Options:
         reattach_after: seconds after the removal at which a new VF on another
             host is attached.
         max_reports: how many mismatch tables to print before going quiet.
+        chaos: sim only: (drop, duplicate, delay) probabilities per packet on
+            the fabric (``--chaos drop=P,dup=P,delay=P``), or None.
         role: ``both`` (both ends in this process: sim, or ``--in-process``),
             ``active`` (``-s`` given: connects to the passive side) or
             ``passive`` (waits for an active side on ``-r``:``-p``).
@@ -154,6 +173,7 @@ class Options:
     grace: float | None = 1.0
     reattach_after: float = 0.1
     max_reports: int = 10
+    chaos: tuple[float, float, float] | None = None
     role: str = "both"
     connect_retries: int = 0
     secret_file: str | None = None
@@ -201,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grace", type=_grace, default=1.0, help="removal grace: SECONDS or 'surprise'")
     add("--reattach-after", type=_seconds, default=0.1, help="attach a new VF after SECONDS")
     add("--max-reports", type=int, default=10, help="mismatch tables printed at most")
+    add("--chaos", type=_chaos, default=None, help="sim: drop=P,dup=P,delay=P per packet")
     add("--in-process", action="store_true", help="both ends in this process (sim: always)")
     add("--connect-retries", type=int, default=0, help="control connect retries, 1 s apart")
     add("--secret-file", default=None, help="tcp cluster secret file (else RDSX_SECRET)")
@@ -244,6 +265,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             parser.error("a two-process run needs -T")
         if ns.remove_at is not None:
             parser.error("--remove-at needs the sim transport")
+    if ns.chaos is not None and ns.transport != "sim":
+        parser.error("--chaos needs the sim transport")
     if ns.recv_addr == send_addr:
         parser.error("-r and -s must differ")
     return Options(
@@ -276,6 +299,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         grace=ns.grace,
         reattach_after=ns.reattach_after,
         max_reports=ns.max_reports,
+        chaos=ns.chaos,
         connect_retries=ns.connect_retries,
         secret_file=ns.secret_file,
         transport_port=ns.transport_port,

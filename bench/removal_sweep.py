@@ -1,7 +1,7 @@
 """Sweep rdsx-stress's device-removal check over modes, grace, timing and seeds.
 
 ``python -m bench.removal_sweep [--modes reconnect,transparent] [--graces 1,surprise]
-[--at 0.5,1,1.25,2] [--seeds 0,1] [-t 2] [-T 3] [--rate 200]``
+[--at 0.5,1,1.25,2] [--seeds 0,1] [-t 2] [-T 3] [--rate 200] [--chaos drop=P,dup=P,delay=P]``
 
 Each combination is one in-process rdsx-stress run on the sim fabric in
 virtual time (paced at ``--rate`` requests/s per task): the active node's VF
@@ -23,7 +23,7 @@ from typing import Literal, cast
 import trio
 import trio.testing
 
-from .options import Options
+from .options import Options, parse_args
 from .stress import Outcome, run_in_process
 
 __all__ = ["main"]
@@ -48,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-t", "--tasks", type=int, default=2)
     p.add_argument("-T", "--time", type=float, default=3.0)
     p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--chaos", default=None, help="drop=P,dup=P,delay=P on the fabric")
     ns = p.parse_args(argv)
+    chaos = parse_args(["--chaos", ns.chaos]).chaos if ns.chaos else None
     modes = [cast(Literal["reconnect", "transparent"], m) for m in ns.modes.split(",")]
     combos = itertools.product(
         modes,
@@ -68,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=seed,
             drain_timeout=3.0,
             summary_only=True,
+            chaos=chaos,
         )
         how = "surprise" if grace is None else f"{grace:g} s"
         label = f"mode={mode:<11} grace={how:<8} at={at:<5} seed={seed}"

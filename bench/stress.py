@@ -399,6 +399,12 @@ async def run_in_process(
     async with transport.open_network(**net_options) as net:
         dev_a = await net.add_node(opts.recv_addr)
         dev_p = await net.add_node(opts.send_addr)
+        if opts.chaos is not None:
+            from transports.sim.faults import chaos
+
+            fabric = net.fabric  # type: ignore[attr-defined]
+            drop, dup, delay = opts.chaos
+            fabric.route_packet = chaos(fabric, drop=drop, duplicate=dup, delay=delay)
         experiment: Experiment | None = None
         if opts.remove_at is not None:
             from .removal import make_removal

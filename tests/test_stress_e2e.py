@@ -86,3 +86,25 @@ async def test_surprise_removal_on_a_second_boundary(autojump_clock: trio.abc.Cl
         0,
         0,
     )
+
+
+async def test_removal_on_a_lossy_reordering_fabric(autojump_clock: trio.abc.Clock) -> None:
+    # RC retransmission hides the fabric's drops, duplicates and delays; the surprise
+    # removal on top must still cost nothing but time.
+    opts = Options(
+        tasks=2,
+        time=3,
+        rate=150.0,
+        remove_at=1.2,
+        grace=None,
+        chaos=(0.02, 0.02, 0.1),
+        seed=5,
+    )
+    report, _ = await _run(opts)
+    assert (report["lost"], report["duplicated"], report["reordered"], report["errors"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert report["drained"] is True

@@ -75,3 +75,22 @@ def test_options_are_frozen() -> None:
     opts = Options()
     with pytest.raises(AttributeError):
         opts.tasks = 3  # type: ignore[misc]
+
+
+def test_chaos_option() -> None:
+    assert parse_args(["--chaos", "drop=0.01,delay=0.5"]).chaos == (0.01, 0.0, 0.5)
+    assert parse_args([]).chaos is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--chaos", "drop=2"], "invalid chaos 'drop=2'"),
+        (["--chaos", "loss=0.1"], "invalid chaos 'loss=0.1'"),
+        (["--transport", "tcp", "--in-process", "--chaos", "drop=0.1"], "needs the sim"),
+    ],
+)
+def test_chaos_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
