@@ -7,7 +7,8 @@ recorded (removal notice → physical release, new device → every peer resumed
 sends held / resent / found already delivered) and the longest gap between
 deliveries at each receiver, with the VM's own stop-and-copy pause beside it::
 
-    .venv/bin/python -m bench.shim_migration [--rate 2000] [--seed 0]
+    .venv/bin/python -m bench.shim_migration [--rate 2000] [--seed 0] [--clock real]
+        [--profile seed-cx2-xen|modern ...] [--strategy three-stage|late-detach ...]
 
 Every run checks that each side received exactly what the other sent, in order.
 """
@@ -150,13 +151,13 @@ def _ms(value: object) -> str:
     return "-" if value is None else f"{float(value) * 1000:.2f}"  # type: ignore[arg-type]
 
 
-async def _main(rate: float, seed: int) -> None:
+async def _main(rate: float, seed: int, profiles: Sequence[str], strategies: Sequence[str]) -> None:
     print(
         f"{'profile':<13} {'strategy':<12} {'removal':<9} {'release':>8} {'resume':>8} "
         f"{'gap':>9} {'pause':>7} {'held':>5} {'resent':>6} {'dups':>5}  exact"
     )
-    for profile in ("seed-cx2-xen", "modern"):
-        for strategy in ("three-stage", "late-detach"):
+    for profile in profiles:
+        for strategy in strategies:
             for grace in (2.0, None):
                 row = await run_one(profile, strategy, grace, rate, seed)
                 kind = "graceful" if grace else "surprise"
@@ -176,8 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=("virtual", "real"), default="virtual")
+    parser.add_argument("--profile", action="append", choices=("seed-cx2-xen", "modern"))
+    parser.add_argument("--strategy", action="append", choices=("three-stage", "late-detach"))
     args = parser.parse_args(argv)
-    trio.run(_main, args.rate, args.seed, clock=trio.testing.MockClock(autojump_threshold=0))
+    profiles = args.profile or ["seed-cx2-xen", "modern"]
+    strategies = args.strategy or ["three-stage", "late-detach"]
+    clock = trio.testing.MockClock(autojump_threshold=0) if args.clock == "virtual" else None
+    trio.run(_main, args.rate, args.seed, profiles, strategies, clock=clock)
 
 
 if __name__ == "__main__":
