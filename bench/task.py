@@ -16,7 +16,7 @@ from typing import Any, Protocol, TextIO
 
 import trio
 
-from rdsx.errors import RdsError, WouldBlock
+from rdsx.errors import NotConnected, RdsError, WouldBlock
 
 from .header import Op, payload
 from .options import Options
@@ -132,6 +132,8 @@ class Task:
         self.acks: collections.deque[tuple[int, int, int]] = collections.deque()
         #: -D: (peer, request seq) -> (the region the acker writes, its cookie).
         self.regions: dict[tuple[int, int], tuple[bytearray, int]] = {}
+        #: -D: requests postponed because no device could register a region.
+        self.mr_waits = 0
         self.wake = trio.Event()
         self.next_peer = 0
         self.last_rx: float | None = None
@@ -176,7 +178,15 @@ class Task:
         if not self.opts.rdma_bytes:
             return await self._send(Op.REQUEST, peer, self.ledger.make_request(peer, now))
         region = bytearray(self.opts.rdma_bytes)
-        cookie = self.sock.get_mr(region, readwrite=True)
+        try:
+            cookie = self.sock.get_mr(region, readwrite=True)
+        except NotConnected:
+            # Between a device removal and the next arrival nothing can be registered
+            # (documented by Socket.get_mr); no event says when one arrives, so retry
+            # after a millisecond. The request was never numbered: nothing is lost.
+            self.mr_waits += 1
+            await trio.sleep(0.001)
+            return False
         data = self.ledger.make_request(peer, now, cookie)
         seq = self.ledger.sent[(Op.REQUEST, peer)] - 1
         if not await self._send(Op.REQUEST, peer, data):

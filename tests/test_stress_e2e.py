@@ -108,3 +108,31 @@ async def test_removal_on_a_lossy_reordering_fabric(autojump_clock: trio.abc.Clo
         0,
     )
     assert report["drained"] is True
+
+
+@pytest.mark.parametrize("mode", ["reconnect", "transparent"])
+async def test_rdma_across_a_surprise_removal(
+    autojump_clock: trio.abc.Clock, mode: Literal["reconnect", "transparent"]
+) -> None:
+    # RDS never retransmits a message that carries RDMA: after a connection reset it is
+    # dropped and its sender notified DROPPED (reference/rds.md 1.8). So in reconnect mode
+    # exactly the dropped acks are lost (and each DROPPED notification is an error); the
+    # transparent shim hides the removal from RDS, so nothing is.
+    opts = Options(
+        tasks=2,
+        time=3,
+        rate=200.0,
+        rdma_bytes=8192,
+        remove_at=1.5,
+        grace=None,
+        mode=mode,
+        drain_timeout=2.0,
+    )
+    report, _ = await _run(opts)
+    counters = report["counters"]
+    assert isinstance(counters, dict)
+    dropped = sum(c.get("send_rdma_dropped", 0) for c in counters.values())
+    assert (report["duplicated"], report["reordered"]) == (0, 0)
+    assert report["lost"] == report["errors"] == dropped
+    if mode == "transparent":
+        assert dropped == 0
