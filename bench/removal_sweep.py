@@ -1,7 +1,8 @@
 """Sweep rdsx-stress's device-removal check over modes, grace, timing and seeds.
 
 ``python -m bench.removal_sweep [--modes reconnect,transparent] [--graces 1,surprise]
-[--at 0.5,1,1.25,2] [--seeds 0,1] [-t 2] [-T 3] [--rate 200] [--chaos drop=P,dup=P,delay=P]``
+[--at 0.5,1,1.25,2] [--seeds 0,1] [--port-models vswitch,shared] [-t 2] [-T 3] [--rate 200]
+[--chaos drop=P,dup=P,delay=P]``
 
 Each combination is one in-process rdsx-stress run on the sim fabric in
 virtual time (paced at ``--rate`` requests/s per task): the active node's VF
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m bench.removal_sweep", description=__doc__)
     p.add_argument("--modes", default="reconnect,transparent")
+    p.add_argument("--port-models", default="vswitch", help="vswitch,shared")
     p.add_argument("--graces", default="1,surprise")
     p.add_argument("--at", default="0.5,1,1.25,2")
     p.add_argument("--seeds", default="0,1")
@@ -52,14 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = p.parse_args(argv)
     chaos = parse_args(["--chaos", ns.chaos]).chaos if ns.chaos else None
     modes = [cast(Literal["reconnect", "transparent"], m) for m in ns.modes.split(",")]
+    port_models = [cast(Literal["vswitch", "shared"], m) for m in ns.port_models.split(",")]
     combos = itertools.product(
+        port_models,
         modes,
         _floats(ns.graces),
         [float(a) for a in ns.at.split(",")],
         [int(s) for s in ns.seeds.split(",")],
     )
     bad = 0
-    for mode, grace, at, seed in combos:
+    for port_model, mode, grace, at, seed in combos:
         opts = Options(
             tasks=ns.tasks,
             time=ns.time,
@@ -67,13 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             remove_at=at,
             grace=grace,
             mode=mode,
+            port_model=port_model,
             seed=seed,
             drain_timeout=3.0,
             summary_only=True,
             chaos=chaos,
         )
         how = "surprise" if grace is None else f"{grace:g} s"
-        label = f"mode={mode:<11} grace={how:<8} at={at:<5} seed={seed}"
+        label = f"{port_model:<7} mode={mode:<11} grace={how:<8} at={at:<5} seed={seed}"
         try:
             outcome = trio.run(_one, opts, clock=trio.testing.MockClock(autojump_threshold=0))
         except Exception as exc:
