@@ -164,4 +164,16 @@ if __name__ == "__main__":
     parser.add_argument("--grace", type=float, default=None)
     parser.add_argument("--interval", type=float, default=0.001)
     parser.add_argument("--watch-interval", type=float, default=0.002)
-    trio.run(main, parser.parse_args())
+    parser.add_argument("--log", action="store_true", help="rdsx debug log on stderr")
+    options = parser.parse_args()
+    if options.log:
+        import logging
+
+        class _Mono(logging.Formatter):
+            def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+                return f"{time.monotonic():.4f}"
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Mono(f"%(asctime)s {options.addr} %(name)s %(message)s"))
+        logging.basicConfig(level=logging.DEBUG, handlers=[handler])
+    trio.run(main, options)

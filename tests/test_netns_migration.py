@@ -202,6 +202,7 @@ async def test_vm_device_removed_and_replaced_on_another_host(
     fabric = Fabric()
     env = {**os.environ, "RDSX_SECRET": secrets.token_hex(32)}
     grace_args = [] if grace is None else ["--grace", str(grace)]
+    log_args = ["--log"] if os.environ.get("RDSX_NETNS_LOG") else []  # rdsx's debug log
     try:
         with trio.fail_after(40):
             await fabric.build()
@@ -210,14 +211,23 @@ async def test_vm_device_removed_and_replaced_on_another_host(
                     nursery,
                     fabric.peer,
                     "peer",
-                    ["--addr", PEER_ADDR, "--peer", VM_ADDR, "--mode", mode],
+                    ["--addr", PEER_ADDR, "--peer", VM_ADDR, "--mode", mode, *log_args],
                     env,
                 )
                 vm = await start_worker(
                     nursery,
                     fabric.vm,
                     "vm",
-                    ["--addr", VM_ADDR, "--peer", PEER_ADDR, "--mode", mode, *grace_args],
+                    [
+                        "--addr",
+                        VM_ADDR,
+                        "--peer",
+                        PEER_ADDR,
+                        "--mode",
+                        mode,
+                        *grace_args,
+                        *log_args,
+                    ],
                     env,
                 )
                 await peer.expect("ready")
