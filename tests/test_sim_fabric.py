@@ -149,3 +149,21 @@ async def test_harness_pair_and_removal(model: str, autojump_clock: trio.testing
         a.ctx.close()
         await harness.remove(dev_a, grace=1.0)
         assert dev_a.removed and not dev_b.removed
+
+
+async def test_profile_costs_are_charged_by_the_cm(autojump_clock: trio.testing.MockClock) -> None:
+    from transports.sim.profile import load_profile
+
+    profile = load_profile("seed-cx2-xen")
+    elapsed = {}
+    for name, options in (("free", {}), ("profiled", {"profile": "seed-cx2-xen"})):
+        async with SimTransport().open_network(**options) as net:
+            da = await (await net.add_node("127.0.0.1")).next_device()
+            db = await (await net.add_node("127.0.0.2")).next_device()
+            start = trio.current_time()
+            await connect(da, db)
+            elapsed[name] = trio.current_time() - start
+    # the active side's SA query and QP setup, then the passive side's QP setup
+    charged = profile["sa_query"] + 2 * profile["qp_create"]
+    assert elapsed["free"] < 1e-4
+    assert elapsed["profiled"] - elapsed["free"] == pytest.approx(charged, rel=1e-6)

@@ -242,6 +242,7 @@ class CmAgent:
         if target is None or target.removed:
             raise Unreachable(f"no device answers for {address}")
         path = self.fabric.path_to(self.device.function.host, target.lid, target.guid)
+        await _charge(self.fabric.sa_query_time + self.fabric.qp_setup_time)
         qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
         comm_id, start_psn = self.new_exchange(qp.qp_num)
         req = Req(
@@ -330,6 +331,12 @@ class CmAgent:
 
 
 _ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
+
+
+async def _charge(seconds: float) -> None:
+    """Spend the modelled time of an SA query or a QP setup (nothing if free)."""
+    if seconds > 0:
+        await trio.sleep(seconds)
 
 
 def _to_rts(qp: SimQP, dlid: int, dqpn: int, rq_psn: int, sq_psn: int) -> None:
@@ -445,6 +452,9 @@ class SimCmRequest(CmRequest):
         if len(private_data) > REP_PRIVATE_DATA:
             raise InvalidArgument(f"private data is limited to {REP_PRIVATE_DATA} bytes")
         agent, req = self.agent, self.req
+        await _charge(agent.fabric.qp_setup_time)
+        if self.reply is not None:
+            raise InvalidState("the request was already answered")
         comm_id, start_psn = agent.new_exchange(qp.qp_num)
         qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
         _to_rts(qp, req.src_lid, req.src_qpn, req.start_psn, start_psn)

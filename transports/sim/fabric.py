@@ -102,6 +102,9 @@ class Fabric:
         vms: name -> :class:`~transports.sim.vm.Vm`.
         trace: the event trace (a list of :class:`TraceRecord`), when tracing.
         route_packet: the routing policy; replace it to inject faults.
+        sa_query_time: seconds the CM spends per SA path query (default 0).
+        qp_setup_time: seconds the CM spends moving a QP to RTS (default 0);
+            a timing profile's ``sa_query`` and ``qp_create`` figures go here.
     """
 
     def __init__(
@@ -135,6 +138,10 @@ class Fabric:
         self._policy: RoutePolicy = self.deliver_packet
         self._default_route = True
         self.fast_lane = False
+        #: Seconds one SA path query takes (charged by ``cm_connect``; 0 = free).
+        self.sa_query_time = 0.0
+        #: Seconds to bring one QP to RTS (charged by ``cm_connect`` and ``accept``).
+        self.qp_setup_time = 0.0
         self._endpoints: dict[int, Endpoint] = {}
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = 0

@@ -50,7 +50,9 @@ class SimTransport(Transport):
 
     def open_network(self, **options: Any) -> Any:
         """Open a fabric; options are :func:`~transports.sim.open_fabric`'s plus
-        ``num_vfs`` (per host, default 4) and ``profile`` (kept for the VMM)."""
+        ``num_vfs`` (per host, default 4) and ``profile`` (a timing profile name,
+        path or value: the CM then charges its ``sa_query`` and ``qp_create``
+        figures; it is also kept as ``network.profile`` for the VMM)."""
         return _open_network(**options)
 
 
@@ -59,4 +61,10 @@ async def _open_network(
     *, num_vfs: int = 4, profile: Any = None, **options: Any
 ) -> AsyncIterator[SimNetwork]:
     async with open_fabric(**options) as fabric:
+        if profile is not None:
+            from .profile import load_profile
+
+            loaded = load_profile(profile)
+            fabric.sa_query_time = loaded["sa_query"]
+            fabric.qp_setup_time = loaded["qp_create"]
         yield SimNetwork(fabric, num_vfs, profile)
