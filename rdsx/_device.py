@@ -39,6 +39,7 @@ class DeviceState:
         device: the verbs device.
         ctx: its open context.
         pd: the one protection domain every resource of the node uses.
+        attr: the device's limits (queue depths a path may ask for).
         deadline: the grace deadline once a graceful removal is announced.
         gone: set when the device announced its removal or turned out removed.
         surprise: True when the removal came without a grace period.
@@ -50,6 +51,7 @@ class DeviceState:
         self.device = device
         self.ctx = ctx
         self.pd: PD = ctx.alloc_pd()
+        self.attr = ctx.query_device()
         self.deadline: float | None = None
         self.gone = trio.Event()
         self.surprise = False

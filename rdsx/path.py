@@ -95,15 +95,16 @@ class Path:
         self.dev = dev
         self.epoch = epoch
         self.slot_size = HEADER_SIZE + conn.engine.config.frag_size
-        self.send_slots = cfg.send_slots
-        self.recv_slots = cfg.recv_slots
+        # Ask no more than the device allows (RDMA WRs may double the send queue).
+        self.send_slots = max(1, min(cfg.send_slots, dev.attr.max_qp_wr // 2))
+        self.recv_slots = max(1, min(cfg.recv_slots, dev.attr.max_qp_wr))
         self.cm_id: CmId | None = None
         self.up = False
         self.failed = False
         self._scope: trio.CancelScope | None = None
         self._wait_scope: trio.CancelScope | None = None
         self._mrs: list[MR] = []
-        self.cq = dev.ctx.create_cq(2 * self.send_slots + self.recv_slots)
+        self.cq = dev.ctx.create_cq(min(2 * self.send_slots + self.recv_slots, dev.attr.max_cqe))
         try:
             # RC completes in order, so RDMA WRs never outnumber the SENDs behind them.
             cap = QpCap(
