@@ -239,6 +239,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return 1
     try:
         print_tables(client, flags, out)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (``rdsx-info | head``): stop quietly, as rds-info would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (AdminError, OSError) as exc:
         print(f"rdsx-info: {exc}", file=sys.stderr)
         return 1
