@@ -16,7 +16,8 @@ It speaks JSON lines on stdout, every one with ``t`` = ``time.monotonic()``
 * ``{"event": "removed", "name"}`` when the current device has been removed;
 * ``{"event": "flowing"}`` when the first datagram from the peer arrived;
 * ``{"event": "sent", "count", "unacked"}`` after ``stop`` (unacked bytes left);
-* ``{"event": "received", "seqs", "times"}`` after ``report``.
+* ``{"event": "received", "seqs", "times", "shim"}`` after ``report`` (``shim``: the
+  transparent shim's release and resume times per migration, ms).
 
 Commands on stdin, one per line: ``start`` (begin sending), ``unplug`` (hide the
 address from the watcher: the transport removes the device with the grace
@@ -82,6 +83,23 @@ async def _watch_removals(tcp_node: TcpNode) -> None:
         # The transport has no removal callback for observers; a 1 ms look is
         # far finer than the downtime measured.
         await trio.sleep(0.001)
+
+
+def _shim_figures(node: rdsx.Node) -> list[dict[str, Any]]:
+    """The transparent shim's own timeline of each migration, in ms (none in reconnect mode)."""
+    core = getattr(node.device, "_core", None)
+    if core is None:
+        return []
+    figures = []
+    for record in core.recorder.snapshot().migrations:
+        release, resume = record.release_seconds, record.resume_seconds
+        figures.append(
+            {
+                "release_ms": None if release is None else release * 1e3,
+                "resume_ms": None if resume is None else resume * 1e3,
+            }
+        )
+    return figures
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -150,7 +168,7 @@ async def main(args: argparse.Namespace) -> None:
                             await trio.sleep(0.005)  # waiting on the peer's acks
                     emit("sent", count=sent, unacked=sock.snd_bytes)
                 elif line == "report":
-                    emit("received", seqs=seqs, times=times)
+                    emit("received", seqs=seqs, times=times, shim=_shim_figures(node))
                 elif line in ("quit", ""):
                     nursery.cancel_scope.cancel()
                     return

@@ -292,6 +292,11 @@ async def test_vm_device_removed_and_replaced_on_another_host(
             "outage_ms": (after[0] - before[-1]) * 1e3,
             "arrival_to_first_ms": (after[0] - arrival) * 1e3,
         }
+    shim = got["vm"]["shim"]
+    if mode == "transparent":
+        assert len(shim) == 1
+        # The shim's own view: from the new device to every peer QP reconnected.
+        figures["shim_resume_ms"] = shim[0]["resume_ms"]
     report = os.environ.get("RDSX_NETNS_RESULTS")  # append the figures as JSON lines
     if report:
         with open(report, "a") as fh:
@@ -300,6 +305,8 @@ async def test_vm_device_removed_and_replaced_on_another_host(
         f"{mode} {'grace ' + str(grace) if grace else 'surprise'}: the new device reached "
         f"the node {figures['address_to_arrival_ms']:.1f} ms after its address was added"
     ]
+    if "shim_resume_ms" in figures:
+        lines.append(f"  the shim reconnected its QPs {figures['shim_resume_ms']:.1f} ms after it")
     for pair in ("peer->vm", "vm->peer"):
         f = figures[pair]
         lines.append(
