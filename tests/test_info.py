@@ -167,3 +167,24 @@ async def test_stale_socket_is_replaced_and_other_files_refused(tmp_path: Path) 
 
 def test_unreachable_socket_exits_1(tmp_path: Path) -> None:
     assert info_main(["-S", str(tmp_path / "nobody.sock")]) == 1
+
+
+async def test_tcp_connections_under_the_transparent_shim(tmp_path: Path) -> None:
+    """-T looks through the shim to the tcp device under it."""
+    path = str(tmp_path / "t.sock")
+    tcp = rdsx.load_transport("tcp")
+    with trio.fail_after(30):
+        async with tcp.open_network(secret=TEST_SECRET, port=0) as net:
+            da, db = await net.add_node("127.0.0.73"), await net.add_node("127.0.0.74")
+            config = rdsx.NodeConfig(admin_socket=path)
+            async with (
+                rdsx.open_node("127.0.0.73", da, mode="transparent", config=config) as a,
+                rdsx.open_node("127.0.0.74", db, mode="transparent") as b,
+            ):
+                sa, sb = a.socket(), b.socket()
+                sa.bind(4000)
+                sb.bind(5000)
+                await sa.sendto(b"hi", ("127.0.0.74", 5000))
+                assert await sb.recv() == b"hi"
+                rows = tables(await run_info("-S", path, "-T"))["TCP Connections"]
+    assert rows and all(r[0] == "127.0.0.73" and r[2] == "127.0.0.74" for r in rows)
