@@ -73,7 +73,11 @@ Plan = list[tuple[int, int, int, int]]
 
 
 async def _scenario(
-    seed: int, plan: Plan, removals: list[tuple[float, int, bool]], loss: float
+    seed: int,
+    plan: Plan,
+    removals: list[tuple[float, int, bool]],
+    loss: float,
+    rcvbuf: int = 1 << 22,
 ) -> dict[Any, list[int]]:
     n_nodes = 3
     async with open_fabric(seed=seed) as fabric, AsyncExitStack() as stack:
@@ -88,7 +92,8 @@ async def _scenario(
             )
             for i, vm in enumerate(vms)
         ]
-        socks = [[node.socket(rcvbuf=1 << 22) for _ in range(2)] for node in nodes]
+        # a small rcvbuf keeps ports flipping between congested and free
+        socks = [[node.socket(rcvbuf=rcvbuf) for _ in range(2)] for node in nodes]
         for pair in socks:
             for j, s in enumerate(pair):
                 s.bind(100 + j)
@@ -156,14 +161,28 @@ async def _scenario(
         st.tuples(st.floats(0.0, 0.15), st.integers(0, 2), st.booleans()), max_size=3
     ),
     loss=st.sampled_from([0.0, 0.01, 0.03]),
+    rcvbuf=st.sampled_from([8192, 1 << 22]),
+    repeat=st.sampled_from([1, 8]),
 )
 def test_every_pair_gets_exactly_its_sequence(
-    seed: int, plan: Plan, removals: list[tuple[float, int, bool]], loss: float
+    seed: int,
+    plan: Plan,
+    removals: list[tuple[float, int, bool]],
+    loss: float,
+    rcvbuf: int,
+    repeat: int,
 ) -> None:
+    plan = [entry for entry in plan for _ in range(repeat)]  # bursts keep removals mid-traffic
     # A livelock would not advance virtual time, so fail_after could not catch it.
     faulthandler.dump_traceback_later(120, exit=True)
     trio.run(
-        _scenario, seed, plan, removals, loss, clock=trio.testing.MockClock(autojump_threshold=0)
+        _scenario,
+        seed,
+        plan,
+        removals,
+        loss,
+        rcvbuf,
+        clock=trio.testing.MockClock(autojump_threshold=0),
     )
     faulthandler.cancel_dump_traceback_later()
 
