@@ -18,8 +18,13 @@ from transports.sim.vmm import VMM
 STRATEGIES = ["three-stage", "late-detach"]
 MODELS = ["shared", "vswitch"]
 SEED_ORDER = {
-    "three-stage": ["detach", "pre-copy", "stop-and-copy", "attach", "sm-update"],
-    "late-detach": ["pre-copy", "detach", "stop-and-copy", "attach", "sm-update"],
+    "three-stage": ["detach", "pre-copy", "stop-and-copy", "restore", "attach", "sm-update"],
+    "late-detach": ["pre-copy", "detach", "stop-and-copy", "restore", "attach", "sm-update"],
+}
+#: The stages the guest is paused for (seed: late detach attaches at the end of the restore).
+PAUSED = {
+    "three-stage": ("stop-and-copy", "restore"),
+    "late-detach": ("stop-and-copy", "restore", "attach"),
 }
 
 
@@ -64,9 +69,12 @@ async def test_stage_order_and_costs_come_from_the_profile(
             assert [s.duration for s in rounds] == pytest.approx([r.duration for r in plan.rounds])
             # Nothing holds the VF, so the detach costs only the hot-unplug.
             assert tl.stage("detach").duration == pytest.approx(p["hotplug_detach"])
-            pause = p["suspend"] + plan.final_copy + p["resume"]
-            assert tl.stage("stop-and-copy").duration == pytest.approx(pause)
-            assert tl.pause == pytest.approx(pause)
+            copy = p["suspend"] + plan.final_copy
+            assert tl.stage("stop-and-copy").duration == pytest.approx(copy)
+            assert tl.stage("restore").duration == pytest.approx(p["resume"])
+            assert tl.paused_stages == PAUSED[strategy]
+            late = p["hotplug_attach"] if strategy == "late-detach" else 0.0
+            assert tl.pause == pytest.approx(copy + p["resume"] + late)
             assert tl.stage("stop-and-copy").bytes == plan.final_bytes
             assert tl.stage("attach").duration == pytest.approx(p["hotplug_attach"])
             sm = tl.stage("sm-update")
@@ -74,7 +82,9 @@ async def test_stage_order_and_costs_come_from_the_profile(
             assert sm.duration == pytest.approx(p["sm_reaction"] + sm.smps * p["smp_rtt"])
             assert tl.device_ready == pytest.approx(sm.start + p["sm_reaction"])
             assert tl.precopy_stop == plan.reason and tl.outcome == "migrated"
-            assert tl.device_gap == (tl.stage("detach").start, tl.device_ready)
+            # Nothing held the VF: it was released as soon as the detach began.
+            assert tl.released == tl.stage("detach").start == tl.removal_notice
+            assert tl.device_gap == (tl.released, tl.device_ready)
             assert tl in vmm.history
             vm = fabric.vms["vm1"]
             assert vm.host is fabric.hosts["hostB"] and vm.device is not None
@@ -204,7 +214,8 @@ async def test_the_table_prints_every_stage(autojump_clock: trio.abc.Clock) -> N
     async with world("shared") as fabric:
         tl = await VMM(fabric).migrate(fabric.vms["vm1"], "hostB", strategy="late-detach")
         text = tl.format_table()
-        assert text.count("\n") == len(tl.stages) + 2
+        # head, column titles, one line per stage, the no-VF line, the summary line
+        assert text.count("\n") == len(tl.stages) + 3 and "no VF from" in text
         assert "late-detach" in text and "LID" in text
         assert not math.isnan(tl.pause)
 

@@ -5,17 +5,28 @@ what a failed migration carries on its exception). Times are
 ``trio.current_time()`` values of the fabric's clock, so under a
 ``MockClock`` they are virtual seconds.
 
-Stage names, in the order the two strategies run them::
+Stage names, in the order the two strategies run them (``*`` = the guest is
+paused; :attr:`Stage.paused` says so per stage)::
 
-    three-stage:  detach, pre-copy ×N, stop-and-copy, attach, sm-update
-    late-detach:  pre-copy ×N, detach, stop-and-copy, attach, sm-update
+    three-stage:  detach, pre-copy ×N, stop-and-copy*, restore*, attach, sm-update
+    late-detach:  pre-copy ×N, detach, stop-and-copy*, restore*, attach*, sm-update
 
-``stop-and-copy`` is the VM's own pause (suspend, last dirty pages, resume);
-``attach`` is the hot-plug of the new VF into the resumed guest; ``sm-update``
-is the subnet manager making the new port usable (vGUID and LID under the
-shared port model, LFT entries under vSwitch). The new VF reaches the VM during
-``sm-update``, once the SM has reacted (:attr:`Timeline.device_ready`); the
-SMPs' own round trips, microseconds, are charged after it.
+``stop-and-copy`` suspends the guest and sends the last dirty pages;
+``restore`` rebuilds it on the destination, still paused. ``attach`` is the
+hot-plug of the new VF: under three-stage into the running guest after the
+migration (stage 3 of the seed's three); under late detach "at the final stage
+of the restoration" (seed, "Late-detach migration"), so the guest is still
+paused for it and unpauses when it ends. The VM's own pause
+(:attr:`Timeline.pause`) is the sum of the paused stages. ``sm-update`` is the
+subnet manager making the new port usable (vGUID and LID under the shared port
+model, LFT entries under vSwitch), the guest running. The new VF reaches the VM
+during ``sm-update``, once the SM has reacted (:attr:`Timeline.device_ready`);
+the SMPs' own round trips, microseconds, are charged after it.
+
+The device gap (:attr:`Timeline.device_gap`) is the time the VM has no VF at
+all: from the moment the old one is released (:attr:`Timeline.released`: the
+guest let go within its grace, or at once on a surprise removal) to
+:attr:`Timeline.device_ready`.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ __all__ = [
     "ATTACH",
     "DETACH",
     "PRE_COPY",
+    "RESTORE",
     "SM_UPDATE",
     "STAGE_NAMES",
     "STOP_AND_COPY",
@@ -41,10 +53,12 @@ __all__ = [
 PRE_COPY = "pre-copy"
 DETACH = "detach"
 STOP_AND_COPY = "stop-and-copy"
+RESTORE = "restore"
 ATTACH = "attach"
 SM_UPDATE = "sm-update"
+_ALWAYS_PAUSED = (STOP_AND_COPY, RESTORE)
 #: Every stage name a timeline may hold.
-STAGE_NAMES = (PRE_COPY, DETACH, STOP_AND_COPY, ATTACH, SM_UPDATE)
+STAGE_NAMES = (PRE_COPY, DETACH, STOP_AND_COPY, RESTORE, ATTACH, SM_UPDATE)
 
 
 class Strategy(enum.Enum):
@@ -68,6 +82,8 @@ class Stage:
         round: the pre-copy round (1, 2, ...); None for other stages.
         bytes: guest memory copied during the stage (pre-copy, stop-and-copy).
         smps: SMPs the subnet manager sent during the stage.
+        paused: True if the guest is paused for the whole stage (default:
+            True for stop-and-copy and restore, which always pause it).
     """
 
     name: str = attrs.field(validator=attrs.validators.in_(STAGE_NAMES))
@@ -76,6 +92,9 @@ class Stage:
     round: int | None = None
     bytes: int = 0
     smps: int = 0
+    paused: bool = attrs.field(
+        default=attrs.Factory(lambda self: self.name in _ALWAYS_PAUSED, takes_self=True)
+    )
 
     @property
     def duration(self) -> float:
@@ -106,6 +125,9 @@ class Timeline:
         sa_queries: SA queries answered between start and end.
         lft_blocks: the LFT-block SMPs among ``smps`` (the vSwitch "one SMP").
         device_ready: when the new VF reached the VM; None if none did.
+        released: when the old VF was gone: the guest released it within its
+            grace (or it was pulled, on a surprise removal); None if no VF
+            was detached (or the detach was refused).
         old_lid: the VM's LID before; None if it had none.
         new_lid: its LID after; None if no new VF was attached.
         surprise: True when the VF was removed with no grace (surprise removal).
@@ -127,6 +149,7 @@ class Timeline:
     sa_queries: int = 0
     lft_blocks: int = 0
     device_ready: float | None = None
+    released: float | None = None
     old_lid: int | None = None
     new_lid: int | None = None
     surprise: bool = False
@@ -144,19 +167,29 @@ class Timeline:
 
     @property
     def pause(self) -> float:
-        """The VM's own pause: the stop-and-copy duration (0 if it never stopped)."""
-        return math.fsum(s.duration for s in self.named(STOP_AND_COPY))
+        """The VM's own pause: the paused stages' total (0 if it never stopped)."""
+        return math.fsum(s.duration for s in self.stages if s.paused)
+
+    @property
+    def paused_stages(self) -> tuple[str, ...]:
+        """Labels of the stages the guest is paused for, in order."""
+        return tuple(s.label for s in self.stages if s.paused)
 
     @property
     def device_gap(self) -> tuple[float, float] | None:
-        """When the VM had no usable device: detach start to :attr:`device_ready`.
+        """When the VM had no VF: :attr:`released` to :attr:`device_ready`.
 
-        None if no VF was detached; the end is ``self.end`` if none came back.
+        None if no VF was released; the end is ``self.end`` if none came back.
         """
-        detach = self.stage(DETACH)
-        if detach is None:
+        if self.released is None:
             return None
-        return (detach.start, self.device_ready if self.device_ready is not None else self.end)
+        return (self.released, self.device_ready if self.device_ready is not None else self.end)
+
+    @property
+    def removal_notice(self) -> float | None:
+        """When the guest was told its VF goes (the detach stage's start), if it was."""
+        detach = self.stage(DETACH)
+        return None if detach is None else detach.start
 
     @property
     def rounds(self) -> int:
@@ -185,6 +218,8 @@ class Timeline:
             "sa_queries": self.sa_queries,
             "lft_blocks": self.lft_blocks,
             "device_ready": self.device_ready,
+            "released": self.released,
+            "paused_stages": list(self.paused_stages),
             "old_lid": self.old_lid,
             "new_lid": self.new_lid,
             "surprise": self.surprise,
@@ -197,6 +232,7 @@ class Timeline:
                     "end": s.end,
                     "bytes": s.bytes,
                     "smps": s.smps,
+                    "paused": s.paused,
                 }
                 for s in self.stages
             ],
@@ -209,14 +245,25 @@ class Timeline:
             f"{self.strategy.value}, {self.port_model} port, profile {self.profile}: "
             f"{self.outcome}"
         )
-        lines = [head, f"{'stage':<16} {'start s':>10} {'end s':>10} {'dur ms':>11} {'MiB':>9}"]
+        lines = [
+            head,
+            f"{'stage':<16} {'start s':>10} {'end s':>10} {'dur ms':>11} {'MiB':>9}  guest",
+        ]
         for s in self.stages:
             lines.append(
                 f"{s.label:<16} {s.start - self.start:>10.4f} {s.end - self.start:>10.4f} "
-                f"{s.duration * 1e3:>11.3f} {s.bytes / 2**20:>9.2f}"
+                f"{s.duration * 1e3:>11.3f} {s.bytes / 2**20:>9.2f}  "
+                + ("paused" if s.paused else "running")
+            )
+        gap = self.device_gap
+        if gap is not None:
+            lines.append(
+                f"no VF from {gap[0] - self.start:.4f} s (released) to "
+                f"{gap[1] - self.start:.4f} s (new VF ready): {(gap[1] - gap[0]) * 1e3:.3f} ms"
             )
         lines.append(
-            f"VM pause {self.pause * 1e3:.3f} ms, total {self.duration:.4f} s, "
+            f"VM pause {self.pause * 1e3:.3f} ms ({', '.join(self.paused_stages) or '-'}), "
+            f"total {self.duration:.4f} s, "
             f"{self.rounds} pre-copy rounds ({self.precopy_stop or '-'}), "
             f"SMPs {self.smps} (LFT blocks {self.lft_blocks}), SA queries {self.sa_queries}, "
             f"LID {self.old_lid} -> {self.new_lid}"

@@ -4,10 +4,14 @@ Two strategies (seed, "The VMM level migration process" and "Late-detach
 migration"):
 
 * ``three-stage`` — detach the VF, migrate the VM (pre-copy rounds, then
-  stop-and-copy), attach a new VF on the destination. The VM runs without a
-  device through the whole pre-copy.
+  stop-and-copy and restore), attach a new VF to the resumed guest on the
+  destination. The VM runs without a device through the whole pre-copy.
 * ``late-detach`` — keep the VF through pre-copy; detach it just before
-  stop-and-copy; attach the new one at the very end of the restore.
+  stop-and-copy; do not give the destination a VF during the early restore but
+  attach the new one "at the final stage of the restoration": the guest is
+  still paused for the hot-plug and unpauses once it is done. The VM's own
+  pause is then stop-and-copy + restore + attach; under three-stage it is
+  stop-and-copy + restore. :class:`~.timeline.Stage` marks the paused stages.
 
 Every stage costs what the timing profile (:mod:`.profile`) says and is spent
 as a trio sleep on the fabric's clock, so under ``MockClock(autojump_threshold=0)``
@@ -21,6 +25,7 @@ The hot-plug primitives themselves are the fabric's (``fabric.detach`` /
   device, up to ``grace``), then ``hotplug_detach``. ``grace=0`` is a surprise
   removal. A refusal (:class:`~rdsx.errors.DeviceBusy`) abandons the migration
   before the VM stops: it stays on its source with its VF.
+* restore: ``resume`` (rebuild and unpause the guest on the destination).
 * attach: ``hotplug_attach``, then sm-update: ``sm_reaction``, the fabric's
   attach (the SM assigns the vGUID, and under vSwitch re-homes the VM's old
   LID, writing only the LFT blocks whose route changed), then one ``smp_rtt``
@@ -61,6 +66,7 @@ from .timeline import (
     ATTACH,
     DETACH,
     PRE_COPY,
+    RESTORE,
     SM_UPDATE,
     STOP_AND_COPY,
     Stage,
@@ -125,15 +131,25 @@ class _Run:
         self.stages: list[Stage] = []
         self.resumed_on_dest = False
         self.device_ready: float | None = None
+        self.released: float | None = None
         self.new_lid: int | None = None
         #: The hosts whose crash matters now: both until the guest resumes.
         self.watch: tuple[Host, ...] = (source, dest)
 
     def add(
-        self, name: str, start: float, *, round: int | None = None, nbytes: int = 0, smps: int = 0
+        self,
+        name: str,
+        start: float,
+        *,
+        round: int | None = None,
+        nbytes: int = 0,
+        smps: int = 0,
+        paused: bool = False,
     ) -> None:
         end = trio.current_time()
-        stage = Stage(name=name, start=start, end=end, round=round, bytes=nbytes, smps=smps)
+        stage = Stage(
+            name=name, start=start, end=end, round=round, bytes=nbytes, smps=smps, paused=paused
+        )
         self.stages.append(stage)
 
 
@@ -284,13 +300,24 @@ class VMM:
                 await self._detach(run, grace)
             t0 = trio.current_time()
             p = self.profile
-            await self._copy(run, p["suspend"] + plan.final_copy + p["resume"])
-            # The guest resumes on the destination: from here on it lives there.
+            await self._copy(run, p["suspend"] + plan.final_copy)
+            run.add(STOP_AND_COPY, t0, nbytes=plan.final_bytes, paused=True)
+            t0 = trio.current_time()
+            await trio.sleep(p["resume"])
+            self._check(run)
+            run.add(RESTORE, t0, paused=True)
+            late = strategy is Strategy.LATE_DETACH
+            if late:
+                # Seed: the new VF is attached at the final stage of the restoration,
+                # the guest still paused; it unpauses with the VF plugged in.
+                await self._hotplug(run, paused=True)
+            # The guest runs on the destination: from here on it lives there.
             vm.host = dest
             run.resumed_on_dest = True
             run.watch = (dest,)
-            run.add(STOP_AND_COPY, t0, nbytes=plan.final_bytes)
-            await self._attach(run, dest, old_lid)
+            if not late:
+                await self._hotplug(run, paused=False)
+            await self._sm_update(run, dest, old_lid)
         except DeviceBusy as exc:
             crashed = self._crashed(run)
             if crashed is not None:
@@ -314,16 +341,24 @@ class VMM:
             # The refusal took the whole grace period: the stage shows it.
             run.add(DETACH, t0)
             raise
+        run.released = trio.current_time()
         await trio.sleep(self.profile["hotplug_detach"])
         run.add(DETACH, t0)
         self._check(run)
 
     async def _attach(self, run: _Run, host: Host, old_lid: int | None) -> None:
-        p = self.profile
+        """Hot-plug a VF into the running guest on ``host`` and let the SM set it up."""
+        await self._hotplug(run, paused=False)
+        await self._sm_update(run, host, old_lid)
+
+    async def _hotplug(self, run: _Run, *, paused: bool) -> None:
         t0 = trio.current_time()
-        await trio.sleep(p["hotplug_attach"])
-        run.add(ATTACH, t0)
+        await trio.sleep(self.profile["hotplug_attach"])
+        run.add(ATTACH, t0, paused=paused)
         self._check(run)
+
+    async def _sm_update(self, run: _Run, host: Host, old_lid: int | None) -> None:
+        p = self.profile
         t0 = trio.current_time()
         await trio.sleep(p["sm_reaction"])
         self._check(run)
@@ -418,6 +453,7 @@ class VMM:
             sa_queries=sm.sa_queries - run.sa0,
             lft_blocks=sm.lft_blocks_written - run.lft0,
             device_ready=run.device_ready,
+            released=run.released,
             old_lid=old_lid,
             new_lid=run.new_lid,
             surprise=surprise,
