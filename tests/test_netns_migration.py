@@ -235,8 +235,8 @@ async def test_vm_device_removed_and_replaced_on_another_host(
                 for worker in (peer, vm):
                     await worker.send("start")
                 started = trio.current_time()
-                for worker in (peer, vm):
-                    await worker.expect("flowing", 0)
+                started_mono = time.monotonic()
+                flowing = [(await w.expect("flowing", 0))["t"] for w in (peer, vm)]
                 await trio.sleep(TRAFFIC_BEFORE)  # traffic flowing before the migration
                 if grace is not None:
                     await vm.send("unplug")  # the hot-unplug request, with its deadline
@@ -271,6 +271,7 @@ async def test_vm_device_removed_and_replaced_on_another_host(
         "mode": mode,
         "grace": grace,
         "address_to_arrival_ms": (arrival - plugged) * 1e3,
+        "first_connection_ms": (max(flowing) - started_mono) * 1e3,
     }
     for receiver, sender in (("vm", "peer"), ("peer", "vm")):
         seqs, times = got[receiver]["seqs"], got[receiver]["times"]
@@ -303,7 +304,8 @@ async def test_vm_device_removed_and_replaced_on_another_host(
             fh.write(json.dumps(figures) + "\n")
     lines = [
         f"{mode} {'grace ' + str(grace) if grace else 'surprise'}: the new device reached "
-        f"the node {figures['address_to_arrival_ms']:.1f} ms after its address was added"
+        f"the node {figures['address_to_arrival_ms']:.1f} ms after its address was added "
+        f"(traffic first flowed {figures['first_connection_ms']:.0f} ms after the start)"
     ]
     if "shim_resume_ms" in figures:
         lines.append(f"  the shim reconnected its QPs {figures['shim_resume_ms']:.1f} ms after it")
