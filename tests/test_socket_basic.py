@@ -172,3 +172,42 @@ async def test_tiny_rings_still_deliver_everything(autojump_clock: trio.abc.Cloc
         assert [d for d, _ in got] == big
         stats = a.statistics()
         assert stats.ib_tx_ring_full > 0 and stats.ib_tx_throttle > 0
+
+
+async def test_leaving_the_node_closes_sockets_and_stops_everything(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with world(1) as w:
+        vm = w.fabric.create_vm("extra", address="127.0.0.5")
+        await w.fabric.attach(vm, w.spare[0])
+        outcomes: list[type[BaseException]] = []
+
+        async def blocked_sender(sock: rdsx.Socket) -> None:
+            try:
+                while True:  # nobody at 127.0.0.9: never acked, the send buffer fills
+                    await sock.sendto(b"x" * 100, ("127.0.0.9", 1))
+            except rdsx.SocketClosed as exc:
+                outcomes.append(type(exc))
+
+        async def blocked_receiver(sock: rdsx.Socket) -> None:
+            try:
+                await sock.recv()
+            except rdsx.SocketClosed as exc:
+                outcomes.append(type(exc))
+
+        async with (
+            trio.open_nursery() as nursery,
+            rdsx.open_node("127.0.0.5", vm.devices) as node,
+        ):
+            sock = node.socket(sndbuf=100)
+            sock.bind(10)
+            nursery.start_soon(blocked_sender, sock)
+            nursery.start_soon(blocked_receiver, sock)
+            await trio.sleep(1.0)
+            assert not outcomes
+        # the node's tasks are gone and its parked callers were woken
+        assert outcomes == [rdsx.SocketClosed, rdsx.SocketClosed]
+        assert node.closed and sock.closed and node.device is None
+        with pytest.raises(rdsx.SocketClosed):
+            node.socket()
+        await w.fabric.detach(vm, grace=0.0)  # its context is closed: no DeviceBusy
