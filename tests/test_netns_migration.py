@@ -72,6 +72,23 @@ async def ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.decode().strip()}")
 
 
+async def wait_up(ns: str, dev: str) -> None:
+    """Wait until ``dev`` is operationally up.
+
+    A new link carries nothing until the kernel's link watch has run for it
+    (its queue discipline drops every packet before that, which costs the first
+    ARP or SYN a 1 s retransmission); the operstate turns UP in the same step.
+    """
+    with trio.fail_after(5):
+        while True:
+            done = await trio.run_process(
+                ["ip", "-n", ns, "-j", "link", "show", dev], capture_stdout=True
+            )
+            if json.loads(done.stdout)[0].get("operstate") == "UP":
+                return
+            await trio.sleep(0.002)  # polling the kernel's link state
+
+
 class Fabric:
     """The namespaces of one run (unique names), built and always torn down."""
 
@@ -109,6 +126,9 @@ class Fabric:
             )
             await ip("-n", host, "link", "set", "up0", "master", "br0", "up")
             await ip("-n", self.core, "link", "set", down, "master", "br0", "up")
+        for index, host in enumerate((self.h1, self.h2, self.hp)):
+            await wait_up(host, "up0")
+            await wait_up(self.core, f"dn{index}")
         await self.plug(self.peer, self.hp, PEER_MAC, PEER_ADDR)
         await self.plug(self.vm, self.h1, VM_MAC, VM_ADDR)
 
@@ -120,6 +140,8 @@ class Fabric:
         await ip("-n", host, "link", "set", "vf0", "master", "br0", "up")
         await ip("-n", guest, "link", "set", "eth0", "address", mac)
         await ip("-n", guest, "link", "set", "eth0", "up")
+        await wait_up(host, "vf0")
+        await wait_up(guest, "eth0")
         # The address last: once the watcher sees it, the device is complete.
         await ip("-n", guest, "addr", "add", f"{addr}/24", "dev", "eth0")
 
