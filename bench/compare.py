@@ -17,19 +17,36 @@ table. Options of its own (the rest are rdsx-stress's):
 * ``--profile NAME|FILE`` timing profile (default ``seed-cx2-xen``)
 * ``--clock virtual|real`` (default ``virtual``: ``MockClock(autojump_threshold=0)``;
   a virtual run needs ``--rate``, which defaults to 1000 requests/s per task here)
-* ``--migrate-at`` (default 2 s with ``--compare``)
+* ``--migrate-at S`` (repeatable: one migration each, to a fresh host every
+  time, in order; default 2 s)
+* ``--plot FILE.png`` throughput over time per combination, the migration
+  stages shaded (matplotlib, the ``bench`` extra; imported only then)
+* ``--jobs N`` combinations run in N processes at once (virtual clock only;
+  default: the CPU count, at most 2). A real-clock comparison runs one at a time
+  so the runs do not slow each other down.
 
-With ``-T 0`` the run lasts until the migration is over plus 3 s.
+With ``-T 0`` the run lasts until the last migration is over plus 3 s.
+
+The table gives, per combination: delivered messages per second before,
+during and after the migration; the VM's own pause; the service downtime (the
+longest delivery gap at any receiving socket, DESIGN §6) and the added
+downtime (minus the pause); the device gap (no VF at all) and the stack's own
+cost beyond it, split into quiesce (removal notice to release) and resume (new
+VF to first delivery) (:mod:`bench.downtime`); the RDS layer's reconnects
+(``conn_reset`` over both nodes: the transparent shim must keep them at 0);
+SMPs and SA queries; lost, duplicated and reordered messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import functools
 import io
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal, TextIO, cast
@@ -53,19 +70,34 @@ __all__ = [
     "format_results",
     "main",
     "parse",
+    "plot_results",
     "run_compare",
+    "run_compare_parallel",
     "run_migration",
     "wants_migration",
 ]
 
-_OWN_FLAGS = ("--compare", "--migrate-at", "--migration", "--profile", "--clock")
+_OWN_FLAGS = (
+    "--compare",
+    "--migrate-at",
+    "--migration",
+    "--profile",
+    "--clock",
+    "--plot",
+    "--jobs",
+)
 MODES: tuple[Literal["reconnect", "transparent"], ...] = ("reconnect", "transparent")
 STRATEGIES = ("three-stage", "late-detach")
 PORT_MODELS = ("shared", "vswitch")
-#: Requests per second per task when a virtual-time run was given no --rate.
-DEFAULT_RATE = 1000.0
+#: Requests per second per task when a virtual-time run was given no --rate: the
+#: whole 8-run comparison of the issue's command (-t 7, -T 20) then fits in two
+#: minutes on 2 cores; the stack cost's resolution does not depend on it (see
+#: :mod:`bench.downtime`), the service downtime's does (the table states it).
+DEFAULT_RATE = 50.0
 #: Seconds of traffic after the migration ends when -T is 0.
 TAIL = 3.0
+#: Width of the throughput bins kept for the plot, seconds.
+BIN = 0.05
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -74,17 +106,22 @@ class MigrationOptions:
 
     Attributes:
         compare: run every mode × strategy × port model.
-        migrate_at: seconds into the run at which the migration starts.
+        migrate_at: seconds into the run at which each migration starts, in
+            order (a migration still running delays the next).
         strategy: ``three-stage`` or ``late-detach``.
         profile: timing profile name or path.
         virtual: run on ``MockClock(autojump_threshold=0)``.
+        plot: PNG file to draw throughput over time into, if any.
+        jobs: processes running combinations at once (virtual clock only).
     """
 
     compare: bool = False
-    migrate_at: float = 2.0
+    migrate_at: tuple[float, ...] = (2.0,)
     strategy: str = "late-detach"
     profile: str = "seed-cx2-xen"
     virtual: bool = True
+    plot: str | None = None
+    jobs: int = 1
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -103,6 +140,15 @@ class RunResult:
         smps: SMPs the SM sent from the migration's start to the run's end.
         sa_queries: SA queries from the migration's start to the run's end
             (both nodes' path look-ups while reconnecting included).
+        timelines: every migration's timeline (``timeline`` is the first).
+        downtimes: one downtime report per timeline.
+        reconnects: the RDS layer's ``conn_reset`` per node address.
+        throughput: delivered messages per second (requests and acks, both
+            nodes) ``before`` the first migration, ``during`` the migrations
+            and ``after`` the last, while traffic ran.
+        series: delivered messages per second in :data:`BIN` bins from the
+            start of the traffic (for the plot).
+        traffic: (start, end) clock times of the traffic.
     """
 
     mode: str
@@ -114,6 +160,12 @@ class RunResult:
     downtime: DowntimeReport | None
     smps: int | None = None
     sa_queries: int | None = None
+    timelines: tuple[Timeline, ...] = ()
+    downtimes: tuple[DowntimeReport, ...] = ()
+    reconnects: dict[str, int] = attrs.field(factory=dict)
+    throughput: dict[str, float] = attrs.field(factory=dict)
+    series: tuple[float, ...] = ()
+    traffic: tuple[float, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -125,40 +177,61 @@ class RunResult:
             and self.downtime is not None
         )
 
+    @property
+    def rds_reconnects(self) -> int | None:
+        """``conn_reset`` summed over both nodes (None if the run crashed)."""
+        return sum(self.reconnects.values()) if self.outcome is not None else None
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary of the run."""
-        d = self.downtime
         tally = self.outcome.tally if self.outcome is not None else None
         return {
             "mode": self.mode,
             "strategy": self.strategy,
             "port_model": self.port_model,
+            "ok": self.ok,
             "migration": None if self.timeline is None else self.timeline.to_dict(),
+            "migrations": [t.to_dict() for t in self.timelines],
             "migration_error": self.error,
             "smps": self.smps,
             "sa_queries": self.sa_queries,
-            "downtime": None
-            if d is None
-            else {
-                "service_s": _finite(d.service_downtime),
-                "added_s": _finite(d.added_downtime),
-                "pause_s": d.pause,
-                "resolution_s": _finite(d.resolution),
-                "worst": d.worst,
-                "recovered": d.recovered,
-                "breakdown_s": dict(d.breakdown),
-                "receivers": {
-                    r.receiver: {
-                        "service_s": _finite(r.service_downtime),
-                        "added_s": _finite(r.added_downtime),
-                        "gap": [r.gap_start, r.gap_end],
-                    }
-                    for r in d.receivers
-                },
-            },
+            "rds_reconnects": self.rds_reconnects,
+            "conn_reset": dict(self.reconnects),
+            "throughput_msgs_per_s": dict(self.throughput),
+            "downtime": None if self.downtime is None else _downtime_dict(self.downtime),
+            "downtimes": [_downtime_dict(d) for d in self.downtimes],
+            "series": {"bin_s": BIN, "msgs_per_s": list(self.series)},
             "verified": None if tally is None else attrs.asdict(tally),
             "stress": None if self.outcome is None else self.outcome.report,
         }
+
+
+def _downtime_dict(d: DowntimeReport) -> dict[str, Any]:
+    return {
+        "service_s": _finite(d.service_downtime),
+        "added_s": _finite(d.added_downtime),
+        "pause_s": d.pause,
+        "device_gap_s": d.device_gap,
+        "beyond_device_gap_s": _finite(d.service_downtime - d.device_gap),
+        "stack_s": _finite(d.stack),
+        "quiesce_s": d.quiesce,
+        "resume_s": _finite(d.resume),
+        "resolution_s": _finite(d.resolution),
+        "worst": d.worst,
+        "recovered": d.recovered,
+        "breakdown_s": dict(d.breakdown),
+        "receivers": {
+            r.receiver: {
+                "service_s": _finite(r.service_downtime),
+                "added_s": _finite(r.added_downtime),
+                "idle_s": r.idle,
+                "quiesce_s": r.quiesce,
+                "resume_s": _finite(r.resume),
+                "gap": [r.gap_start, r.gap_end],
+            }
+            for r in d.receivers
+        },
+    }
 
 
 def _finite(x: float) -> float | None:
@@ -182,10 +255,19 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
     )
     add = p.add_argument
     add("--compare", action="store_true", help="every mode x strategy x port model")
-    add("--migrate-at", type=float, default=None, metavar="S", help="migrate S s in (2)")
+    add(
+        "--migrate-at",
+        type=float,
+        action="append",
+        default=None,
+        metavar="S",
+        help="migrate S s in (2); repeatable",
+    )
     add("--migration", choices=STRATEGIES, default="late-detach", help="VMM strategy")
     add("--profile", default="seed-cx2-xen", metavar="NAME|FILE", help="timing profile")
     add("--clock", choices=("virtual", "real"), default="virtual", help="trio clock")
+    add("--plot", default=None, metavar="FILE.png", help="throughput over time (matplotlib)")
+    add("--jobs", type=int, default=None, metavar="N", help="processes (virtual clock)")
     if "-h" in argv or "--help" in argv:
         # rdsx-stress's own parser prints the rest and exits.
         p.print_help()
@@ -194,20 +276,26 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
     opts = parse_args(rest)
     if opts.transport != "sim":
         p.error("live migration needs --transport sim")
-    if ns.migrate_at is not None and ns.migrate_at < 0:
+    if ns.migrate_at is not None and any(t < 0 for t in ns.migrate_at):
         p.error("--migrate-at must not be negative")
+    if ns.jobs is not None and ns.jobs < 1:
+        p.error("--jobs must be at least 1")
     from transports.sim.profile import load_profile
 
     try:
         load_profile(ns.profile)
     except RdsError as exc:
         p.error(str(exc))
+    virtual = ns.clock == "virtual"
+    jobs = ns.jobs if ns.jobs is not None else min(2, os.cpu_count() or 1)
     mig = MigrationOptions(
         compare=ns.compare,
-        migrate_at=2.0 if ns.migrate_at is None else ns.migrate_at,
+        migrate_at=(2.0,) if ns.migrate_at is None else tuple(ns.migrate_at),
         strategy=ns.migration,
         profile=ns.profile,
-        virtual=ns.clock == "virtual",
+        virtual=virtual,
+        plot=ns.plot,
+        jobs=jobs if virtual else 1,
     )
     if mig.virtual and opts.rate is None:
         opts = attrs.evolve(opts, rate=DEFAULT_RATE)
@@ -264,6 +352,10 @@ class _RecordingNode:
         sock = self._inner.socket(sndbuf=sndbuf, rcvbuf=rcvbuf)
         return _RecordingSocket(sock, self._address, self._log)
 
+    def statistics(self) -> Any:
+        """The node's rds-info counters (``conn_reset`` is the RDS layer's reconnects)."""
+        return self._inner.statistics()
+
 
 def _make_migration(
     network: Any, opts: Options, mig: MigrationOptions, result: dict[str, Any]
@@ -274,22 +366,28 @@ def _make_migration(
     vmm = VMM(fabric, profile=mig.profile)
 
     async def experiment(start: float) -> dict[str, Any]:
-        # Until the migration is done, a cancelled run means -T was too short.
-        result["error"] = "the run ended before the migration (raise -T or use -T 0)"
-        await trio.sleep_until(start + mig.migrate_at)
-        vm = fabric.vm_at(opts.recv_addr)
-        dest = fabric.add_host(f"host-{opts.recv_addr}-dest", num_vfs=network.num_vfs)
-        # Counted after the new host is cabled: its own LID is not the migration's.
-        result["sm0"] = (fabric.sm.smps_sent, fabric.sm.sa_queries)
-        timeline: Timeline | None
-        try:
-            timeline = await vmm.migrate(vm, dest, strategy=mig.strategy, grace=opts.grace)
-            del result["error"]
-        except MigrationFailed as exc:
-            result["error"] = f"{type(exc).__name__}: {exc}"
-            timeline = exc.timeline if isinstance(exc.timeline, Timeline) else None
-        result["timeline"] = timeline
-        return {"kind": "migration", "timeline": None if timeline is None else timeline.to_dict()}
+        result["start"] = start
+        timelines: list[Timeline] = result.setdefault("timelines", [])
+        for n, at in enumerate(sorted(mig.migrate_at), 1):
+            # Until the migration is done, a cancelled run means -T was too short.
+            result["error"] = "the run ended before the migration (raise -T or use -T 0)"
+            await trio.sleep_until(start + at)
+            vm = fabric.vm_at(opts.recv_addr)
+            dest = fabric.add_host(f"host-{opts.recv_addr}-dest{n}", num_vfs=network.num_vfs)
+            # Counted after the new host is cabled: its own LID is not the migration's.
+            result.setdefault("sm0", (fabric.sm.smps_sent, fabric.sm.sa_queries))
+            timeline: Timeline | None
+            try:
+                timeline = await vmm.migrate(vm, dest, strategy=mig.strategy, grace=opts.grace)
+                del result["error"]
+            except MigrationFailed as exc:
+                result["error"] = f"{type(exc).__name__}: {exc}"
+                timeline = exc.timeline if isinstance(exc.timeline, Timeline) else None
+            if timeline is not None:
+                timelines.append(timeline)
+            if "error" in result:
+                break
+        return {"kind": "migration", "timelines": [t.to_dict() for t in timelines]}
 
     return experiment
 
@@ -315,7 +413,11 @@ def _run_time(opts: Options, mig: MigrationOptions) -> Options:
     p = load_profile(mig.profile)
     est = plan_for(p).precopy_time + p["suspend"] + p["resume"] + p["hotplug_detach"]
     est += p["hotplug_attach"] + p["sm_reaction"] + (opts.grace or 0.0)
-    return attrs.evolve(opts, time=math.ceil(mig.migrate_at + est + TAIL))
+    # Migrations never overlap: each may wait for the one before.
+    end = 0.0
+    for at in sorted(mig.migrate_at):
+        end = max(end, at) + est
+    return attrs.evolve(opts, time=math.ceil(end + TAIL))
 
 
 async def run_migration(
@@ -359,52 +461,132 @@ async def run_migration(
         sm = net.fabric.sm
         sm0 = result.get("sm0")
         spent = (sm.smps_sent - sm0[0], sm.sa_queries - sm0[1]) if sm0 else None
-    timeline = result.get("timeline")
-    report = downtime(log.times, timeline) if timeline is not None else None
+    timelines: list[Timeline] = result.get("timelines", [])
+    reports = [downtime(log.times, t) for t in timelines]
+    start = result.get("start", 0.0)
+    traffic = (start, start + opts.time)
+    counters = outcome.report.get("counters", {})
     return RunResult(
         mode=opts.mode,
         strategy=mig.strategy,
         port_model=opts.port_model,
         outcome=outcome,
-        timeline=timeline,
+        timeline=timelines[0] if timelines else None,
         error=result.get("error"),
-        downtime=report,
+        downtime=reports[0] if reports else None,
         smps=None if spent is None else spent[0],
         sa_queries=None if spent is None else spent[1],
+        timelines=tuple(timelines),
+        downtimes=tuple(reports),
+        reconnects={a: int(c.get("conn_reset", 0)) for a, c in sorted(counters.items())},
+        throughput=throughput(log.times, timelines, traffic),
+        series=binned(log.times, traffic),
+        traffic=traffic,
+    )
+
+
+def throughput(
+    deliveries: dict[str, list[float]], timelines: Sequence[Timeline], traffic: tuple[float, float]
+) -> dict[str, float]:
+    """Delivered messages per second before, during and after the migrations.
+
+    Args:
+        deliveries: receiver -> delivery times.
+        timelines: the migrations, in order.
+        traffic: (start, end) of the traffic.
+
+    Returns:
+        ``before``, ``during`` and ``after`` rates (``nan`` for an empty window).
+    """
+    t0, t1 = traffic
+    if not timelines:
+        return {}
+    m0, m1 = timelines[0].start, timelines[-1].end
+    windows = {"before": (t0, m0), "during": (m0, m1), "after": (m1, t1)}
+    times = [t for ts in deliveries.values() for t in ts]
+    rates = {}
+    for name, (a, b) in windows.items():
+        n = sum(1 for t in times if a <= t < b)
+        rates[name] = n / (b - a) if b > a else math.nan
+    return rates
+
+
+def binned(deliveries: dict[str, list[float]], traffic: tuple[float, float]) -> tuple[float, ...]:
+    """Delivered messages per second in :data:`BIN`-second bins over the traffic."""
+    t0, t1 = traffic
+    bins = [0] * max(1, math.ceil((t1 - t0) / BIN))
+    for ts in deliveries.values():
+        for t in ts:
+            k = int((t - t0) / BIN)
+            if 0 <= k < len(bins):
+                bins[k] += 1
+    return tuple(n / BIN for n in bins)
+
+
+Mode = Literal["reconnect", "transparent"]
+
+
+def _combinations() -> list[tuple[Mode, str, str]]:
+    return [(m, s, p) for m in MODES for s in STRATEGIES for p in PORT_MODELS]
+
+
+def _crashed(mode: str, strategy: str, port_model: str, exc: BaseException) -> RunResult:
+    return RunResult(
+        mode=mode,
+        strategy=strategy,
+        port_model=port_model,
+        outcome=None,
+        timeline=None,
+        error=f"crashed: {_leaf(exc)}",
+        downtime=None,
     )
 
 
 async def run_compare(
     opts: Options, mig: MigrationOptions, out: TextIO | None = None
 ) -> list[RunResult]:
-    """Run :func:`run_migration` for every mode × strategy × port model.
+    """Run :func:`run_migration` for every mode × strategy × port model, one after another.
 
     rdsx-stress's own rows go to ``out`` if given, else nowhere; the
     comparison table is the caller's (:func:`format_results`).
     """
     results = []
-    for mode in MODES:
-        for strategy in STRATEGIES:
-            for port_model in PORT_MODELS:
-                one = attrs.evolve(opts, mode=mode, port_model=port_model)
-                sink = out if out is not None else io.StringIO()
-                try:
-                    result = await run_migration(
-                        one, attrs.evolve(mig, strategy=strategy), out=sink
-                    )
-                except Exception as exc:
-                    # One broken combination must not hide the others' figures.
-                    result = RunResult(
-                        mode=mode,
-                        strategy=strategy,
-                        port_model=port_model,
-                        outcome=None,
-                        timeline=None,
-                        error=f"crashed: {_leaf(exc)}",
-                        downtime=None,
-                    )
-                results.append(result)
+    for mode, strategy, port_model in _combinations():
+        one = attrs.evolve(opts, mode=mode, port_model=port_model)
+        sink = out if out is not None else io.StringIO()
+        try:
+            result = await run_migration(one, attrs.evolve(mig, strategy=strategy), out=sink)
+        except Exception as exc:
+            # One broken combination must not hide the others' figures.
+            result = _crashed(mode, strategy, port_model, exc)
+        results.append(result)
     return results
+
+
+def _run_one(opts: Options, mig: MigrationOptions, combo: tuple[Mode, str, str]) -> RunResult:
+    """One combination in a worker process, on its own (virtual or real) clock."""
+    mode, strategy, port_model = combo
+    one = attrs.evolve(opts, mode=mode, port_model=port_model)
+    clock = trio.testing.MockClock(autojump_threshold=0) if mig.virtual else None
+    run = functools.partial(
+        run_migration, one, attrs.evolve(mig, strategy=strategy), out=io.StringIO()
+    )
+    try:
+        return trio.run(run, clock=clock)
+    except Exception as exc:
+        return _crashed(mode, strategy, port_model, exc)
+
+
+def run_compare_parallel(opts: Options, mig: MigrationOptions) -> list[RunResult]:
+    """:func:`run_compare` over ``mig.jobs`` processes (each run keeps its own clock).
+
+    Results come back in the combinations' order, whatever order they finish in.
+    """
+    combos = _combinations()
+    if mig.jobs <= 1:
+        return [_run_one(opts, mig, c) for c in combos]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=mig.jobs) as pool:
+        return list(pool.map(_run_one, [opts] * len(combos), [mig] * len(combos), combos))
 
 
 def _leaf(exc: BaseException) -> str:
@@ -414,56 +596,184 @@ def _leaf(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+#: The comparison table's columns: (title, width).
+COLUMNS = (
+    ("mode", 12),
+    ("strategy", 12),
+    ("port", 8),
+    ("before", 7),
+    ("during", 7),
+    ("after", 7),
+    ("pause", 8),
+    ("service", 8),
+    ("added", 8),
+    ("no-VF", 8),
+    ("stack", 7),
+    ("quiesce", 8),
+    ("resume", 7),
+    ("res", 6),
+    ("RDS-rc", 7),
+    ("SMP", 4),
+    ("SA", 3),
+    ("lost", 5),
+    ("dup", 4),
+    ("reord", 6),
+)
+
+
+def _row(cells: Sequence[str]) -> str:
+    out = []
+    for (title, width), cell in zip(COLUMNS, cells, strict=True):
+        out.append(
+            f"{cell:<{width}}" if title in ("mode", "strategy", "port") else f"{cell:>{width}}"
+        )
+    return " ".join(out)
+
+
 def format_results(results: Sequence[RunResult]) -> str:
-    """The comparison table: one row per run, downtimes in ms, then each run's breakdown."""
-    head = (
-        f"{'mode':<12}{'strategy':<13}{'port':<9}{'pause':>9}{'service':>10}{'added':>10}"
-        f"{'res':>7}{'SMP':>5}{'SA':>4}{'lost':>6}{'dup':>5}{'reord':>6}  result"
-    )
-    lines = [head]
+    """The comparison table: one row per run (per migration), then notes and breakdowns."""
+    lines = [_row([t for t, _ in COLUMNS]) + "  result"]
     for r in results:
-        d = r.downtime
         t = r.outcome.tally if r.outcome is not None else Tally()
-        cells = (
-            ("-", "-", "-", "-")
-            if d is None
-            else (
-                f"{d.pause * 1e3:.1f}",
-                _ms(d.service_downtime),
-                _ms(d.added_downtime),
-                _ms(d.resolution),
+        tp = r.throughput
+        reports: Sequence[DowntimeReport | None] = r.downtimes or (r.downtime,)
+        for n, d in enumerate(reports):
+            dt = (
+                ("-",) * 8
+                if d is None
+                else (
+                    _ms(d.pause),
+                    _ms(d.service_downtime),
+                    _ms(d.added_downtime),
+                    _ms(d.device_gap),
+                    _ms(d.stack, 2),
+                    _ms(d.quiesce, 2),
+                    _ms(d.resume, 2),
+                    _ms(d.resolution),
+                )
             )
-        )
-        if r.ok:
-            verdict = "ok"
-        elif r.error is not None:
-            verdict = r.error
-        else:
-            verdict = "not exactly-once in order" if not t.ok else "no migration"
-        lines.append(
-            f"{r.mode:<12}{r.strategy:<13}{r.port_model:<9}{cells[0]:>9}{cells[1]:>10}"
-            f"{cells[2]:>10}{cells[3]:>7}{_n(r.smps):>5}{_n(r.sa_queries):>4}"
-            f"{t.lost:>6}{t.duplicated:>5}{t.reordered:>6}  {verdict}"
-        )
-    lines.append(
-        "downtimes in ms; res = load resolution (p99 gap between deliveries); "
-        "SMP, SA = spent from the migration's start to the run's end"
-    )
+            cells = (
+                r.mode if n == 0 else f"  #{n + 1}",
+                r.strategy,
+                r.port_model,
+                _rate(tp.get("before")),
+                _rate(tp.get("during")),
+                _rate(tp.get("after")),
+                *dt,
+                _n(r.rds_reconnects),
+                _n(r.smps),
+                _n(r.sa_queries),
+                str(t.lost),
+                str(t.duplicated),
+                str(t.reordered),
+            )
+            lines.append(_row(cells) + "  " + (_verdict(r, t) if n == 0 else ""))
+    lines.extend(_notes(results))
     for r in results:
-        if r.downtime is not None:
-            parts = ", ".join(
-                f"{k} {v * 1e3:.1f}" for k, v in r.downtime.breakdown.items() if v > 0
-            )
-            lines.append(f"  {r.mode}/{r.strategy}/{r.port_model}: {parts}")
+        for n, d in enumerate(r.downtimes or ((r.downtime,) if r.downtime else ())):
+            parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in d.breakdown.items() if v > 0)
+            tag = f" #{n + 1}" if len(r.downtimes) > 1 else ""
+            lines.append(f"  {r.mode}/{r.strategy}/{r.port_model}{tag}: {parts}")
     return "\n".join(lines)
+
+
+def _verdict(r: RunResult, t: Tally) -> str:
+    if r.ok:
+        return "ok"
+    if r.error is not None:
+        return r.error
+    return "not exactly-once in order" if not t.ok else "no migration"
+
+
+def _notes(results: Sequence[RunResult]) -> list[str]:
+    res = [d.resolution for r in results for d in r.downtimes if math.isfinite(d.resolution)]
+    worst = max(res, default=math.nan)
+    return [
+        "before/during/after: delivered msgs/s (both nodes); times in ms of the run's clock.",
+        "pause: the guest's own pause (its paused stages); service: longest delivery gap at any "
+        "socket; added = service - pause (DESIGN); no-VF: the device gap (VF released -> new VF "
+        "ready); stack = service - no-VF - idle pacing = quiesce (removal notice -> VF "
+        "released) + resume (new VF -> first delivery).",
+        f"resolution: service/added are known to within res (p99 gap between deliveries at one "
+        f"socket under this pacing; worst {_ms(worst)} ms); quiesce and no-VF are "
+        "timeline-exact, and resume ends on the first delivery of the backlog queued through "
+        "the outage, so stack is not limited by the pacing.",
+        "RDS-rc: the RDS layer's reconnects (conn_reset, both nodes); SMP, SA: spent from the "
+        "first migration's start to the run's end.",
+    ]
 
 
 def _n(x: int | None) -> str:
     return "-" if x is None else str(x)
 
 
-def _ms(x: float) -> str:
-    return f"{x * 1e3:.1f}" if math.isfinite(x) else ("inf" if x > 0 else "-")
+def _rate(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.0f}"
+
+
+def _ms(x: float, digits: int = 1) -> str:
+    return f"{x * 1e3:.{digits}f}" if math.isfinite(x) else ("inf" if x > 0 else "-")
+
+
+def plot_results(results: Sequence[RunResult], path: str) -> None:
+    """Draw delivered messages per second over time, one panel per combination.
+
+    Every migration stage is shaded (paused stages hatched); the device gap is
+    outlined. Needs matplotlib (the ``bench`` extra).
+
+    Raises:
+        RuntimeError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError(
+            "--plot needs matplotlib: pip install 'rdsx[bench]' (or .venv/bin/pip install "
+            "matplotlib)"
+        ) from None
+    colours = {
+        "pre-copy": "#c6dbef",
+        "detach": "#fdae6b",
+        "stop-and-copy": "#e6550d",
+        "restore": "#a63603",
+        "attach": "#74c476",
+        "sm-update": "#9e9ac8",
+    }
+    rows = max(1, math.ceil(len(results) / 2))
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.0 * rows), sharex=True, squeeze=False)
+    for ax, r in zip(axes.flat, results, strict=False):
+        t0 = r.traffic[0] if r.traffic else 0.0
+        xs = [i * BIN for i in range(len(r.series))]
+        ax.plot(xs, r.series, lw=0.6, color="black")
+        for tl in r.timelines:
+            for stage in tl.stages:
+                ax.axvspan(
+                    stage.start - t0,
+                    stage.end - t0,
+                    color=colours.get(stage.name, "grey"),
+                    alpha=0.5,
+                    hatch="//" if stage.paused else None,
+                    lw=0,
+                )
+            gap = tl.device_gap
+            if gap is not None:
+                ax.axvline(gap[0] - t0, color="red", lw=0.6, ls="--")
+                ax.axvline(gap[1] - t0, color="green", lw=0.6, ls="--")
+        ax.set_title(f"{r.mode} / {r.strategy} / {r.port_model}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_ylabel("msgs/s", fontsize=7)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("s since the traffic started", fontsize=7)
+    handles = [matplotlib.patches.Patch(color=c, alpha=0.5, label=n) for n, c in colours.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = trio.testing.MockClock(autojump_threshold=0) if mig.virtual else None
     try:
         if mig.compare:
-            results = trio.run(functools.partial(run_compare, opts, mig), clock=clock)
+            results = run_compare_parallel(opts, mig)
         else:
             results = [trio.run(functools.partial(run_migration, opts, mig), clock=clock)]
     except KeyboardInterrupt:
@@ -481,11 +791,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RdsError as exc:
         print(f"rdsx-stress: {exc}", file=sys.stderr)
         return 2
-    if not mig.compare and results[0].timeline is not None:
-        print(results[0].timeline.format_table())
-        if results[0].downtime is not None:
-            print(results[0].downtime.format_table())
+    if not mig.compare:
+        for timeline, report in zip(results[0].timelines, results[0].downtimes, strict=True):
+            print(timeline.format_table())
+            print(report.format_table())
     print(format_results(results))
+    if mig.plot:
+        try:
+            plot_results(results, mig.plot)
+        except RuntimeError as exc:
+            print(f"rdsx-stress: {exc}", file=sys.stderr)
+            return 2
     if opts.json_path:
         with open(opts.json_path, "w") as fh:
             json.dump(
@@ -494,6 +810,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "experiment": "compare" if mig.compare else "migration",
                     "profile": mig.profile,
                     "clock": "virtual" if mig.virtual else "real",
+                    "schema": 2,
+                    "options": {
+                        "migrate_at": list(mig.migrate_at),
+                        "rate": opts.rate,
+                        "tasks": opts.tasks,
+                        "time": opts.time,
+                        "req_bytes": opts.req_bytes,
+                        "ack_bytes": opts.ack_bytes,
+                        "seed": opts.seed,
+                        "grace": opts.grace,
+                        "jobs": mig.jobs,
+                    },
+                    "columns": [t for t, _ in COLUMNS],
+                    "table": format_results(results).splitlines(),
                     "runs": [r.to_dict() for r in results],
                 },
                 fh,

@@ -17,6 +17,19 @@ Pure functions over numbers (DESIGN §6): no trio, no clock.
 * **Resolution**: the 99th-percentile gap between deliveries away from the
   migration; a downtime is only known to within about that much, since the
   load is paced (a recovery shows only at the next delivery).
+* **Stack cost**: service downtime minus the device gap (the time the VM had
+  no VF at all, :attr:`~transports.sim.timeline.Timeline.device_gap`), i.e.
+  what the two modes really differ in. It splits into
+
+  - ``idle``: gap time before the removal notice. Nothing had happened yet;
+    no message was due (pacing). It is the load's resolution, not the stack's.
+  - ``quiesce``: from the notice (or the last delivery after it) to the VF's
+    release: the stack letting go of the device (timeline-exact).
+  - ``resume``: from the new VF's arrival to the first delivery after the
+    gap. Senders keep queueing through the outage, so the backlog flows as
+    soon as the path is back: this end is not limited by the pacing.
+
+  ``stack = quiesce + resume``; ``service = idle + quiesce + device gap + resume``.
 """
 
 from __future__ import annotations
@@ -50,6 +63,10 @@ class ReceiverDowntime:
         resolution: 99th-percentile gap between deliveries away from the
             migration (``nan`` when there are too few deliveries to tell).
         messages: deliveries counted.
+        idle: gap time before the removal notice (pacing, not the stack).
+        quiesce: notice (or the last delivery after it) to the VF's release.
+        resume: the new VF's arrival to the gap's end (``inf`` if never).
+        device_gap: seconds the VM had no VF (0 if it never lost one).
     """
 
     receiver: str
@@ -60,11 +77,25 @@ class ReceiverDowntime:
     breakdown: Mapping[str, float]
     resolution: float
     messages: int
+    idle: float = 0.0
+    quiesce: float = 0.0
+    resume: float = 0.0
+    device_gap: float = 0.0
 
     @property
     def recovered(self) -> bool:
         """True if a delivery followed the migration."""
         return self.gap_end is not None
+
+    @property
+    def stack(self) -> float:
+        """The stack's own cost: ``quiesce + resume``."""
+        return self.quiesce + self.resume
+
+    @property
+    def beyond_device_gap(self) -> float:
+        """``service_downtime - device_gap`` (= ``idle + stack``)."""
+        return self.service_downtime - self.device_gap
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -79,6 +110,10 @@ class DowntimeReport:
         worst: the receiver with the longest gap; None without receivers.
         breakdown: that receiver's per-stage breakdown.
         resolution: the coarsest receiver resolution (``nan`` if unknown).
+        device_gap: seconds the VM had no VF.
+        stack: the largest stack cost (quiesce + resume) over the receivers.
+        quiesce: that receiver's quiesce.
+        resume: that receiver's resume.
     """
 
     receivers: tuple[ReceiverDowntime, ...]
@@ -88,6 +123,10 @@ class DowntimeReport:
     worst: str | None
     breakdown: Mapping[str, float]
     resolution: float
+    device_gap: float = 0.0
+    stack: float = 0.0
+    quiesce: float = 0.0
+    resume: float = 0.0
 
     @property
     def recovered(self) -> bool:
@@ -109,6 +148,11 @@ class DowntimeReport:
         )
         parts = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in self.breakdown.items() if v > 0)
         lines.append(f"breakdown ms: {parts or '-'}")
+        lines.append(
+            f"device gap (no VF) {self.device_gap * 1e3:.3f} ms; stack cost "
+            f"{self.stack * 1e3:.3f} ms = quiesce {self.quiesce * 1e3:.3f} + resume "
+            f"{self.resume * 1e3:.3f}"
+        )
         return "\n".join(lines)
 
 
@@ -166,6 +210,7 @@ def receiver_downtime(
     resolution = _p99(normal)
     g0, g1 = max(in_window, key=lambda p: p[1] - p[0], default=(start, start))
     service = g1 - g0
+    idle, quiesce, resume, gap = _split(g0, g1, timeline)
     return ReceiverDowntime(
         receiver=receiver,
         gap_start=g0,
@@ -175,7 +220,24 @@ def receiver_downtime(
         breakdown=_breakdown(g0, g1, timeline),
         resolution=resolution,
         messages=len(ts),
+        idle=idle,
+        quiesce=quiesce,
+        resume=resume,
+        device_gap=gap,
     )
+
+
+def _split(g0: float, g1: float, timeline: Timeline) -> tuple[float, float, float, float]:
+    """(idle, quiesce, resume, device gap) of the gap ``[g0, g1]``; zeros without a VF loss."""
+    span = timeline.device_gap
+    notice = timeline.removal_notice
+    if span is None or notice is None:
+        return 0.0, 0.0, 0.0, 0.0
+    released, ready = span
+    idle = max(0.0, min(notice, g1) - g0)
+    quiesce = max(0.0, released - max(g0, notice))
+    resume = max(0.0, g1 - ready)
+    return idle, quiesce, resume, ready - released
 
 
 def downtime(deliveries: Mapping[str, Sequence[float]], timeline: Timeline) -> DowntimeReport:
@@ -192,6 +254,8 @@ def downtime(deliveries: Mapping[str, Sequence[float]], timeline: Timeline) -> D
     worst = max(receivers, key=lambda r: r.service_downtime, default=None)
     service = worst.service_downtime if worst is not None else 0.0
     known = [r.resolution for r in receivers if not math.isnan(r.resolution)]
+    costly = max(receivers, key=lambda r: r.stack, default=None)
+    span = timeline.device_gap
     return DowntimeReport(
         receivers=receivers,
         pause=timeline.pause,
@@ -200,4 +264,8 @@ def downtime(deliveries: Mapping[str, Sequence[float]], timeline: Timeline) -> D
         worst=worst.receiver if worst is not None else None,
         breakdown=dict(worst.breakdown) if worst is not None else {},
         resolution=max(known) if known else math.nan,
+        device_gap=0.0 if span is None else span[1] - span[0],
+        stack=costly.stack if costly is not None else 0.0,
+        quiesce=costly.quiesce if costly is not None else 0.0,
+        resume=costly.resume if costly is not None else 0.0,
     )

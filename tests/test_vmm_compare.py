@@ -28,7 +28,7 @@ def test_the_migration_flags_are_split_from_rdsx_stress_options() -> None:
     )
     assert (mig.compare, mig.migrate_at, mig.strategy, mig.profile) == (
         True,
-        1.5,
+        (1.5,),
         "three-stage",
         "modern",
     )

@@ -1,0 +1,179 @@
+"""rdsx-stress --compare: table, reconnects per mode, JSON, stack cost, plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.compare import COLUMNS, RunResult, format_results, main, parse, plot_results
+from bench.compare import run_migration as run_one
+from bench.downtime import downtime, receiver_downtime
+from transports.sim.timeline import Stage, Strategy, Timeline
+
+
+def _small_profile(tmp_path: Path) -> str:
+    source = Path(__file__).parents[1] / "transports/sim/profiles/seed-cx2-xen.json"
+    data = json.loads(source.read_text())
+    data["name"] = "small"
+    data["figures"]["vm_memory"]["value"] = 8 * 2**20  # a short pre-copy keeps the runs fast
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _late_detach() -> Timeline:
+    # Notice at 10, released at 10.2, paused 10.7..12.5 (attach at its end), new VF at 12.6.
+    stages = (
+        Stage(name="pre-copy", round=1, start=5.0, end=10.0),
+        Stage(name="detach", start=10.0, end=10.7),
+        Stage(name="stop-and-copy", start=10.7, end=10.9),
+        Stage(name="restore", start=10.9, end=11.0),
+        Stage(name="attach", start=11.0, end=12.5, paused=True),
+        Stage(name="sm-update", start=12.5, end=12.7),
+    )
+    return Timeline(
+        vm="vm",
+        source="a",
+        destination="b",
+        strategy=Strategy.LATE_DETACH,
+        port_model="vswitch",
+        profile="p",
+        stages=stages,
+        start=5.0,
+        end=12.7,
+        device_ready=12.6,
+        released=10.2,
+    )
+
+
+def test_the_stack_cost_is_service_minus_the_device_gap_split_around_it() -> None:
+    tl = _late_detach()
+    # Last delivery 9.95 (0.05 of idle pacing before the notice), first after 12.603.
+    paced = [round(4.0 + 0.05 * k, 3) for k in range(120)]  # 4.0 .. 9.95
+    r = receiver_downtime("x", [*paced, 12.603, 13.0], tl)
+    assert (r.gap_start, r.gap_end) == (9.95, 12.603)
+    assert r.idle == pytest.approx(0.05)
+    assert r.quiesce == pytest.approx(0.2)
+    assert r.resume == pytest.approx(0.003)
+    assert r.device_gap == pytest.approx(2.4)
+    assert r.stack == pytest.approx(0.203)
+    assert r.service_downtime == pytest.approx(r.idle + r.quiesce + r.device_gap + r.resume)
+    assert r.beyond_device_gap == pytest.approx(r.idle + r.stack)
+    # The pause counts the attach (late detach) as well: 1.8 s.
+    assert tl.pause == pytest.approx(1.8)
+    assert r.added_downtime == pytest.approx(r.service_downtime - 1.8)
+    # Deliveries that go on after the notice shorten the quiesce, not the idle.
+    late = receiver_downtime("y", [*paced, 10.1, 12.7], tl)
+    assert (late.idle, late.quiesce) == (0.0, pytest.approx(0.1))
+    report = downtime({"x": [*paced, 12.603, 13.0], "y": [*paced, 10.1, 12.7]}, tl)
+    assert report.stack == pytest.approx(max(r.stack, late.stack))
+    assert report.device_gap == pytest.approx(2.4)
+
+
+def test_repeated_migrate_at_and_the_plot_and_jobs_options() -> None:
+    _, mig = parse(["--compare", "--migrate-at", "4", "--migrate-at", "1", "--plot", "x.png"])
+    assert mig.migrate_at == (4.0, 1.0) and mig.plot == "x.png" and mig.jobs >= 1
+    _, real = parse(["--compare", "--clock", "real", "--jobs", "2"])
+    assert real.jobs == 1  # real-clock runs must not slow each other down
+    with pytest.raises(SystemExit):
+        parse(["--compare", "--jobs", "0"])
+
+
+async def test_two_migrations_in_one_run_each_get_a_timeline_and_a_downtime(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    opts, mig = parse(
+        f"--rate 40 -T 0 --mode transparent -z --migrate-at 0.5 --migrate-at 1 "
+        f"--profile {_small_profile(tmp_path)}".split()
+    )
+    with trio.fail_after(60):
+        result = await run_one(opts, mig, out=_Sink())
+    assert result.ok, result.error
+    assert len(result.timelines) == len(result.downtimes) == 2
+    first, second = result.timelines
+    assert second.start >= first.end and first.destination != second.destination
+    assert result.rds_reconnects == 0
+    assert format_results([result]).count("\n  #2 ") == 1
+
+
+def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the bench extra)")
+    out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
+    argv = (
+        f"--compare -q 4K -a 4K -t 2 -T 4 --rate 40 --migrate-at 0.5 --jobs 1 "
+        f"--profile {_small_profile(tmp_path)} --json {out} --plot {png}"
+    ).split()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].split()[: len(COLUMNS)] == [title for title, _ in COLUMNS]
+    rows = [line.split() for line in lines[1:9]]
+    assert [tuple(r[:3]) for r in rows] == [
+        (m, s, p)
+        for m in ("reconnect", "transparent")
+        for s in ("three-stage", "late-detach")
+        for p in ("shared", "vswitch")
+    ]
+    assert all(r[-1] == "ok" for r in rows)
+    assert "resolution" in text
+    data = json.loads(out.read_text())
+    assert data["schema"] == 2 and data["experiment"] == "compare"
+    assert data["columns"] == [title for title, _ in COLUMNS]
+    assert len(data["runs"]) == 8
+    for run in data["runs"]:
+        assert run["ok"] and run["verified"]["lost"] == 0
+        assert run["verified"]["duplicated"] == 0 and run["verified"]["reordered"] == 0
+        if run["mode"] == "transparent":
+            assert run["rds_reconnects"] == 0
+        else:
+            assert run["rds_reconnects"] >= 1
+        d = run["downtime"]
+        assert set(run["throughput_msgs_per_s"]) == {"before", "during", "after"}
+        assert d["device_gap_s"] > 0 and d["stack_s"] == pytest.approx(
+            d["quiesce_s"] + d["resume_s"]
+        )
+        assert d["service_s"] >= d["device_gap_s"] + d["stack_s"] - 1e-9
+        assert run["migration"]["paused_stages"][:2] == ["stop-and-copy", "restore"]
+        late = run["strategy"] == "late-detach"
+        assert ("attach" in run["migration"]["paused_stages"]) == late
+        assert len(run["series"]["msgs_per_s"]) == math.ceil(4 / run["series"]["bin_s"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plot_needs_matplotlib_or_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = RunResult(
+        mode="reconnect",
+        strategy="late-detach",
+        port_model="shared",
+        outcome=None,
+        timeline=_late_detach(),
+        error=None,
+        downtime=None,
+        timelines=(_late_detach(),),
+        series=(10.0,) * 300,
+        traffic=(0.0, 15.0),
+    )
+    path = tmp_path / "p.png"
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    with pytest.raises(RuntimeError, match="matplotlib"):
+        plot_results([result], str(path))
+    monkeypatch.undo()
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the bench extra)")
+    plot_results([result], str(path))
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+class _Sink:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
