@@ -93,7 +93,7 @@ PORT_MODELS = ("shared", "vswitch")
 #: whole 8-run comparison of the issue's command (-t 7, -T 20) then fits in two
 #: minutes on 2 cores; the stack cost's resolution does not depend on it (see
 #: :mod:`bench.downtime`), the service downtime's does (the table states it).
-DEFAULT_RATE = 50.0
+DEFAULT_RATE = 30.0
 #: Seconds of traffic after the migration ends when -T is 0.
 TAIL = 3.0
 #: Width of the throughput bins kept for the plot, seconds.
