@@ -21,7 +21,7 @@ Theory of operation (why it is fast and deterministic):
   run the tasks of one instant in. Comm ids and start PSNs derive from the seed,
   LID and QPN for the same reason.
 * Under the real clock, with the default route and no trace, positive ACKs and
-  one-packet SENDs with nothing outstanding take a fast lane (the same effects
+  SENDs of up to a window with nothing outstanding take a fast lane (the same effects
   without a packet object); nothing could drop, delay or observe them there.
 """
 

@@ -365,7 +365,7 @@ class RcQp:
             self._arm()
 
     def _direct_send(self, wr: SendWR, now: float) -> bool:
-        """The real-clock fast lane for a one-packet SEND with nothing outstanding.
+        """The real-clock fast lane for a SEND of up to a window of packets, nothing outstanding.
 
         When the packet would be delivered within the same pass anyway and nothing
         could drop, delay or observe it (``fabric.fast_lane``), place it in the
@@ -378,9 +378,13 @@ class RcQp:
             return False
         sge = wr.sg_list[0]
         size = sge.length
+        # A multi-packet SEND has the same effects as one packet (placed whole, one
+        # completion each side), only more PSNs and wire time; beyond a window the
+        # packet path would pace it, so it takes that.
+        npkts = -(-size // self.mtu) or 1
         mr = self.mrs.get(sge.lkey)
         if (
-            size > self.mtu
+            npkts > WINDOW
             or mr is None
             or mr.pd is not self.pd
             or sge.addr < mr.addr
@@ -419,7 +423,7 @@ class RcQp:
         ):
             return False
         host = src.host
-        wire = (HEADER_BYTES + size) * fabric._seconds_per_byte
+        wire = (HEADER_BYTES * npkts + size) * fabric._seconds_per_byte
         depart = host.tx_free if host.tx_free > now else now
         hops = fabric._two_hops if dst.host.switch == host.switch else 2 * fabric._two_hops
         if depart + wire + hops - now >= fabric._slack:
@@ -429,14 +433,14 @@ class RcQp:
         peer.rq.popleft()
         start, rstart = sge.addr - mr.addr, rsge.addr - rmr.addr
         rmr.buffer[rstart : rstart + size] = mr.buffer[start : start + size]
-        peer.epsn = psn + 1
+        peer.epsn = psn + npkts
         imm = wr.imm_data if opcode is _SEND_IMM else None
         peer.recv_cq.push(WorkCompletion(rwr.wr_id, _SUCCESS, _RECV, size, peer.qp_num, imm))
         self.fast_sends += 1
-        fabric._sent += 2
-        fabric._delivered += 2
+        fabric._sent += npkts + 1
+        fabric._delivered += npkts + 1
         fabric._bytes += size
-        self.next_psn = self.una = self.snd_nxt = psn + 1
+        self.next_psn = self.una = self.snd_nxt = psn + npkts
         self.retry_left = self.retry_cnt
         self.rnr_left = self.rnr_retry
         self.progress_at = now
