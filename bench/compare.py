@@ -718,8 +718,10 @@ def _ms(x: float, digits: int = 1) -> str:
 def plot_results(results: Sequence[RunResult], path: str) -> None:
     """Draw delivered messages per second over time, one panel per combination.
 
-    Every migration stage is shaded (paused stages hatched); the device gap is
-    outlined. Needs matplotlib (the ``bench`` extra).
+    Every migration stage is shaded (paused stages hatched); dashed lines mark
+    the VF's release (red) and the new VF's arrival (green). The y axis is
+    clipped at 2.5× the median rate (the backlog's burst at the resume goes
+    off the top). Needs matplotlib (the ``bench`` extra).
 
     Raises:
         RuntimeError: matplotlib is not installed.
@@ -762,6 +764,10 @@ def plot_results(results: Sequence[RunResult], path: str) -> None:
             if gap is not None:
                 ax.axvline(gap[0] - t0, color="red", lw=0.6, ls="--")
                 ax.axvline(gap[1] - t0, color="green", lw=0.6, ls="--")
+        steady = sorted(v for v in r.series if v > 0)
+        if steady:
+            # The backlog's burst at the resume would flatten everything else: clip it.
+            ax.set_ylim(0, 2.5 * steady[len(steady) // 2])
         ax.set_title(f"{r.mode} / {r.strategy} / {r.port_model}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_ylabel("msgs/s", fontsize=7)
