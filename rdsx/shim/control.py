@@ -13,6 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from ..errors import (
@@ -150,6 +151,24 @@ class ControlPlane:
         pairs = message.pairs
         known[1].update(zip(pairs[0::2], pairs[1::2], strict=True))
 
+    def learn_keys(self, source: str, inc: int, pairs: tuple[int, ...]) -> None:
+        """Take the key map a ``Reconnect``/``Resumed`` carried (merged, as later pushes are)."""
+        if pairs:
+            self._on_keymap(source, KeyMap(inc=inc, pairs=pairs, first=False))
+
+    def with_keys(self, message: Reconnect | Resumed) -> bytes | None:
+        """``message`` encoded with our key map riding along, or ``None`` if it does not fit.
+
+        Saves the separate ``KeyMap`` round trip before a reconnect. On the first
+        device every key is its own physical key, so there is nothing to carry.
+        """
+        if self._s.inc <= 1:
+            return encode(message)
+        try:
+            return encode(attrs.evolve(message, keys=self._s.core.key_pairs()))
+        except ValueError:
+            return None  # too many moved keys: push them in KEYMAP chunks first
+
     async def push_keys(self, address: str) -> bool:
         """Tell the peer at ``address`` (once) which of our remote keys changed on this device."""
         lock = self._key_locks.setdefault(address, trio.Lock())
@@ -193,17 +212,23 @@ class ControlPlane:
         if qp._ctx.session is not self._s or self._s.removal.is_set():
             await request.reject(encode(Refused(reason=RefuseReason.BUSY)))
             return
+        # Learnt even if refused below: a duel's loser reconnects no further.
+        self.learn_keys(request.source, message.inc, message.keys)
         if message.peer_inc < self._s.inc and not request.source < self._s.core.address:
             # Both sides were replaced; the lower address's attempt wins (no duels).
             await request.reject(encode(Refused(reason=RefuseReason.DUEL)))
             return
-        if self._s.inc > 1:
+        answer = Resumed(received=qp.received, inc=self._s.inc)
+        data = self.with_keys(answer)
+        if data is None:
             # The requester may not know our keys yet (both sides migrated).
             await self.push_keys(request.source)
+            answer = Resumed(received=qp.received, inc=self._s.inc)
+            data = encode(answer)
         qp.prepare_rebind()
         phys = qp.new_physical(self._s)
         try:
-            pcm = await request.accept(phys, encode(Resumed(received=qp.received, inc=self._s.inc)))
+            pcm = await request.accept(phys, data)
         except VerbsError:
             phys.close()
             raise

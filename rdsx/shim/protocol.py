@@ -17,7 +17,9 @@ no receive buffer of the layer above is ever consumed by shim traffic:
   physical QP of the side whose device was replaced; the peer accepts with a
   fresh physical QP of its own and ``RESUMED``. Both carry the number of
   messages their side has *received* on the virtual QP, which is all the
-  resequencing needs (:func:`plan_resend`).
+  resequencing needs (:func:`plan_resend`). When the sender's remote-key map
+  fits, it rides along (``keys``), so a migrated node resumes in one round trip
+  instead of pushing a ``KeyMap`` first.
 * ``REFUSED`` (in a reject) says why a request could not be served.
 
 This module does no I/O: it turns values into bytes and back, and does the
@@ -107,6 +109,13 @@ def _count(value: int) -> int:
     return value
 
 
+def _pairs(value: Sequence[int]) -> tuple[int, ...]:
+    pairs = tuple(value)
+    if len(pairs) % 2 or any(not 0 <= key < 1 << 32 for key in pairs):
+        raise ValueError("key map must be (virtual, physical) pairs of 32-bit keys")
+    return pairs
+
+
 @attrs.frozen(slots=True, kw_only=True)
 class Connect:
     """Header of a user connect request: the requester's virtual QPN and device incarnation."""
@@ -152,6 +161,8 @@ class Reconnect:
         inc: the requester's device incarnation (1 + its migrations).
         peer_inc: the acceptor's incarnation as the requester last saw it; lower
             than the acceptor's own when both sides were replaced (a duel).
+        keys: the requester's whole key map for ``inc`` (as :attr:`KeyMap.pairs`),
+            when it fits; empty means "sent separately, or nothing moved".
     """
 
     src_vqpn: int = attrs.field(converter=_qpn)
@@ -159,14 +170,20 @@ class Reconnect:
     received: int = attrs.field(converter=_count)
     inc: int = attrs.field(converter=_count)
     peer_inc: int = attrs.field(converter=_count)
+    keys: tuple[int, ...] = attrs.field(default=(), converter=_pairs)
 
 
 @attrs.frozen(slots=True, kw_only=True)
 class Resumed:
-    """The acceptor's answer to :class:`Reconnect`: what it received, ever; its incarnation."""
+    """The acceptor's answer to :class:`Reconnect`: what it received, ever; its incarnation.
+
+    ``keys`` is the acceptor's key map for ``inc`` when it migrated too and the
+    map fits (as in :class:`Reconnect`).
+    """
 
     received: int = attrs.field(converter=_count)
     inc: int = attrs.field(converter=_count)
+    keys: tuple[int, ...] = attrs.field(default=(), converter=_pairs)
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -174,13 +191,6 @@ class Refused:
     """A control request the peer would not serve, and why."""
 
     reason: RefuseReason
-
-
-def _pairs(value: Sequence[int]) -> tuple[int, ...]:
-    pairs = tuple(value)
-    if len(pairs) % 2 or any(not 0 <= key < 1 << 32 for key in pairs):
-        raise ValueError("key map must be (virtual, physical) pairs of 32-bit keys")
-    return pairs
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -227,14 +237,19 @@ _FIELDS: dict[_Kind, tuple[type[Any], tuple[str, ...]]] = {
     _Kind.ACCEPT: (Accept, ("vqpn", "inc")),
     _Kind.SUSPEND: (Suspend, ("src_vqpn", "dst_vqpn", "budget")),
     _Kind.SUSPENDED: (Suspended, ("drained",)),
-    _Kind.RECONNECT: (Reconnect, ("src_vqpn", "dst_vqpn", "received", "inc", "peer_inc")),
-    _Kind.RESUMED: (Resumed, ("received", "inc")),
+    _Kind.RECONNECT: (
+        Reconnect,
+        ("src_vqpn", "dst_vqpn", "received", "inc", "peer_inc", "keys"),
+    ),
+    _Kind.RESUMED: (Resumed, ("received", "inc", "keys")),
     _Kind.REFUSED: (Refused, ("reason",)),
     _Kind.KEYMAP: (KeyMap, ("inc", "pairs", "first")),
     _Kind.ACK: (Ack, ()),
     _Kind.CLOSE: (Close, ("src_vqpn", "dst_vqpn")),
 }
 _KIND_OF: dict[type[Any], _Kind] = {cls: kind for kind, (cls, _) in _FIELDS.items()}
+#: Kinds whose last field (a key map) is left off the wire when empty.
+_OPTIONAL_TAIL = frozenset({_Kind.RECONNECT, _Kind.RESUMED})
 
 
 def encode(message: Message, user_data: bytes = b"") -> bytes:
@@ -250,6 +265,10 @@ def encode(message: Message, user_data: bytes = b"") -> bytes:
         fields = [int(fields[0])]
     elif kind is _Kind.KEYMAP:
         fields[1] = list(fields[1])
+    elif kind in _OPTIONAL_TAIL:
+        fields[-1] = list(fields[-1])
+        if not fields[-1]:
+            fields.pop()  # the common case costs no bytes (and old peers decode it)
     body: bytes = msgpack.packb([int(kind), *fields])
     header = MAGIC + bytes([len(body)]) + body
     limit = HEADER_RESERVE if kind in (_Kind.CONNECT, _Kind.ACCEPT) else CM_PRIVATE_DATA_MAX
@@ -288,6 +307,8 @@ def decode(data: bytes) -> tuple[Message | None, bytes]:
         raise RemoteProtocolError(f"unknown shim message kind {fields[0]}") from None
     cls, names = _FIELDS[kind]
     values = fields[1:]
+    if kind in _OPTIONAL_TAIL and len(values) == len(names) - 1:
+        names = names[:-1]
     if len(values) != len(names):
         raise RemoteProtocolError(f"{kind.name} needs {len(names)} fields, got {len(values)}")
     try:

@@ -65,7 +65,7 @@ from .protocol import (
     decode,
     encode,
 )
-from .qp import Hold, VirtualQP, _Entry
+from .qp import Hold, PeerLink, VirtualQP, _Entry
 
 if TYPE_CHECKING:
     from .core import Core
@@ -228,7 +228,7 @@ class Session:
             if event.type in (CmEventType.DEVICE_REMOVAL, CmEventType.ESTABLISHED):
                 continue
             if event.type is CmEventType.DISCONNECTED and not qp.on_disconnected():
-                continue
+                return  # absorbed: its TIMEWAIT_EXIT is not the layer above's either
             if qp.cm_id is not None:
                 qp.cm_id.push_event(event)
 
@@ -256,26 +256,23 @@ class Session:
             if now >= deadline:
                 qp.fail(PeerResumeTimeout(f"QP {qp.qp_num}: could not reconnect to {peer}"))
                 return
-            if self.inc > 1 and not await self.control.push_keys(peer.address):
-                with trio.move_on_at(deadline):
-                    await trio.sleep(pause)
-                pause = min(pause * 2, config.max_retry_interval)
-                continue
+            # One round trip: our key map rides in the RECONNECT when it fits.
+            data = self.control.with_keys(self._reconnect_request(qp, peer))
+            if data is None:
+                if not await self.control.push_keys(peer.address):
+                    with trio.move_on_at(deadline):
+                        await trio.sleep(pause)
+                    pause = min(pause * 2, config.max_retry_interval)
+                    continue
+                data = encode(self._reconnect_request(qp, peer))
             phys = qp.new_physical(self)
-            request = Reconnect(
-                src_vqpn=qp.qp_num,
-                dst_vqpn=peer.vqpn,
-                received=qp.received,
-                inc=self.inc,
-                peer_inc=peer.inc,
-            )
             answer: Message | None = None
             try:
                 pcm = await ctx.cm_connect(
                     phys,
                     peer.address,
                     config.control_port,
-                    encode(request),
+                    data,
                     timeout=min(config.connect_timeout, deadline - now),
                 )
             except ConnectionRejected as exc:
@@ -294,6 +291,7 @@ class Session:
                     pcm.close()
                     phys.close()
                     continue
+                self.control.learn_keys(peer.address, resumed.inc, resumed.keys)
                 qp.bind(self, phys, pcm, resumed.received, resumed.inc)
                 self.core.recorder.resumed()
                 return
@@ -307,6 +305,15 @@ class Session:
             with trio.move_on_at(deadline):
                 await trio.sleep(pause)
             pause = min(pause * 2, config.max_retry_interval)
+
+    def _reconnect_request(self, qp: VirtualQP, peer: PeerLink) -> Reconnect:
+        return Reconnect(
+            src_vqpn=qp.qp_num,
+            dst_vqpn=peer.vqpn,
+            received=qp.received,
+            inc=self.inc,
+            peer_inc=peer.inc,
+        )
 
     # ------------------------------------------------------------------ quiesce / release
 
