@@ -110,3 +110,44 @@ async def test_connect_over_lossy_route_still_works(autojump_clock: trio.testing
         with trio.fail_after(30):
             a, b = await connect(da, db)
         assert a.qp.state is QpState.RTS and b.qp.state is QpState.RTS
+
+
+async def test_close_sends_dreq_resent_until_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Closing a connected id sends DREQ; a lost one is resent until its DREP comes back."""
+    async with open_fabric() as fabric:
+        da, db = await _devices(fabric)
+        a, b = await connect(da, db)
+        assert a.cm_id is not None and b.cm_id is not None
+        with partitioned(fabric, lambda: da.lid, lambda: db.lid):
+            a.cm_id.close()
+            with trio.move_on_after(0.6):
+                await b.cm_id.next_event()
+                raise AssertionError("a DREQ crossed a partition")
+        with trio.fail_after(1):
+            assert (await b.cm_id.next_event()).type is CmEventType.DISCONNECTED
+        assert (await b.cm_id.next_event()).type is CmEventType.TIMEWAIT_EXIT
+        assert b.qp.state is QpState.ERR
+        assert a.qp.state is QpState.RTS  # closing the id leaves the local QP alone
+
+
+@pytest.mark.parametrize("how", ["surprise", "crash"])
+async def test_vanished_peer_sends_nothing(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    """A surprise removal or a host crash sends no DREQ: the peer's id stays silent, even
+    when the dead side's context is closed afterwards; its QP learns through RC only."""
+    async with open_fabric() as fabric:
+        da, db = await _devices(fabric)
+        a, b = await connect(da, db)
+        assert b.cm_id is not None
+        if how == "surprise":
+            await fabric.detach(da.vm, None)
+        else:
+            da.function.host.crash()
+        a.ctx.close()
+        with trio.move_on_after(5.0):
+            event = await b.cm_id.next_event()
+            raise AssertionError(f"the peer of a vanished device got {event}")
+        assert b.qp.state is QpState.RTS

@@ -128,13 +128,40 @@ class VirtualCmId(CmId):
         self.push_event(CmEvent(CmEventType.DISCONNECTED, info="disconnected during a migration"))
 
     def close(self) -> None:
-        """Destroy the CM id (not the QP). Idempotent."""
+        """Destroy the CM id (not the QP); the peer sees DISCONNECTED. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self.qp.cm_id is self:
-            self.qp.cm_id = None
+        qp = self.qp
+        if qp.cm_id is self:
+            qp.cm_id = None
+            peer, session, pcm = qp.peer, qp._ctx.session, qp.physical_cm
+            if (
+                peer is not None
+                and pcm is not None
+                and session is not None
+                and qp.held is None
+                and not session.removal.is_set()
+            ):
+                # The peer's shim must hear it is the end before our DREQ reaches it,
+                # or it would hold the connection for a reconnect that never comes.
+                qp.peer = None
+                qp.release_cm()
+                session.spawn(_announce_close, session, qp.qp_num, peer, pcm)
         self._lot.unpark_all()
+
+
+async def _announce_close(session: Session, vqpn: int, peer: PeerLink, pcm: CmId) -> None:
+    """Tell the peer's shim the connection ends, then close the physical id (its DREQ)."""
+    try:
+        await session.control.call(
+            peer.address,
+            Close(src_vqpn=vqpn, dst_vqpn=peer.vqpn),
+            timeout=session.core.config.connect_timeout,
+        )
+    finally:
+        with contextlib.suppress(VerbsError):
+            pcm.close()
 
 
 class VirtualCmRequest(CmRequest):

@@ -582,6 +582,10 @@ class VirtualQP(QP):
         assert ppd is not None
         return ppd.create_qp(self._send_cq.physical_cq(), self._recv_cq.physical_cq(), self._cap)
 
+    def release_cm(self) -> None:
+        """Hand the physical CM id to the caller: the QP will not close it."""
+        self._pcm = None
+
     def _drop_phys(self) -> None:
         """Forget the physical QP (closing it); entries stay, marked unposted."""
         session, qp, pcm = self._session, self._phys, self._pcm

@@ -185,6 +185,8 @@ class VirtualContext(Context):
         if self._closed:
             return
         for qp in list(self._qps):
+            if qp.cm_id is not None:
+                qp.cm_id.close()  # first, so the peer hears of the end (its DISCONNECTED)
             qp.close()
         for listener in list(self.listeners):
             listener.close()

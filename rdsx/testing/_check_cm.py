@@ -1,5 +1,6 @@
 """Checks of the connection manager: listen/connect/accept with private data both ways,
-reject, unreachable ports, argument checks and disconnect."""
+reject, unreachable ports, argument checks, disconnect, and what closing an id or its
+context tells the peer."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from ..errors import (
     InvalidState,
     Unreachable,
 )
-from ..verbs import CmEvent, CmEventType, CmId, Opcode, QpState, RecvWR, SendWR
+from ..verbs import CmEvent, CmEventType, CmId, Opcode, QpState, RecvWR, SendWR, WcStatus
 from ._fixture import (
     WAIT,
     End,
     Node,
+    close_quietly,
     expect_raises,
     expect_state,
     expect_wc,
@@ -220,6 +222,48 @@ async def check_cm_disconnect(harness: Harness, rng: random.Random) -> None:
         active.close()
         passive.close()
         active.close()  # idempotent
+
+
+async def _peer_sees_close(cm_id: CmId, end: End, wr_id: int, what: str) -> None:
+    """``cm_id``'s peer closed: DISCONNECTED, TIMEWAIT_EXIT, ``end``'s QP in ERR and the
+    receive ``wr_id`` it had posted flushed."""
+    await next_cm_event(cm_id, CmEventType.DISCONNECTED, what)
+    await next_cm_event(cm_id, CmEventType.TIMEWAIT_EXIT, what)
+    expect_state(end.qp, QpState.ERR, f"{what}: the peer's QP")
+    wc = await take_one(end.rcq, what)
+    expect_wc(wc, f"{what}: the peer's posted receive", wr_id=wr_id, status=WcStatus.WR_FLUSH_ERR)
+
+
+@check("cm-close-disconnects")
+async def check_cm_close(harness: Harness, rng: random.Random) -> None:
+    """Closing an established CmId, or the context holding it, while the device works sends
+    a DREQ (rdma_destroy_id): the peer's id sees DISCONNECTED then TIMEWAIT_EXIT and the
+    peer's QP goes to ERR, flushing its posted receives."""
+    async with open_nodes(harness) as (a, b):
+        active, passive, ea, eb, _, _ = await cm_pair(a, b, rng)
+        closer, other, other_end = (
+            (active, passive, eb) if rng.random() < 0.5 else (passive, active, ea)
+        )
+        other_end.qp.post_recv(RecvWR(7, (other_end.node.sge(other_end.node.alloc(16), 16),)))
+        closer.close()
+        closer.close()  # idempotent
+        await _peer_sees_close(other, other_end, 7, "the peer of a closed CmId")
+        other.close()
+
+        # A second context of a: connect through it, then close the whole context.
+        ctx = await a.device.open()
+        try:
+            c = Node.open(a.device, ctx)
+            if rng.random() < 0.5:
+                _, peer_id, _, peer_end, _, _ = await cm_pair(c, b, rng)
+            else:
+                peer_id, _, peer_end, _, _, _ = await cm_pair(b, c, rng)
+            peer_end.qp.post_recv(RecvWR(8, (b.sge(b.alloc(16), 16),)))
+            ctx.close()
+            await _peer_sees_close(peer_id, peer_end, 8, "the peer of a closed context's CmId")
+            peer_id.close()
+        finally:
+            close_quietly(ctx)
 
 
 @check("cm-connect-timeout")

@@ -13,6 +13,17 @@ closed before the deadline, the removal succeeds; otherwise the remover gets
 :class:`~rdsx.errors.DeviceBusy` and the device stays. After a removal every
 call on an old handle raises :class:`~rdsx.errors.DeviceRemoved`.
 
+Closing is visible to the peer only while the device works. Closing an
+established :class:`CmId`, or the :class:`Context` that holds it (a process exit
+does the same), sends a DREQ as ``rdma_destroy_id`` does: the peer's id sees
+``DISCONNECTED`` then ``TIMEWAIT_EXIT`` and the peer's QP goes to ERR. This holds
+during a graceful removal's grace period too. A surprise removal or a host crash
+sends nothing: the peer learns only through its own RC retries
+(``RETRY_EXC_ERR``) and, on InfiniBand, its CM id stays silent. A transport
+whose CM channel is itself a connection (``tcp``) cannot tell a vanished peer
+from an exited process and may report the channel's loss as ``DISCONNECTED``;
+users must not rely on getting, or on not getting, that event.
+
 Errors common to every call below and not repeated in each docstring:
 
 * :class:`~rdsx.errors.DeviceRemoved` — the device went away (zombie handle).
@@ -118,7 +129,8 @@ class Context(abc.ABC):
 
     Closing the context releases every resource created through it (PDs, MRs,
     CQs, QPs, CM ids and listeners); QPs are destroyed without flushing, as a
-    process exit would.
+    process exit would, and every established CM id sends its DREQ (see
+    :meth:`CmId.close`).
     """
 
     device: Device
@@ -192,7 +204,11 @@ class Context(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release the context and everything created through it. Idempotent."""
+        """Release the context and everything created through it. Idempotent.
+
+        While the device works, each established CM id sends a DREQ first (the
+        peer sees ``DISCONNECTED``); after a removal nothing is sent.
+        """
 
     async def aclose(self) -> None:
         """Async spelling of :meth:`close`, for ``async with``."""
@@ -424,4 +440,11 @@ class CmId(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Destroy the CM id (not the QP). Idempotent."""
+        """Destroy the CM id (not the QP). Idempotent.
+
+        An established id whose device works sends a DREQ first, as
+        ``rdma_destroy_id`` does: the peer's id sees ``DISCONNECTED`` then
+        ``TIMEWAIT_EXIT`` and its QP goes to ERR. The local QP is left as it is
+        and this id gets no further event. An id already disconnected, or whose
+        device was removed, sends nothing.
+        """

@@ -6,7 +6,11 @@ REQ, REP and RTU travel over the fabric as CM packets (so drops, partitions
 and removals affect them) and are resent every :data:`CM_RETRY` seconds until
 the caller's timeout. REJ carries private data; a REJ for "nobody listens"
 becomes :class:`~rdsx.errors.Unreachable`. DREQ/DREP tear down: both sides see
-``DISCONNECTED`` then ``TIMEWAIT_EXIT`` and their QPs go to ERR.
+``DISCONNECTED`` then ``TIMEWAIT_EXIT`` and their QPs go to ERR. Closing a
+connected id (or its context) while the device works sends a DREQ too, as
+``rdma_destroy_id`` does: the peer sees ``DISCONNECTED``. A DREQ is resent
+every :data:`CM_RETRY` seconds until its DREP, at most :data:`DREQ_TRIES`
+times. A removed device or a crashed host sends nothing.
 
 QPs are moved RESET → INIT → RTR → RTS with librdmacm's defaults: retry_cnt 7,
 rnr_retry 7 (forever), local ACK timeout 67 ms (IB timeout 14), min RNR timer
@@ -49,12 +53,14 @@ from .packet import Kind, Packet
 if TYPE_CHECKING:
     from .verbs import SimContext, SimDevice, SimQP
 
-__all__ = ["CM_RETRY", "CmAgent", "SimCmId", "SimCmListener", "SimCmRequest"]
+__all__ = ["CM_RETRY", "DREQ_TRIES", "CmAgent", "SimCmId", "SimCmListener", "SimCmRequest"]
 
 #: Seconds between resends of an unanswered REQ or REP.
 CM_RETRY = 0.25
 #: How long a passive side waits for the RTU after its REP.
 ACCEPT_TIMEOUT = 5.0
+#: How often an unanswered DREQ is sent before the CM gives up on the DREP.
+DREQ_TRIES = 8
 REQ_PRIVATE_DATA = 196
 REP_PRIVATE_DATA = 196
 REJ_PRIVATE_DATA = 148
@@ -151,6 +157,8 @@ class CmAgent:
         self._requests: dict[tuple[int, int], SimCmRequest] = {}
         self._next_port = 20000
         self._attempts: dict[int, int] = {}
+        #: DREQs awaiting their DREP, by the comm id they name.
+        self._dreqs: dict[int, tuple[int, int, Dreq, int, int]] = {}
 
     # ------------------------------------------------------------------ wire
 
@@ -182,12 +190,33 @@ class CmAgent:
         elif isinstance(msg, Rej | Rtu):
             if (waiter := self._waiting.get(msg.comm_id)) is not None:
                 waiter.set(msg)
+        elif isinstance(msg, Drep):
+            self._dreqs.pop(msg.comm_id, None)
         elif isinstance(msg, Dreq):
             cm_id = self.ids.get(msg.comm_id)
             qpn = cm_id.qp.qp_num if cm_id is not None else 1
             self.send(msg.src_lid, msg.src_guid, Drep(msg.comm_id), qpn, msg.src_qpn)
             if cm_id is not None:
                 cm_id.disconnected()
+
+    def send_dreq(self, cm_id: SimCmId) -> None:
+        """Send a DREQ for ``cm_id``'s connection, resent until the DREP comes back."""
+        qp = cm_id.qp
+        dreq = Dreq(cm_id.remote_comm_id, self.device.function.lid, self.device.guid, qp.qp_num)
+        self._dreqs[dreq.comm_id] = (cm_id.peer_lid, cm_id.peer_guid, dreq, qp.qp_num, qp.dest_qpn)
+        self._resend_dreq(dreq.comm_id, DREQ_TRIES)
+
+    def _resend_dreq(self, comm_id: int, tries: int) -> None:
+        pending = self._dreqs.get(comm_id)
+        if pending is None or self.device.removed:
+            return
+        if tries == 0:
+            del self._dreqs[comm_id]  # the peer is gone: it learns through RC, if ever
+            return
+        dlid, dguid, dreq, qpn, dqpn = pending
+        self.send(dlid, dguid, dreq, qpn, dqpn)
+        when = self.fabric.now() + CM_RETRY
+        self.fabric.call_at(when, lambda: self._resend_dreq(comm_id, tries - 1))
 
     def _on_req(self, req: Req) -> None:
         key = (req.src_guid, req.comm_id)
@@ -595,25 +624,21 @@ class SimCmId(CmId):
         if self._closed:
             raise InvalidHandle("CM id is closed")
         if self.connected:
-            self.agent.send(
-                self.peer_lid,
-                self.peer_guid,
-                Dreq(
-                    self.remote_comm_id,
-                    self.agent.device.function.lid,
-                    self.agent.device.guid,
-                    self.qp.qp_num,
-                ),
-                self.qp.qp_num,
-                self.qp.dest_qpn,
-            )
+            self.agent.send_dreq(self)
         self.disconnected()
 
     def close(self) -> None:
-        """Destroy the CM id (not the QP). Idempotent."""
+        """Destroy the CM id (not the QP); a connected id sends DREQ first. Idempotent.
+
+        The peer's id then sees ``DISCONNECTED`` and its QP goes to ERR; this id
+        gets no more events. A removed device sends nothing.
+        """
         if self._closed:
             return
         self._closed = True
+        if self.connected and not self.agent.device.removed:
+            self.connected = False
+            self.agent.send_dreq(self)
         if self.agent.ids.get(self.comm_id) is self:
             del self.agent.ids[self.comm_id]
         if self in self.ctx.cm_ids:
