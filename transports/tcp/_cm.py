@@ -79,10 +79,17 @@ def _check_private_data(data: bytes) -> bytes:
     return bytes(data)
 
 
-def _bring_up(qp: TcpQP, peer_loc: str, peer_qpn: int, rq_psn: int, sq_psn: int) -> None:
-    """RESET -> INIT -> RTR -> RTS as librdmacm does, with the network's timers."""
+def _bring_up(
+    qp: TcpQP, peer_loc: str, peer_qpn: int, rq_psn: int, sq_psn: int, *, opens_stream: bool
+) -> None:
+    """RESET -> INIT -> RTR -> RTS as librdmacm does, with the network's timers.
+
+    The passive side opens the QP's stream: it knows both ends one message
+    before the active side does, so the stream's handshake overlaps REP and RTU.
+    """
     net = qp.device.network
     qp.modify(QpAttr(QpState.INIT, access_flags=_ALL_ACCESS, port_num=1, pkey_index=0))
+    qp.stream_opener = opens_stream
     qp.modify(
         QpAttr(
             QpState.RTR,
@@ -145,7 +152,7 @@ async def cm_connect(
             link = await device.open_link(locator, request)
             reply = await device.expect_reply(link, "rep")
             peer_qpn, peer_loc, peer_psn, peer_data = _peer_fields(reply)
-            _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn)
+            _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn, opens_stream=False)
             link.send(encode_control("rtu"))
             await link.flush()
     except trio.TooSlowError:
@@ -261,7 +268,7 @@ class TcpCmRequest(CmRequest):
         peer_qpn, peer_loc, peer_psn = self._peer
         psn = secrets.randbelow(PSN_MASK + 1)
         link = self._link
-        _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn)
+        _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn, opens_stream=True)
         link.send(
             encode_control("rep", qpn=tqp.qp_num, loc=ctx.device.locator, psn=psn, pd=private_data)
         )

@@ -11,11 +11,13 @@ the device is removed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import math
 import secrets
+import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -159,6 +161,8 @@ class TcpDevice(Device):
         """Open a context (see :meth:`rdsx.verbs.Device.open`)."""
         if self._removed:
             raise DeviceRemoved(f"{self.name} was removed")
+        if self._removing:
+            raise DeviceRemoved(f"{self.name} is being removed")
         from ._context import TcpContext
 
         ctx = TcpContext(self)
@@ -323,7 +327,7 @@ class TcpDevice(Device):
         """
         host, port = parse_locator(locator)
         try:
-            stream = await trio.open_tcp_stream(host, port, local_address=self.address)
+            stream = await _connect(host, port, self.address)
         except OSError as exc:
             raise Unreachable(f"cannot reach {locator}: {exc.strerror or exc}") from None
         self.counters.tcp_conn_connected += 1
@@ -461,6 +465,31 @@ class TcpDevice(Device):
             link.send(encode_control("rej", why="busy"))
             await link.flush()
             link.close()
+
+
+async def _connect(host: str, port: int, local: str) -> trio.SocketStream:
+    """A TCP connection from ``local`` to ``host:port``, both numeric addresses.
+
+    ``trio.open_tcp_stream`` costs 0.3-0.9 ms more per connection (address
+    resolution, a nursery for happy eyeballs), which every CM exchange and QP
+    stream pays; with literal addresses none of that is needed.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Pick the port at connect time, so outgoing connections share ephemeral ports.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        await sock.bind((local, 0))
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+#: Linux's IP_BIND_ADDRESS_NO_PORT (not exported by every Python build).
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def bind_error(exc: OSError, address: str, port: int) -> Exception:

@@ -164,6 +164,8 @@ class TcpQP(_Handle, QP):
         self._link: Link | None = None
         self._link_dead = False
         self._connecting: trio.CancelScope | None = None
+        #: Set by the CM (its passive side opens the stream); None: the address rule.
+        self.stream_opener: bool | None = None
         self._retries = 0
         self._rnr_retries = 0
         self._rnr_wait = False
@@ -763,6 +765,8 @@ class TcpQP(_Handle, QP):
     def initiator(self) -> bool:
         """True if this end opens the TCP connection to the peer QP."""
         assert self.dest is not None
+        if self.stream_opener is not None:
+            return self.stream_opener
         return (self.device.locator, self.qp_num) < (self.dest.port_address, self.dest.qpn)
 
     def accepts_stream(self, locator: str, qpn: int) -> bool:
@@ -793,6 +797,7 @@ class TcpQP(_Handle, QP):
             self.device.spawn(self._connect_loop, scope, self.dest)
 
     def _path_change(self) -> None:
+        self.stream_opener = None  # a new peer connected by hand: the address rule decides
         self._drop_link()
         self._link_dead = False
         self._rnr_wait = False
