@@ -10,7 +10,6 @@ import faulthandler
 from contextlib import AsyncExitStack
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -241,8 +240,7 @@ async def _cancel_scenario(seed: int, ops: list[tuple[str, int]]) -> None:
                 await trio.sleep(arg * 1e-5)
             else:
                 await move(w, arg, grace=1.0 if op == "graceful" else None)
-                # The VM runs on its new host for a moment: a detach in the very instant
-                # of the attach hits the sim gap of test_removal_right_after_attach.
+                # The VM runs on its new host for a moment before the next move.
                 await trio.sleep(0.001)
         sa.sendto_nowait(b"end", dst)
         got: list[int] = []
@@ -279,20 +277,13 @@ def test_cancel_across_resets_never_duplicates_or_loses(
 async def test_removal_right_after_attach(autojump_clock: trio.abc.Clock) -> None:
     """Back to back removals in one instant.
 
-    Depending on trio's scheduling order, node 1 may open its new VF after the
-    next removal was announced. The sim gives such a context no DEVICE_REMOVAL
-    event, so no verbs user can know it must let go, and the detach ends in
-    DeviceBusy: a gap in the sim, reported as an expected failure when it shows.
+    Depending on trio's scheduling order, node 1 may try to open its new VF after
+    the next removal was announced. The device refuses a new context while its
+    removal is pending (DeviceRemoved, the verbs contract), so the node waits for
+    the next VF and nothing holds the detach up: no DeviceBusy.
     """
-    busy = False
     async with world(2, spare_hosts=2) as w:
-        try:
-            for who, grace in ((0, 1.0), (1, 1.0), (0, None), (1, 1.0)):
-                await move(w, who, grace=grace)
-        except rdsx.DeviceBusy:
-            busy = True
-        else:
-            for node in w.nodes:
-                await node.wait_device()
-    if busy:
-        pytest.xfail("sim: no DEVICE_REMOVAL for a context opened during a pending removal")
+        for who, grace in ((0, 1.0), (1, 1.0), (0, None), (1, 1.0)):
+            await move(w, who, grace=grace)
+        for node in w.nodes:
+            await node.wait_device()

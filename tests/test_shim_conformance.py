@@ -24,6 +24,7 @@ HIDDEN_BY_DESIGN = {
     "remove-grace-busy",
     "remove-surprise",
     "remove-every-context",
+    "remove-open-pending",
 }
 
 

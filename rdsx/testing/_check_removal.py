@@ -235,3 +235,43 @@ async def check_remove_surprise(harness: Harness, rng: random.Random) -> None:
             wr_id=3,
             status=WcStatus.RETRY_EXC_ERR,
         )
+
+
+@check("remove-open-pending")
+async def check_remove_open_pending(harness: Harness, rng: random.Random) -> None:
+    """While a removal is pending the device opens no new context (DeviceRemoved at once),
+    so one opened in that instant cannot hold the removal up; after a failed removal
+    (DeviceBusy) it opens again."""
+    async with open_nodes(harness) as (a, _b):
+        grace = rng.choice((0.3, 0.5))
+
+        async def busy() -> None:
+            with expect_raises(DeviceBusy, "remove while the first context is held"):
+                await harness.remove(a.device, grace)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy)
+            await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "a pending removal")
+            with expect_raises(DeviceRemoved, "device.open() while a removal is pending"):
+                await a.device.open()
+        if a.device.removed:
+            raise AssertionError("after DeviceBusy the device must stay (removed is False)")
+        again = await a.device.open()
+        again.close()
+
+        async def released() -> None:
+            try:
+                await harness.remove(a.device, grace)
+            except DeviceBusy as exc:
+                raise AssertionError(
+                    f"a context refused during a pending removal still held it up: {exc}"
+                ) from exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(released)
+            await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "the second removal")
+            with expect_raises(DeviceRemoved, "device.open() while the removal is pending"):
+                await a.device.open()
+            a.ctx.close()
+        if not a.device.removed:
+            raise AssertionError("device.removed must be True after the removal")

@@ -11,7 +11,11 @@ announces its own removal with an :class:`~rdsx.verbs.AsyncEvent` of type
 ``DEVICE_REMOVAL`` carrying a grace deadline. If every context of the device is
 closed before the deadline, the removal succeeds; otherwise the remover gets
 :class:`~rdsx.errors.DeviceBusy` and the device stays. After a removal every
-call on an old handle raises :class:`~rdsx.errors.DeviceRemoved`.
+call on an old handle raises :class:`~rdsx.errors.DeviceRemoved`. While a
+removal is pending (between the event and the deadline) the device accepts no
+new context: :meth:`Device.open` raises ``DeviceRemoved`` at once, as
+``ib_unregister_device`` hides a device from new opens before it waits for its
+users; after a failed removal (``DeviceBusy``) it opens again.
 
 Closing is visible to the peer only while the device works. Closing an
 established :class:`CmId`, or the :class:`Context` that holds it (a process exit
@@ -90,7 +94,8 @@ class Device(abc.ABC):
             A new :class:`Context`; close it (or use ``async with``) to release it.
 
         Raises:
-            DeviceRemoved: the device is already gone.
+            DeviceRemoved: the device is already gone, or its removal is pending
+                (a ``DEVICE_REMOVAL`` was announced and its deadline has not passed).
         """
 
 

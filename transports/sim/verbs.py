@@ -101,6 +101,7 @@ class SimDevice(Device):
         self.contexts: dict[SimContext, None] = {}
         self.cm: CmAgent = CmAgent(self)
         self._removed = False
+        self._removal_pending = False
         self._released: trio.Event | None = None
 
     @property
@@ -122,18 +123,24 @@ class SimDevice(Device):
         """Open a context (``ibv_open_device``).
 
         Raises:
-            DeviceRemoved: the device is gone (a context opened while a removal
-                waits must be closed too, or the removal fails).
+            DeviceRemoved: the device is gone, or its removal is pending (as
+                ``ib_unregister_device`` hides a device from new opens first).
         """
         await trio.lowlevel.checkpoint()
         if self._removed:
             raise DeviceRemoved(f"{self.name} was removed")
+        if self._removal_pending:
+            raise DeviceRemoved(f"{self.name} is being removed")
         ctx = SimContext(self)
         self.contexts[ctx] = None
         return ctx
 
     def announce_removal(self, deadline: float | None) -> trio.Event:
-        """Tell every context and CM id the device is going; return the released event."""
+        """Tell every context and CM id the device is going; return the released event.
+
+        From now until :meth:`removal_failed`, :meth:`open` refuses new contexts.
+        """
+        self._removal_pending = True
         self._released = trio.Event()
         for ctx in list(self.contexts):
             ctx.post_event(AsyncEvent(AsyncEventType.DEVICE_REMOVAL, deadline=deadline))
@@ -141,6 +148,10 @@ class SimDevice(Device):
         if not self.contexts:
             self._released.set()
         return self._released
+
+    def removal_failed(self) -> None:
+        """The removal ended in DeviceBusy: the device stays and opens again."""
+        self._removal_pending = False
 
     def context_closed(self, ctx: SimContext) -> None:
         """Bookkeeping when a context closes."""

@@ -173,6 +173,7 @@ async def detach(fabric: Fabric, vm: Vm, grace: float | None) -> None:
     with trio.move_on_at(deadline):
         await released.wait()
     if device.contexts:
+        device.removal_failed()
         fabric.record("device_busy", vm.name, f"{len(device.contexts)} contexts open")
         raise DeviceBusy(
             f"{device.name}: {len(device.contexts)} context(s) still open at the deadline"

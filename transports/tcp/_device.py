@@ -163,6 +163,8 @@ class TcpDevice(Device):
             raise DeviceRemoved(f"{self.name} was removed")
         if self._removing:
             raise DeviceRemoved(f"{self.name} is being removed")
+        if self._removing:
+            raise DeviceRemoved(f"{self.name} is being removed")
         from ._context import TcpContext
 
         ctx = TcpContext(self)
