@@ -125,17 +125,19 @@ class Path:
             raise
         self._recv_view = memoryview(self.recv_buf)
         self.free_send = list(range(self.send_slots - 1, -1, -1))
+        # WRs are immutable values: a slot's receive WR is reposted as is, and a send
+        # slot's last WR is reused while the frame length repeats (no allocation).
+        lkey, base, size = self.recv_mr.lkey, self.recv_mr.addr, self.slot_size
+        self._recv_wrs = [
+            RecvWR(i << 2 | KIND_RECV, (Sge(base + i * size, size, lkey),))
+            for i in range(self.recv_slots)
+        ]
+        self._send_wrs: list[SendWR | None] = [None] * self.send_slots
 
     # ------------------------------------------------------------------ establishing
 
     def _post_receive_ring(self) -> None:
-        lkey, base, size = self.recv_mr.lkey, self.recv_mr.addr, self.slot_size
-        self.qp.post_recv(
-            [
-                RecvWR(i << 2 | KIND_RECV, (Sge(base + i * size, size, lkey),))
-                for i in range(self.recv_slots)
-            ]
-        )
+        self.qp.post_recv(list(self._recv_wrs))
 
     async def connect(self) -> None:
         """The active side: CM connect with the engine's handshake, then UP.
@@ -313,33 +315,45 @@ class Path:
         reposts: list[RecvWR] = []
         view = self._recv_view
         size = self.slot_size
+        recv_wrs = self._recv_wrs
+        free_send = self.free_send
+        receive_frame = engine.receive_frame
+        success = WcStatus.SUCCESS
+        current = self.current
         error: WorkCompletion | None = None
+        tx_events = 0
         for wc in completions:
-            kind = wc.wr_id & 3
-            index = wc.wr_id >> 2
+            wr_id = wc.wr_id
+            kind = wr_id & 3
+            index = wr_id >> 2
             if kind == KIND_SEND:
-                self.free_send.append(index)
-                counters.inc("ib_tx_cq_event")
+                free_send.append(index)
+                tx_events += 1
             elif kind == KIND_RDMA:
                 node._rdma_done(index, wc.status)
-            if wc.status is not WcStatus.SUCCESS:
+            if wc.status is not success:
                 if error is None:
                     error = wc
                 continue
-            if kind != KIND_RECV or error is not None or not self.current:
+            if kind != KIND_RECV or error is not None or not current:
                 continue
-            counters.inc("ib_rx_cq_event")
             offset = index * size
             try:
-                engine.receive_frame(view[offset : offset + wc.byte_len], now)
+                receive_frame(view[offset : offset + wc.byte_len], now)
             except RemoteProtocolError as exc:
+                counters.inc("ib_rx_cq_event")
                 counters.inc("recv_drop_bad_frame")
                 log.warning("%s <- %s: bad frame: %s", node.address, self.conn.remote, exc)
                 error = wc
                 self.fail(f"protocol error: {exc}")
                 break
-            sge = Sge(self.recv_mr.addr + offset, size, self.recv_mr.lkey)
-            reposts.append(RecvWR(wc.wr_id, (sge,)))
+            reposts.append(recv_wrs[index])
+            # A frame may end this path (a reset from the peer): the rest is not ours.
+            current = self.current
+        if tx_events:
+            counters.inc("ib_tx_cq_event", tx_events)
+        if reposts:
+            counters.inc("ib_rx_cq_event", len(reposts))
         if reposts and not self.failed:
             try:
                 self.qp.post_recv(reposts)
@@ -385,6 +399,7 @@ class Path:
         buf = self.send_buf
         base, lkey, size = self.send_mr.addr, self.send_mr.lkey, self.slot_size
         free = self.free_send
+        send_wrs = self._send_wrs
         wrs: list[SendWR] = []
         for header, payload in frames:
             if (
@@ -400,11 +415,14 @@ class Path:
             slot = free.pop()
             offset = slot * size
             hlen = len(header)
-            end = offset + hlen + len(payload)
+            length = hlen + len(payload)
             buf[offset : offset + hlen] = header
-            buf[offset + hlen : end] = payload
-            sge = Sge(base + offset, end - offset, lkey)
-            wrs.append(SendWR(slot << 2 | KIND_SEND, Opcode.SEND, (sge,)))
+            buf[offset + hlen : offset + length] = payload
+            wr = send_wrs[slot]
+            if wr is None or wr.sg_list[0].length != length:
+                sge = Sge(base + offset, length, lkey)
+                wr = send_wrs[slot] = SendWR(slot << 2 | KIND_SEND, Opcode.SEND, (sge,))
+            wrs.append(wr)
         try:
             self.qp.post_send(wrs)
         except DeviceRemoved:

@@ -355,7 +355,8 @@ class Socket:
         msg.ended = how
         self._pending.pop(msg, None)
         self._snd_bytes -= msg.nbytes
-        self._send_lot.unpark_all()
+        if self._send_lot:  # usually nobody waits: skip the unpark machinery
+            self._send_lot.unpark_all()
         if msg.rdma is None or self._closed:
             return
         if how is MessageEnd.ACKED:
@@ -379,7 +380,8 @@ class Socket:
         self._rcv_bytes += len(payload)
         self._node._counters.inc("recv_bytes_added_to_sock", len(payload))
         self._update_congestion()
-        self._recv_lot.unpark_all()
+        if self._recv_lot:
+            self._recv_lot.unpark_all()
 
     def _update_congestion(self) -> None:
         # Hysteresis as recv.c: congested above rcvbuf, free only below half of it.

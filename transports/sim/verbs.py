@@ -456,7 +456,8 @@ class SimCQ(_Handle, CQ):
     def push(self, wc: WorkCompletion) -> None:
         """Append a completion and wake the waiters."""
         self._entries.append(wc)
-        if self._waiters:
+        # A woken waiter counts until it runs: the lot's own length says if anyone parks.
+        if self._waiters and self._lot:
             self._lot.unpark_all()
 
     def wake(self) -> None:
