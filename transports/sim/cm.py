@@ -51,6 +51,7 @@ from rdsx.verbs import (
 from .packet import Kind, Packet
 
 if TYPE_CHECKING:
+    from .sm import PathRecord
     from .verbs import SimContext, SimDevice, SimQP
 
 __all__ = ["CM_RETRY", "DREQ_TRIES", "CmAgent", "SimCmId", "SimCmListener", "SimCmRequest"]
@@ -251,6 +252,19 @@ class CmAgent:
         self.listeners[port] = listener
         return listener
 
+    def _path(self, target: SimDevice) -> tuple[PathRecord, bool]:
+        """The path to ``target`` and whether the SA was asked (see ``Fabric.path_cache``)."""
+        host = self.device.function.host
+        cache = self.fabric.path_cache
+        if cache is None:
+            return self.fabric.path_to(host, target.lid, target.guid), True
+        key = (self.device.address, self.device.function.lid, target.lid, target.guid)
+        path = cache.get(key)
+        if path is not None:
+            return path, False
+        path = cache[key] = self.fabric.path_to(host, target.lid, target.guid)
+        return path, True
+
     async def connect(
         self,
         ctx: SimContext,
@@ -270,8 +284,8 @@ class CmAgent:
         target = vm.device if vm is not None else None
         if target is None or target.removed:
             raise Unreachable(f"no device answers for {address}")
-        path = self.fabric.path_to(self.device.function.host, target.lid, target.guid)
-        await _charge(self.fabric.sa_query_time + self.fabric.qp_setup_time)
+        path, asked = self._path(target)
+        await _charge((self.fabric.sa_query_time if asked else 0.0) + self.fabric.qp_setup_time)
         qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
         comm_id, start_psn = self.new_exchange(qp.qp_num)
         req = Req(

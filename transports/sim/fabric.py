@@ -105,6 +105,12 @@ class Fabric:
         sa_query_time: seconds the CM spends per SA path query (default 0).
         qp_setup_time: seconds the CM spends moving a QP to RTS (default 0);
             a timing profile's ``sa_query`` and ``qp_create`` figures go here.
+        path_cache: None (default: every ``cm_connect`` asks the SA), or a dict
+            in which the CM keeps PathRecords per (source address, SLID, DLID,
+            DGUID): SA path caching (Tasoulas et al., CCGrid 2015). Keyed by the
+            VM's address, the cache moves with the VM (it is the guest kernel's);
+            a record holds while both ends keep their LIDs, so under vSwitch it
+            survives a migration and under the shared port model it does not.
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class Fabric:
         self.sa_query_time = 0.0
         #: Seconds to bring one QP to RTS (charged by ``cm_connect`` and ``accept``).
         self.qp_setup_time = 0.0
+        self.path_cache: dict[tuple[str, int, int, int], PathRecord] | None = None
         self._endpoints: dict[int, Endpoint] = {}
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = 0
