@@ -81,6 +81,7 @@ def test_repeated_migrate_at_and_the_plot_and_jobs_options() -> None:
     assert real.jobs == 1  # real-clock runs must not slow each other down
     with pytest.raises(SystemExit):
         parse(["--compare", "--jobs", "0"])
+    assert mig.sa_cache and not parse(["--compare", "--no-sa-cache"])[1].sa_cache
 
 
 async def test_two_migrations_in_one_run_each_get_a_timeline_and_a_downtime(
@@ -144,6 +145,13 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
         assert ("attach" in run["migration"]["paused_stages"]) == late
         assert len(run["series"]["msgs_per_s"]) == math.ceil(4 / run["series"]["bin_s"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # With the SA cache, only the shared port model's new LID costs path queries again.
+    by = {(r["mode"], r["strategy"], r["port_model"]): r for r in data["runs"]}
+    for mode in ("reconnect", "transparent"):
+        for strategy in ("three-stage", "late-detach"):
+            shared, vswitch = by[mode, strategy, "shared"], by[mode, strategy, "vswitch"]
+            assert shared["sa_queries"] > vswitch["sa_queries"]
+            assert shared["downtime"]["resume_s"] > vswitch["downtime"]["resume_s"]
 
 
 def test_the_plot_needs_matplotlib_or_says_so(
