@@ -390,7 +390,7 @@ class Node:
             return
         conn = self._conn_for(addr)
         sock = msg.socket
-        ack_required = sock.snd_bytes >= sock.sndbuf // 2
+        ack_required = sock._snd_bytes >= sock._sndbuf // 2
         ext = b""
         if msg.rdma is not None:
             op = _RdmaOp(next(self._rdma_ids), msg)

@@ -77,6 +77,11 @@ _ENDED_STATUS = {
 
 
 def _check_dest(dest: object) -> Address:
+    if type(dest) is tuple and len(dest) == 2:
+        # The common case, exact types: the tuple itself is the answer.
+        addr, port = dest
+        if type(addr) is str and type(port) is int and addr and 0 <= port < 1 << 16:
+            return dest
     if (
         not isinstance(dest, tuple)
         or len(dest) != 2
