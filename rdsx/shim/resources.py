@@ -26,12 +26,15 @@ from ..verbs import (
     QP,
     Access,
     AsyncEvent,
+    AsyncEventType,
     CmId,
     CmListener,
     Context,
     DeviceAttr,
     PortAttr,
+    QpAttr,
     QpCap,
+    QpState,
     WorkCompletion,
 )
 from .qp import VirtualQP
@@ -404,6 +407,8 @@ class VirtualCQ(CQ):
     def __init__(self, ctx: VirtualContext, cqe: int) -> None:
         self.ctx = ctx
         self.cqe = cqe
+        #: ``cqe``, or 0 once overrun (every later completion is lost).
+        self._limit = cqe
         self._ready: collections.deque[WorkCompletion] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._phys: CQ | None = None
@@ -465,9 +470,25 @@ class VirtualCQ(CQ):
     # ------------------------------------------------------------------ shim side
 
     def push(self, wc: WorkCompletion) -> None:
-        """Deliver one virtual completion upward."""
+        """Deliver one virtual completion upward (lost if it overruns the CQ)."""
+        if len(self._ready) >= self._limit:
+            self._overrun(wc)
+            return
         self._ready.append(wc)
         self._lot.unpark_all()
+
+    def _overrun(self, wc: WorkCompletion) -> None:
+        """A CQ overrun, as the verbs contract has it: CQ_ERR, and the QP goes to ERR."""
+        ctx = self.ctx
+        if self._limit:
+            self._limit = 0
+            ctx.push_event(
+                AsyncEvent(AsyncEventType.CQ_ERR, info=f"CQ of {self.cqe} entries overrun")
+            )
+        session = ctx.session
+        qp = next((qp for qp in ctx.qps if qp.qp_num == wc.qp_num), None)
+        if qp is not None and session is not None and qp.state is not QpState.ERR:
+            session.spawn(_fail_overrun, qp)
 
     def drain_now(self) -> None:
         """Dispatch every completion already in the physical CQ, without waiting."""
@@ -485,7 +506,10 @@ class VirtualCQ(CQ):
 
     def attach(self, session: Session, phys_ctx: Context) -> None:
         """Create the physical CQ on the new device and start its poller."""
-        self._phys = phys_ctx.create_cq(self.cqe)
+        # Roomier than the virtual CQ: the poller moves completions up, and the virtual CQ
+        # enforces ``cqe``; a burst between two polls must not overrun the physical one.
+        room = min(phys_ctx.query_device().max_cqe, max(2 * self.cqe, 4096))
+        self._phys = phys_ctx.create_cq(room)
         self._session = session
         session.spawn(session.poll_cq, self._phys)
 
@@ -493,3 +517,14 @@ class VirtualCQ(CQ):
         """Forget the physical CQ."""
         self._phys = None
         self._session = None
+
+
+async def _fail_overrun(qp: VirtualQP) -> None:
+    """Move ``qp`` to ERR for a completion its CQ lost (QP_FATAL), outside the dispatch."""
+    await trio.lowlevel.checkpoint()
+    with contextlib.suppress(VerbsError):
+        if qp.state is not QpState.ERR:
+            qp.modify(QpAttr(state=QpState.ERR))
+            qp._ctx.push_event(
+                AsyncEvent(AsyncEventType.QP_FATAL, qp_num=qp.qp_num, info="CQ overrun")
+            )

@@ -18,7 +18,8 @@ live in ``_check_*.py``, one module per part of the contract:
   transient loss repaired, QP destruction, ``QP_FATAL``;
 * ``rdma`` — RDMA WRITE/READ, ordering with SENDs, every remote access error;
 * ``sqd`` — drain, ``SQ_DRAINED``, path change while quiesced;
-* ``cm`` — connect/accept/reject/unreachable/timeout/disconnect;
+* ``cq`` — CQ capacity: an overrun breaks the CQ (``CQ_ERR``) and fails the QP;
+* ``cm`` — connect/accept/reject/unreachable/timeout/disconnect/close;
 * ``removal`` — graceful removal (every context), ``DeviceBusy``, surprise removal
   and zombies.
 """
@@ -36,6 +37,7 @@ from . import _check_data  # noqa: F401
 from . import _check_reliability  # noqa: F401
 from . import _check_rdma  # noqa: F401
 from . import _check_sqd  # noqa: F401
+from . import _check_cq  # noqa: F401
 from . import _check_cm  # noqa: F401
 from . import _check_removal  # noqa: F401
 

@@ -168,6 +168,14 @@ class Context(abc.ABC):
     def create_cq(self, cqe: int = 4096) -> CQ:
         """Create a completion queue able to hold ``cqe`` completions.
 
+        ``cqe`` is enforced as on InfiniBand: a completion that arrives while the
+        CQ holds ``cqe`` unpolled ones overruns it. The CQ is then in error for
+        good: that completion and every later one are lost (``poll``/``wait``
+        still return what it held), the context gets one ``CQ_ERR`` event, and
+        each QP whose completion was lost goes to ERR with a ``QP_FATAL`` event
+        (its flushes into the broken CQ are lost too). Size a CQ for every WR
+        that may complete into it before it is polled.
+
         Raises:
             InvalidArgument: ``cqe`` < 1 or above ``max_cqe``.
         """

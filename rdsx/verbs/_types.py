@@ -56,8 +56,10 @@ class AsyncEventType(enum.Enum):
     DEVICE_REMOVAL = "device_removal"
     #: A QP entered SQD and its outstanding sends have all completed.
     SQ_DRAINED = "sq_drained"
-    #: A QP went to ERR on its own (retry or RNR exhaustion, remote error).
+    #: A QP went to ERR on its own (retry or RNR exhaustion, remote error, CQ overrun).
     QP_FATAL = "qp_fatal"
+    #: A CQ overran (a completion arrived while it held ``cqe``): it is in error for good.
+    CQ_ERR = "cq_err"
 
 
 class Access(enum.Flag):

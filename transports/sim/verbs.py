@@ -449,16 +449,34 @@ class SimCQ(_Handle, CQ):
         self._ctx = ctx
         self._closed = False
         self.cqe = cqe
+        #: ``cqe``, or 0 once overrun (every later completion is lost).
+        self._limit = cqe
         self._entries: deque[WorkCompletion] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._waiters = 0
 
     def push(self, wc: WorkCompletion) -> None:
         """Append a completion and wake the waiters."""
+        if len(self._entries) >= self._limit:
+            self._overrun(wc)
+            return
         self._entries.append(wc)
         # A woken waiter counts until it runs: the lot's own length says if anyone parks.
         if self._waiters and self._lot:
             self._lot.unpark_all()
+
+    def _overrun(self, wc: WorkCompletion) -> None:
+        """A CQ overrun (see :meth:`rdsx.verbs.Context.create_cq`): ``wc`` is lost."""
+        ctx = self._ctx
+        if self._limit:
+            self._limit = 0
+            ctx.post_event(
+                AsyncEvent(AsyncEventType.CQ_ERR, info=f"CQ of {self.cqe} entries overrun")
+            )
+        qp = ctx.device.function.space.qps.get(wc.qp_num)
+        if isinstance(qp, SimQP) and qp._ctx is ctx and qp._state is not _ERR:
+            # Not from inside the QP's own processing that produced ``wc``.
+            ctx.fabric.call_at(ctx.fabric.now(), lambda: _fail_overrun(qp))
 
     def wake(self) -> None:
         """Wake waiters so they notice removal or closing."""
@@ -670,3 +688,12 @@ class SimQP(_Handle, RcQp, QP):
         self._closed = True
         if self in self.pd.qps:
             self.pd.qps.remove(self)
+
+
+def _fail_overrun(qp: SimQP) -> None:
+    """Move ``qp`` to ERR for a completion its CQ lost (QP_FATAL)."""
+    if qp._closed or qp._state is _ERR or qp._ctx.device.removed:
+        return
+    message = "CQ overrun: a completion was lost"
+    qp._to_err(message=message)
+    qp._ctx.post_event(AsyncEvent(AsyncEventType.QP_FATAL, qp_num=qp.qp_num, info=message))

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from rdsx.errors import DeviceRemoved, InvalidArgument, InvalidHandle, ResourceExhausted
-from rdsx.verbs import CQ, MR, PD, QP, Access, QpCap, WorkCompletion
+from rdsx.verbs import CQ, MR, PD, QP, Access, AsyncEventType, QpCap, QpState, WorkCompletion
 
 if TYPE_CHECKING:
     from ._context import TcpContext
+    from ._qp import TcpQP
 
 __all__ = ["TcpCQ", "TcpMR", "TcpPD"]
 
@@ -153,15 +154,30 @@ class TcpCQ(_Handle, CQ):
         self._ctx = ctx
         self._closed = False
         self.cqe = cqe
+        #: ``cqe``, or 0 once overrun (every later completion is lost).
+        self._limit = cqe
         self._entries: deque[WorkCompletion] = deque()
         self._lot = trio.lowlevel.ParkingLot()
 
     def push(self, wc: WorkCompletion) -> None:
         """Add a completion (transport side) and wake a waiter."""
         if not self._closed:
+            if len(self._entries) >= self._limit:
+                self._overrun(wc)
+                return
             self._entries.append(wc)
             if self._lot:
                 self._lot.unpark_all()
+
+    def _overrun(self, wc: WorkCompletion) -> None:
+        """A CQ overrun (see :meth:`rdsx.verbs.Context.create_cq`): ``wc`` is lost."""
+        ctx = self._ctx
+        if self._limit:
+            self._limit = 0
+            ctx.post_event(AsyncEventType.CQ_ERR, info=f"CQ of {self.cqe} entries overrun")
+        qp = ctx.device.qps.get(wc.qp_num)
+        if qp is not None and qp._ctx is ctx and qp._state is not QpState.ERR:
+            ctx.device.spawn(_fail_overrun, qp)
 
     def wake(self) -> None:
         """Wake every waiter so it rechecks the device (removal)."""
@@ -189,3 +205,10 @@ class TcpCQ(_Handle, CQ):
             self._entries.clear()
             self._lot.unpark_all()
             self._ctx.cqs.discard(self)
+
+
+async def _fail_overrun(qp: TcpQP) -> None:
+    """Move ``qp`` to ERR for a lost completion, outside the push that lost it."""
+    await trio.lowlevel.checkpoint()
+    if not qp._closed and qp._state is not QpState.ERR:
+        qp._enter_error("CQ overrun: a completion was lost")
