@@ -3,10 +3,12 @@
 A CM exchange is its own authenticated TCP connection to the peer device's
 listener (the CM "port" is a service number inside the request, as an IB
 service ID is, not a TCP port). It carries the two QPs' locators, numbers and
-start PSNs; each side moves its QP through INIT, RTR and RTS, and the QP streams
-connect on their own. The CM connection then stays open as the CM id's
-channel: DREQ (a disconnect, or closing the id) travels on it, and its loss is
-reported as DISCONNECTED.
+start PSNs; each side moves its QP through INIT, RTR and RTS. The active side
+opens the QP's stream as soon as its REQ is out (the passive device matches it
+to the accepted QP by the active QP's locator and number), so the stream's
+handshake runs during the exchange rather than after it. The CM connection then
+stays open as the CM id's channel: DREQ (a disconnect, or closing the id)
+travels on it, and its loss is reported as DISCONNECTED.
 
 Timeline::
 
@@ -79,17 +81,10 @@ def _check_private_data(data: bytes) -> bytes:
     return bytes(data)
 
 
-def _bring_up(
-    qp: TcpQP, peer_loc: str, peer_qpn: int, rq_psn: int, sq_psn: int, *, opens_stream: bool
-) -> None:
-    """RESET -> INIT -> RTR -> RTS as librdmacm does, with the network's timers.
-
-    The passive side opens the QP's stream: it knows both ends one message
-    before the active side does, so the stream's handshake overlaps REP and RTU.
-    """
+def _bring_up(qp: TcpQP, peer_loc: str, peer_qpn: int, rq_psn: int, sq_psn: int) -> None:
+    """RESET -> INIT -> RTR -> RTS as librdmacm does, with the network's timers."""
     net = qp.device.network
     qp.modify(QpAttr(QpState.INIT, access_flags=_ALL_ACCESS, port_num=1, pkey_index=0))
-    qp.stream_opener = opens_stream
     qp.modify(
         QpAttr(
             QpState.RTR,
@@ -150,16 +145,21 @@ async def cm_connect(
     try:
         with trio.fail_after(timeout):
             link = await device.open_link(locator, request)
+            # The listener proved it knows the secret and has our REQ: open the QP's
+            # stream now, so its handshake overlaps the REP instead of following it.
+            tqp.open_stream_early(locator)
             reply = await device.expect_reply(link, "rep")
             peer_qpn, peer_loc, peer_psn, peer_data = _peer_fields(reply)
-            _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn, opens_stream=False)
+            _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn)
             link.send(encode_control("rtu"))
             await link.flush()
     except trio.TooSlowError:
+        tqp.abandon_stream()
         if link is not None:
             link.close()
         raise ConnectTimeout(f"no CM answer from {address}:{port} in {timeout}s") from None
     except BaseException:
+        tqp.abandon_stream()
         if link is not None:
             link.close()
         raise
@@ -268,7 +268,9 @@ class TcpCmRequest(CmRequest):
         peer_qpn, peer_loc, peer_psn = self._peer
         psn = secrets.randbelow(PSN_MASK + 1)
         link = self._link
-        _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn, opens_stream=True)
+        tqp.stream_opener = False  # the active side opened it already (or will)
+        ctx.device.expected_streams[(peer_loc, peer_qpn)] = tqp
+        _bring_up(tqp, peer_loc, peer_qpn, peer_psn, psn)
         link.send(
             encode_control("rep", qpn=tqp.qp_num, loc=ctx.device.locator, psn=psn, pd=private_data)
         )

@@ -114,6 +114,9 @@ class TcpDevice(Device):
         self.guid = int.from_bytes(digest[:8], "big")
         self.contexts: set[TcpContext] = set()
         self.qps: dict[int, TcpQP] = {}
+        #: Accepted QPs by their peer's (locator, QPN): the stream that peer opened
+        #: alongside its CM exchange, before it knew our QPN, is matched here.
+        self.expected_streams: dict[tuple[str, int], TcpQP] = {}
         self.mrs: dict[int, TcpMR] = {}
         self.cm_listeners: dict[int, TcpCmListener] = {}
         self.links: weakref.WeakSet[Link] = weakref.WeakSet()
@@ -161,8 +164,6 @@ class TcpDevice(Device):
         """Open a context (see :meth:`rdsx.verbs.Device.open`)."""
         if self._removed:
             raise DeviceRemoved(f"{self.name} was removed")
-        if self._removing:
-            raise DeviceRemoved(f"{self.name} is being removed")
         if self._removing:
             raise DeviceRemoved(f"{self.name} is being removed")
         from ._context import TcpContext
@@ -259,6 +260,9 @@ class TcpDevice(Device):
         if self.qps.get(qp.qp_num) is qp:
             del self.qps[qp.qp_num]
         self._armed.discard(qp)
+        if self.expected_streams:
+            for key in [key for key, owner in self.expected_streams.items() if owner is qp]:
+                del self.expected_streams[key]
 
     def allocate_key(self) -> int:
         """Return an unused 32-bit memory key."""
@@ -431,18 +435,48 @@ class TcpDevice(Device):
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             link.close()
 
+    async def wait_qp_changed(self) -> None:
+        """Wait until some QP of this device changes state."""
+        await self._qp_event.wait()
+
+    def _stream_target(self, dst: int | None, loc: str, qpn: int) -> TcpQP | None:
+        if dst is not None:
+            qp = self.qps.get(dst)
+            return qp if qp is not None and qp.accepts_stream(loc, qpn) else None
+        # Opened alongside a CM exchange, before the opener knew our QPN.
+        qp = self.expected_streams.get((loc, qpn))
+        if qp is None or not qp.accepts_stream(loc, qpn):
+            return None
+        del self.expected_streams[(loc, qpn)]
+        return qp
+
+    async def _park_stream(self, link: Link, dst: int | None, loc: str, qpn: int) -> TcpQP | None:
+        """Wait (a while) for the QP the stream is for; give up if the opener hangs up."""
+        found: TcpQP | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def opener_gone() -> None:
+                # The opener sends nothing before our answer: readable means it closed
+                # (its CM exchange was rejected), so do not hold the socket for long.
+                with contextlib.suppress(trio.ClosedResourceError, ValueError, OSError):
+                    await trio.lowlevel.wait_readable(link.stream.socket)  # ValueError: closed
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(opener_gone)
+            with trio.move_on_after(self.network.park_timeout):
+                while (found := self._stream_target(dst, loc, qpn)) is None:
+                    await self._qp_event.wait()
+            nursery.cancel_scope.cancel()
+        return found
+
     async def _serve_qp_stream(self, link: Link, request: dict[str, Any]) -> None:
         dst, qpn, loc = request.get("dst"), request.get("qpn"), request.get("loc")
-        if not (isinstance(dst, int) and isinstance(qpn, int) and isinstance(loc, str)):
+        if not (
+            (dst is None or isinstance(dst, int)) and isinstance(qpn, int) and isinstance(loc, str)
+        ):
             raise RemoteProtocolError("malformed QP stream request")
         # The peer may have moved its QP to RTR before our owner moved ours: wait a while.
-        qp: TcpQP | None = None
-        with trio.move_on_after(self.network.park_timeout):
-            while True:
-                qp = self.qps.get(dst)
-                if qp is not None and qp.accepts_stream(loc, qpn):
-                    break
-                await self._qp_event.wait()
+        qp = self._stream_target(dst, loc, qpn) or await self._park_stream(link, dst, loc, qpn)
         if qp is None or not qp.accepts_stream(loc, qpn):
             link.send(encode_control("rej", why="no such QP"))
             await link.flush()

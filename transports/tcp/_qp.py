@@ -803,6 +803,71 @@ class TcpQP(_Handle, QP):
         self._rnr_wait = False
         self._start_link()
 
+    def abandon_stream(self) -> None:
+        """The CM exchange failed: close the stream opened for it (if still in RESET)."""
+        if self._state is S.RESET and not self._closed:
+            self._drop_link()
+            self.stream_opener = None
+
+    def open_stream_early(self, locator: str) -> None:
+        """Open the stream to the device at ``locator`` now, before the peer QP is known.
+
+        The CM's active side calls this once its CM connection is authenticated
+        and the REQ is out: the peer device matches the stream by our
+        ``(locator, qp_num)`` once its QP is connected to ours, so the stream's
+        handshake overlaps REP/RTU instead of following them. If it fails, this
+        QP opens the stream the usual way (by the peer's QPN) at RTR.
+        """
+        self.stream_opener = False
+        scope = trio.CancelScope()
+        self._connecting = scope
+        self.device.spawn(self._early_stream, scope, locator)
+
+    async def _early_stream(self, scope: trio.CancelScope, locator: str) -> None:
+        request = {"t": "qp", "qpn": self.qp_num, "loc": self.device.locator}
+        link: Link | None = None
+        try:
+            # Not cut short if the exchange fails meanwhile: a handshake the peer sees
+            # broken off counts as a protocol error there. It is closed right after.
+            link = await self.device.open_link(locator, request)
+        except (CmError, RemoteProtocolError, OSError) as exc:
+            log.debug("QP %#x: early stream failed: %r", self.qp_num, exc)
+        with scope:
+            try:
+                if link is None:
+                    raise RemoteProtocolError("no early stream")
+                await self.device.expect_reply(link, "ok")
+                while self._state not in (S.RTR, S.RTS, S.SQD):
+                    await self.device.wait_qp_changed()  # our REP is a moment behind
+            except (
+                CmError,
+                RemoteProtocolError,
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ) as exc:
+                log.debug("QP %#x: early stream failed: %r", self.qp_num, exc)
+                if link is not None:
+                    link.close()
+                link = None
+        if self._connecting is scope:
+            self._connecting = None
+        if scope.cancel_called or self._closed or self._state not in (S.RTR, S.RTS, S.SQD):
+            if link is not None:
+                link.close()
+            if not scope.cancel_called and not self._closed and self._state is not S.ERR:
+                self.stream_opener = True  # open it the usual way at RTR
+            return
+        if link is None or self._link is not None or self.dest is None:
+            if link is not None:
+                link.close()
+            if self._link is None and not self._link_dead:
+                self.stream_opener = True
+                self._start_link()
+            return
+        self.attach(link)
+        await link.run(self)
+
     async def _connect_loop(self, scope: trio.CancelScope, dest: QpDest) -> None:
         """Open the stream to the peer QP, retrying (with back-off) while nobody answers."""
         delay = _CONNECT_BACKOFF[0]
