@@ -159,8 +159,10 @@ async def main(args: argparse.Namespace) -> None:
                     go.set()
                 elif line == "unplug":
                     hidden.add(args.addr)
+                    net.rescan()  # not a kernel change, so netlink does not say it
                 elif line == "plug":
                     hidden.discard(args.addr)
+                    net.rescan()
                 elif line == "stop":
                     stop.set()
                     with trio.move_on_after(10):
@@ -181,7 +183,8 @@ if __name__ == "__main__":
     parser.add_argument("--mode", choices=("reconnect", "transparent"), default="reconnect")
     parser.add_argument("--grace", type=float, default=None)
     parser.add_argument("--interval", type=float, default=0.001)
-    parser.add_argument("--watch-interval", type=float, default=0.002)
+    # The kernel's netlink news bring each look; the poll is only the fallback.
+    parser.add_argument("--watch-interval", type=float, default=0.5)
     parser.add_argument("--log", action="store_true", help="rdsx debug log on stderr")
     options = parser.parse_args()
     if options.log:

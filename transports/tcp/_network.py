@@ -21,7 +21,7 @@ import trio
 from rdsx.errors import AddressInUse, AddressNotAvailable, DeviceBusy, Unreachable
 from rdsx.verbs import Device, DeviceSource, Network, Transport
 
-from ._addresses import AddressSource, LocalAddresses, system_addresses
+from ._addresses import AddressSource, LocalAddresses, system_addresses, watch_kernel
 from ._device import TcpDevice, bind_error
 from ._secret import check_secret, load_secret
 from ._stats import Counters, TcpStatistics
@@ -128,6 +128,7 @@ class TcpNetwork(Network):
         self._partitions: set[frozenset[str]] = set()
         self._healed = trio.Event()
         self._departing: set[TcpDevice] = set()
+        self._rescan = trio.Event()
 
     async def add_node(self, address: str) -> TcpNode:
         """Bind a device to the local ``address`` and return the node's device source.
@@ -201,14 +202,26 @@ class TcpNetwork(Network):
         device's users ``grace`` seconds; if they still hold it, the removal is
         forced (the address is gone, so the device cannot stay).
         """
-        while True:
-            try:
-                present = await trio.to_thread.run_sync(source)
-            except OSError as exc:
-                log.warning("cannot list local addresses: %s", exc)
-            else:
-                await self._follow(present, grace)
-            await trio.sleep(interval)  # the polling period
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_kernel, self.rescan)
+            while True:
+                self._rescan = trio.Event()  # a change from here on brings the next look
+                try:
+                    present = await trio.to_thread.run_sync(source)
+                except OSError as exc:
+                    log.warning("cannot list local addresses: %s", exc)
+                else:
+                    await self._follow(present, grace)
+                with trio.move_on_after(interval):  # the polling period, at the longest
+                    await self._rescan.wait()
+
+    def rescan(self) -> None:
+        """Look at the local addresses now, not at the next poll.
+
+        The kernel's address changes do this by themselves (netlink); an address
+        source that is not the kernel's (a test hiding an address) calls it.
+        """
+        self._rescan.set()
 
     async def _follow(self, present: LocalAddresses, grace: float) -> None:
         for node in list(self.nodes.values()):
