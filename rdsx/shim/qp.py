@@ -30,7 +30,6 @@ import trio
 
 from ..errors import (
     DeviceRemoved,
-    InvalidArgument,
     InvalidHandle,
     InvalidState,
     PeerResumeTimeout,
@@ -39,6 +38,7 @@ from ..errors import (
 )
 from ..verbs import (
     QP,
+    WC_OPCODE,
     AsyncEvent,
     AsyncEventType,
     Opcode,
@@ -52,6 +52,8 @@ from ..verbs import (
     WcStatus,
     WorkCompletion,
     check_modify,
+    check_recv_wrs,
+    check_send_wrs,
 )
 from ..verbs import CmId as PhysCmId
 from .protocol import plan_resend
@@ -70,13 +72,6 @@ S = QpState
 COUNTED = frozenset({Opcode.SEND, Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM})
 #: Statuses that mean "the path broke", not "the layer above did something wrong".
 TRANSPORT_FAILURES = frozenset({WcStatus.RETRY_EXC_ERR, WcStatus.WR_FLUSH_ERR})
-_SEND_WC = {
-    Opcode.SEND: WcOpcode.SEND,
-    Opcode.SEND_WITH_IMM: WcOpcode.SEND,
-    Opcode.RDMA_WRITE: WcOpcode.RDMA_WRITE,
-    Opcode.RDMA_WRITE_WITH_IMM: WcOpcode.RDMA_WRITE,
-    Opcode.RDMA_READ: WcOpcode.RDMA_READ,
-}
 
 
 class Hold(enum.Enum):
@@ -295,24 +290,8 @@ class VirtualQP(QP):
         state = self.state
         if state in (S.RESET, S.INIT, S.RTR):
             raise InvalidState(f"post_send on a QP in {state.name}")
-        limit = self._ctx.port_attr.max_msg_sz
-        for wr in batch:
-            if len(wr.sg_list) > self._cap.max_send_sge:
-                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_send_sge")
-            total = 0
-            for sge in wr.sg_list:
-                if sge.length < 0:
-                    raise InvalidArgument("negative SGE length")
-                total += sge.length
-            if total > limit:
-                raise InvalidArgument(f"message longer than max_msg_sz {limit}")
-            if wr.opcode in (Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM) and (
-                wr.imm_data is None
-            ):
-                raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
-            if wr.imm_data is not None and not 0 <= wr.imm_data < 1 << 32:
-                # Checked here, not left to the device: a held WR meets no device.
-                raise InvalidArgument(f"imm_data {wr.imm_data} does not fit 32 bits")
+        # Checked here, not left to the device: a held WR meets no device.
+        check_send_wrs(batch, self._cap.max_send_sge, self._ctx.port_attr.max_msg_sz)
         if len(self._sends) + len(batch) > self._cap.max_send_wr:
             raise QueueFull(f"more than {self._cap.max_send_wr} sends outstanding")
         if state is S.ERR and (self._phys is None or self.failure is not None):
@@ -338,16 +317,14 @@ class VirtualQP(QP):
         Raises:
             InvalidState: the QP is in RESET.
             QueueFull: more than ``max_recv_wr`` outstanding.
-            InvalidArgument: more SGEs than ``max_recv_sge``.
+            InvalidArgument: more SGEs than ``max_recv_sge``, a negative length.
         """
         self._check_open()
         batch = [wrs] if isinstance(wrs, RecvWR) else list(wrs)
         state = self.state
         if state is S.RESET:
             raise InvalidState("post_recv on a QP in RESET")
-        for wr in batch:
-            if len(wr.sg_list) > self._cap.max_recv_sge:
-                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_recv_sge")
+        check_recv_wrs(batch, self._cap.max_recv_sge)
         if len(self._recvs) + len(batch) > self._cap.max_recv_wr:
             raise QueueFull(f"more than {self._cap.max_recv_wr} receives outstanding")
         if state is S.ERR and (self._phys is None or self.failure is not None):
@@ -467,7 +444,7 @@ class VirtualQP(QP):
         assert isinstance(wr, SendWR)
         length = sum(sge.length for sge in wr.sg_list)
         return WorkCompletion(
-            wr.wr_id, status, _SEND_WC[wr.opcode], length, self.qp_num, None, message
+            wr.wr_id, status, WC_OPCODE[wr.opcode], length, self.qp_num, None, message
         )
 
     def _recv_wc(self, wr: SendWR | RecvWR, status: WcStatus) -> WorkCompletion:

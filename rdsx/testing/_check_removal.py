@@ -13,6 +13,7 @@ from ..verbs import (
     Access,
     AsyncEventType,
     CmEventType,
+    Device,
     Opcode,
     QpAttr,
     QpState,
@@ -36,6 +37,18 @@ from ._registry import check
 GRACE = 2.0
 
 
+async def _remove(harness: Harness, device: Device, grace: float, busy: bool, what: str) -> None:
+    """``harness.remove(device, grace)`` with ``what`` holding: DeviceBusy required iff ``busy``."""
+    if busy:
+        with expect_raises(DeviceBusy, f"remove with {what}"):
+            await harness.remove(device, grace)
+        return
+    try:
+        await harness.remove(device, grace)
+    except DeviceBusy as exc:
+        raise AssertionError(f"remove with {what} raised DeviceBusy: {exc}") from exc
+
+
 @check("remove-grace-released")
 async def check_remove_released(harness: Harness, rng: random.Random) -> None:
     """DEVICE_REMOVAL with a deadline (async and CM event); the device works until released;
@@ -48,18 +61,11 @@ async def check_remove_released(harness: Harness, rng: random.Random) -> None:
         else:
             gone, gone_id, mine, peer = b, passive, eb, ea
 
-        async def remove() -> None:
-            try:
-                await harness.remove(gone.device, GRACE)
-            except DeviceBusy as exc:
-                raise AssertionError(
-                    "the holder closed its context before the deadline, yet remove raised "
-                    f"DeviceBusy: {exc}"
-                ) from exc
-
         async with trio.open_nursery() as nursery:
             start = trio.current_time()
-            nursery.start_soon(remove)
+            nursery.start_soon(
+                _remove, harness, gone.device, GRACE, False, "the holder closed its context in time"
+            )
             event = await wait_event(gone.ctx, AsyncEventType.DEVICE_REMOVAL, "graceful removal")
             now = trio.current_time()
             if event.deadline is None or not (
@@ -99,12 +105,10 @@ async def check_remove_every_context(harness: Harness, rng: random.Random) -> No
         keep = rng.choice(contexts)
         grace = 0.5
 
-        async def busy() -> None:
-            with expect_raises(DeviceBusy, "remove with one of several contexts still open"):
-                await harness.remove(a.device, grace)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(busy)
+            nursery.start_soon(
+                _remove, harness, a.device, grace, True, "one of several contexts still open"
+            )
             for i, ctx in enumerate(contexts):
                 await wait_event(
                     ctx, AsyncEventType.DEVICE_REMOVAL, f"DEVICE_REMOVAL on context {i}"
@@ -116,16 +120,10 @@ async def check_remove_every_context(harness: Harness, rng: random.Random) -> No
             raise AssertionError("after DeviceBusy the device must stay (removed is False)")
         keep.query_port()  # still a live handle
 
-        async def released() -> None:
-            try:
-                await harness.remove(a.device, grace)
-            except DeviceBusy as exc:
-                raise AssertionError(
-                    f"a second removal with every context closed raised DeviceBusy: {exc}"
-                ) from exc
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(released)
+            nursery.start_soon(
+                _remove, harness, a.device, grace, False, "a second removal, every context closed"
+            )
             await wait_event(keep, AsyncEventType.DEVICE_REMOVAL, "the second removal")
             keep.close()
         if not a.device.removed:
@@ -140,12 +138,10 @@ async def check_remove_busy(harness: Harness, rng: random.Random) -> None:
         ea, eb = link(a, b)
         grace = rng.choice((0.3, 0.5, 1.0))
 
-        async def remove() -> None:
-            with expect_raises(DeviceBusy, "remove while a context is held past the deadline"):
-                await harness.remove(a.device, grace)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(remove)
+            nursery.start_soon(
+                _remove, harness, a.device, grace, True, "a context held past the deadline"
+            )
             event = await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "busy removal")
             if event.deadline is None:
                 raise AssertionError("a graceful DEVICE_REMOVAL must carry a deadline")
@@ -245,12 +241,8 @@ async def check_remove_open_pending(harness: Harness, rng: random.Random) -> Non
     async with open_nodes(harness) as (a, _b):
         grace = rng.choice((0.3, 0.5))
 
-        async def busy() -> None:
-            with expect_raises(DeviceBusy, "remove while the first context is held"):
-                await harness.remove(a.device, grace)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(busy)
+            nursery.start_soon(_remove, harness, a.device, grace, True, "the first context held")
             await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "a pending removal")
             with expect_raises(DeviceRemoved, "device.open() while a removal is pending"):
                 await a.device.open()
@@ -259,16 +251,10 @@ async def check_remove_open_pending(harness: Harness, rng: random.Random) -> Non
         again = await a.device.open()
         again.close()
 
-        async def released() -> None:
-            try:
-                await harness.remove(a.device, grace)
-            except DeviceBusy as exc:
-                raise AssertionError(
-                    f"a context refused during a pending removal still held it up: {exc}"
-                ) from exc
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(released)
+            nursery.start_soon(
+                _remove, harness, a.device, grace, False, "every context closed, none let in"
+            )
             await wait_event(a.ctx, AsyncEventType.DEVICE_REMOVAL, "the second removal")
             with expect_raises(DeviceRemoved, "device.open() while the removal is pending"):
                 await a.device.open()

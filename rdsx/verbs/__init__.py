@@ -2,7 +2,8 @@
 
 See :mod:`rdsx.verbs._abc` for the objects and what each call returns and
 raises, :mod:`rdsx.verbs._types` for the values, and :mod:`rdsx.verbs._state`
-for the RC QP state table every transport enforces.
+for the RC QP state table every transport enforces, :mod:`rdsx.verbs._wr` for
+the work-request rules they share.
 """
 
 from ._abc import CQ as CQ
@@ -42,3 +43,7 @@ from ._types import Sge as Sge
 from ._types import WcOpcode as WcOpcode
 from ._types import WcStatus as WcStatus
 from ._types import WorkCompletion as WorkCompletion
+from ._wr import WC_OPCODE as WC_OPCODE
+from ._wr import WITH_IMM as WITH_IMM
+from ._wr import check_recv_wrs as check_recv_wrs
+from ._wr import check_send_wrs as check_send_wrs

@@ -373,7 +373,8 @@ class QP(abc.ABC):
             InvalidState: the QP is in RESET, INIT or RTR (SQD: queued until RTS).
             QueueFull: more than ``max_send_wr`` outstanding.
             InvalidArgument: more SGEs than ``max_send_sge``, a message longer
-                than ``max_msg_sz``, negative lengths, a missing ``imm_data``.
+                than ``max_msg_sz``, negative lengths, a missing ``imm_data``, an
+                ``imm_data`` outside 32 bits (:func:`rdsx.verbs.check_send_wrs`).
         """
 
     @abc.abstractmethod
@@ -383,7 +384,8 @@ class QP(abc.ABC):
         Raises:
             InvalidState: the QP is in RESET.
             QueueFull: more than ``max_recv_wr`` outstanding.
-            InvalidArgument: more SGEs than ``max_recv_sge``.
+            InvalidArgument: more SGEs than ``max_recv_sge``, negative lengths
+                (the checks of :func:`rdsx.verbs.check_recv_wrs`).
         """
 
     @abc.abstractmethod

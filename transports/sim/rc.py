@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from rdsx.verbs import (
+    WC_OPCODE,
+    WITH_IMM,
     Access,
     AsyncEvent,
     AsyncEventType,
@@ -62,13 +64,8 @@ __all__ = ["RcQp"]
 
 S = QpState
 # Keyed by id(): Enum.__hash__ is Python code, and these lookups are per packet.
-_WC_OPCODE = {
-    id(Opcode.SEND): WcOpcode.SEND,
-    id(Opcode.SEND_WITH_IMM): WcOpcode.SEND,
-    id(Opcode.RDMA_WRITE): WcOpcode.RDMA_WRITE,
-    id(Opcode.RDMA_WRITE_WITH_IMM): WcOpcode.RDMA_WRITE,
-    id(Opcode.RDMA_READ): WcOpcode.RDMA_READ,
-}
+# Keyed by identity: cheaper per WR than hashing the Enum.
+_WC_OPCODE = {id(opcode): wc_opcode for opcode, wc_opcode in WC_OPCODE.items()}
 _KIND = {
     id(Opcode.SEND): Kind.SEND,
     id(Opcode.SEND_WITH_IMM): Kind.SEND,
@@ -87,7 +84,7 @@ _RESET, _RTR, _RTS, _SQD, _ERR = S.RESET, S.RTR, S.RTS, S.SQD, S.ERR
 _SUCCESS = WcStatus.SUCCESS
 _FLUSH = WcStatus.WR_FLUSH_ERR
 _RECV = WcOpcode.RECV
-_WITH_IMM = frozenset({id(Opcode.SEND_WITH_IMM), id(Opcode.RDMA_WRITE_WITH_IMM)})
+_WITH_IMM = frozenset(map(id, WITH_IMM))
 _SEND, _SEND_IMM = Opcode.SEND, Opcode.SEND_WITH_IMM
 _WC_SEND = WcOpcode.SEND
 _LIVE = (_RTS, _SQD)

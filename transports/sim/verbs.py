@@ -47,9 +47,11 @@ from rdsx.verbs import (
     WcStatus,
     WorkCompletion,
     check_modify,
+    check_recv_wrs,
+    check_send_wrs,
 )
 
-from .rc import _ERR, _RESET, _RTR, _RTS, _WITH_IMM, RcQp
+from .rc import _ERR, _RESET, _RTR, _RTS, RcQp
 
 _INIT = QpState.INIT
 
@@ -624,21 +626,7 @@ class SimQP(_Handle, RcQp, QP):
         if state is _RESET or state is _INIT or state is _RTR:
             raise InvalidState(f"post_send in {state.name}")
         cap = self.cap
-        for wr in wrs:
-            if len(wr.sg_list) > cap.max_send_sge:
-                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_send_sge {cap.max_send_sge}")
-            total = 0
-            for sge in wr.sg_list:
-                if sge.length < 0:
-                    raise InvalidArgument("negative SGE length")
-                total += sge.length
-            if total > MAX_MSG:
-                raise InvalidArgument(f"message of {total} bytes > max_msg_sz")
-            if wr.imm_data is None:
-                if id(wr.opcode) in _WITH_IMM:
-                    raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
-            elif not 0 <= wr.imm_data < 1 << 32:
-                raise InvalidArgument(f"imm_data {wr.imm_data} does not fit 32 bits")
+        check_send_wrs(wrs, cap.max_send_sge, MAX_MSG)
         if len(self.sq) + len(self.sq_pending) + len(wrs) > cap.max_send_wr:
             raise QueueFull(f"more than max_send_wr={cap.max_send_wr} outstanding")
         if state is _ERR:
@@ -657,9 +645,7 @@ class SimQP(_Handle, RcQp, QP):
         if self._state is _RESET:
             raise InvalidState("post_recv in RESET")
         cap = self.cap
-        for wr in wrs:
-            if len(wr.sg_list) > cap.max_recv_sge:
-                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_recv_sge {cap.max_recv_sge}")
+        check_recv_wrs(wrs, cap.max_recv_sge)
         if len(self.rq) + len(wrs) > cap.max_recv_wr:
             raise QueueFull(f"more than max_recv_wr={cap.max_recv_wr} outstanding")
         if self._state is _ERR:

@@ -34,13 +34,13 @@ import trio
 from rdsx.errors import (
     AuthenticationFailed,
     CmError,
-    InvalidArgument,
     InvalidState,
     QueueFull,
     RemoteProtocolError,
 )
 from rdsx.verbs import (
     QP,
+    WC_OPCODE,
     Access,
     AsyncEventType,
     Opcode,
@@ -55,6 +55,8 @@ from rdsx.verbs import (
     WcStatus,
     WorkCompletion,
     check_modify,
+    check_recv_wrs,
+    check_send_wrs,
 )
 
 from ._frames import (
@@ -93,19 +95,11 @@ _PSN = struct.Struct("!I")
 _MIN_RNR_WAIT = 0.0005
 _CONNECT_BACKOFF = (0.01, 0.5)
 
-_WC_OPCODE = {
-    Opcode.SEND: WcOpcode.SEND,
-    Opcode.SEND_WITH_IMM: WcOpcode.SEND,
-    Opcode.RDMA_WRITE: WcOpcode.RDMA_WRITE,
-    Opcode.RDMA_WRITE_WITH_IMM: WcOpcode.RDMA_WRITE,
-    Opcode.RDMA_READ: WcOpcode.RDMA_READ,
-}
 _NAK_STATUS = {
     NakCode.REM_ACCESS: WcStatus.REM_ACCESS_ERR,
     NakCode.REM_INV_REQ: WcStatus.REM_INV_REQ_ERR,
     NakCode.REM_OP: WcStatus.REM_OP_ERR,
 }
-_WITH_IMM = frozenset({Opcode.SEND_WITH_IMM, Opcode.RDMA_WRITE_WITH_IMM})
 _RESPONDING = frozenset({S.RTR, S.RTS, S.SQD})
 _SUCCESS = WcStatus.SUCCESS
 _RECV = WcOpcode.RECV
@@ -259,25 +253,7 @@ class TcpQP(_Handle, QP):
             raise InvalidState(f"post_send in {self._state.name}")
         if len(self._pending) + len(self._outstanding) + len(batch) > self.cap.max_send_wr:
             raise QueueFull(f"more than max_send_wr={self.cap.max_send_wr} outstanding")
-        max_msg = self.device.max_msg_sz
-        max_sge = self.cap.max_send_sge
-        for wr in batch:
-            sg_list = wr.sg_list
-            if len(sg_list) > max_sge:
-                raise InvalidArgument(f"{len(sg_list)} SGEs > max_send_sge")
-            total = 0
-            for sge in sg_list:
-                if sge.length < 0:
-                    raise InvalidArgument("negative SGE length")
-                total += sge.length
-            if total > max_msg:
-                raise InvalidArgument(f"message longer than max_msg_sz={max_msg}")
-            imm = wr.imm_data
-            if imm is None:
-                if wr.opcode in _WITH_IMM:
-                    raise InvalidArgument(f"{wr.opcode.name} needs imm_data")
-            elif not 0 <= imm < 1 << 32:
-                raise InvalidArgument("imm_data must fit 32 bits")
+        check_send_wrs(batch, self.cap.max_send_sge, self.device.max_msg_sz)
         if self._state is S.ERR:
             for wr in batch:
                 self._complete_send(wr, WcStatus.WR_FLUSH_ERR, 0, force=True)
@@ -293,11 +269,7 @@ class TcpQP(_Handle, QP):
             raise InvalidState("post_recv in RESET")
         if len(self._rq) + len(batch) > self.cap.max_recv_wr:
             raise QueueFull(f"more than max_recv_wr={self.cap.max_recv_wr} outstanding")
-        for wr in batch:
-            if len(wr.sg_list) > self.cap.max_recv_sge:
-                raise InvalidArgument(f"{len(wr.sg_list)} SGEs > max_recv_sge")
-            if any(sge.length < 0 for sge in wr.sg_list):
-                raise InvalidArgument("negative SGE length")
+        check_recv_wrs(batch, self.cap.max_recv_sge)
         if self._state is S.ERR:
             for wr in batch:
                 self._complete_recv(wr, WcStatus.WR_FLUSH_ERR, WcOpcode.RECV)
@@ -322,7 +294,7 @@ class TcpQP(_Handle, QP):
         if force or wr.signaled or self.sq_sig_all or status is not WcStatus.SUCCESS:
             self.send_cq.push(
                 WorkCompletion(
-                    wr.wr_id, status, _WC_OPCODE[wr.opcode], length, self.qp_num, None, message
+                    wr.wr_id, status, WC_OPCODE[wr.opcode], length, self.qp_num, None, message
                 )
             )
 
@@ -503,7 +475,7 @@ class TcpQP(_Handle, QP):
             if wr.signaled or all_signaled:
                 push(
                     WorkCompletion(
-                        wr.wr_id, _SUCCESS, _WC_OPCODE[wr.opcode], head.length, qp_num, None, ""
+                        wr.wr_id, _SUCCESS, WC_OPCODE[wr.opcode], head.length, qp_num, None, ""
                     )
                 )
             done = True
