@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from shim_world import ACCESS, World, migrate, ok, open_world, take
 
 from rdsx.shim.control import ControlPlane
 from rdsx.shim.protocol import Reconnect, Resumed, decode, encode
-from rdsx.shim.resources import VirtualMR
+from rdsx.shim.resources import VirtualCQ, VirtualMR
 from rdsx.verbs import Opcode, SendWR, Sge, WcStatus
 
 
@@ -111,3 +112,21 @@ async def test_a_map_too_big_to_ride_along_is_pushed_first(
             assert ok(await take(b.rcq, 1))
             assert b.shim.statistics().control_requests - before == 2  # KeyMap, RECONNECT
             await _rdma_write_with_old_rkey(world, rkey, addr)
+
+
+async def test_a_cq_wait_with_completions_ready_is_still_a_checkpoint(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A reader draining a backlog yields between batches (the tasks it feeds run)."""
+    with trio.fail_after(30):
+        async with open_world(seed=4) as world:
+            a, b = world.a, world.b
+            a.send(b"ready before the wait")
+            rcq = b.rcq
+            assert isinstance(rcq, VirtualCQ)
+            while not rcq._ready:
+                rcq.drain_now()
+                await trio.sleep(0.001)
+            with trio.testing.assert_checkpoints():
+                (wc,) = await rcq.wait(1)
+            assert wc.status is WcStatus.SUCCESS

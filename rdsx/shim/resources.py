@@ -451,6 +451,11 @@ class VirtualCQ(CQ):
         Raises:
             InvalidHandle: the CQ was destroyed.
         """
+        if self._ready:
+            # A checkpoint like every trio wait: a reader looping over a backlog (the
+            # held messages after a migration) lets the tasks it feeds run between
+            # batches, so the first message is delivered before the last is read.
+            await trio.lowlevel.checkpoint()
         while not self._ready:
             self.check_open()
             await self._lot.park()
