@@ -124,6 +124,7 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
     assert all(r[-1] == "ok" for r in rows)
     assert "resolution" in text
     data = json.loads(out.read_text())
+    by_combo = {(r["mode"], r["strategy"], r["port_model"]): r for r in data["runs"]}
     assert data["schema"] == 2 and data["experiment"] == "compare"
     assert data["columns"] == [title for title, _ in COLUMNS]
     assert len(data["runs"]) == 8
@@ -145,8 +146,16 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
         assert ("attach" in run["migration"]["paused_stages"]) == late
         assert len(run["series"]["msgs_per_s"]) == math.ceil(4 / run["series"]["bin_s"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The targets are checked under both definitions, one entry per port model.
+    assert [t["port_model"] for t in data["targets"]] == ["shared", "vswitch"]
+    for t in data["targets"]:
+        run = by_combo[("transparent", "late-detach", t["port_model"])]
+        assert t["stack_s"] == pytest.approx(run["downtime"]["stack_s"])
+        assert t["stack_met"] == (t["stack_s"] < t["target_s"])
+        assert t["added_met"] == (t["added_s"] < t["target_s"])
+    assert text.count("target transparent/late-detach/") == 2
     # With the SA cache, only the shared port model's new LID costs path queries again.
-    by = {(r["mode"], r["strategy"], r["port_model"]): r for r in data["runs"]}
+    by = by_combo
     for mode in ("reconnect", "transparent"):
         for strategy in ("three-stage", "late-detach"):
             shared, vswitch = by[mode, strategy, "shared"], by[mode, strategy, "vswitch"]
