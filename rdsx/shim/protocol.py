@@ -37,6 +37,7 @@ import attrs
 import msgpack
 
 from ..errors import RemoteProtocolError
+from ..verbs import REQ_PRIVATE_DATA
 
 __all__ = [
     "CM_PRIVATE_DATA_MAX",
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 #: The IB CM REQ private-data limit every transport enforces.
-CM_PRIVATE_DATA_MAX = 196
+CM_PRIVATE_DATA_MAX = REQ_PRIVATE_DATA
 #: Prefix that marks private data as carrying a shim header.
 MAGIC = b"\xd7x"
 #: Bytes the shim keeps for its header in the user's CM exchanges.

@@ -16,7 +16,17 @@ from ..errors import (
     InvalidState,
     Unreachable,
 )
-from ..verbs import CmEvent, CmEventType, CmId, Opcode, QpState, RecvWR, SendWR, WcStatus
+from ..verbs import (
+    REQ_PRIVATE_DATA,
+    CmEvent,
+    CmEventType,
+    CmId,
+    Opcode,
+    QpState,
+    RecvWR,
+    SendWR,
+    WcStatus,
+)
 from ._fixture import (
     WAIT,
     End,
@@ -35,7 +45,7 @@ from ._registry import check
 #: How long accepting an abandoned request may take to fail (the CM's own RTU timeout).
 ABANDONED_ACCEPT_BOUND = 20.0
 #: IB REQ private data limit the contract enforces (librdmacm's 196 bytes for RC).
-MAX_PRIVATE_DATA = 196
+MAX_PRIVATE_DATA = REQ_PRIVATE_DATA
 
 
 def cm_port(rng: random.Random) -> int:

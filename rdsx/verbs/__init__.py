@@ -3,7 +3,8 @@
 See :mod:`rdsx.verbs._abc` for the objects and what each call returns and
 raises, :mod:`rdsx.verbs._types` for the values, and :mod:`rdsx.verbs._state`
 for the RC QP state table every transport enforces, :mod:`rdsx.verbs._wr` for
-the work-request rules they share.
+the work-request rules they share, :mod:`rdsx.verbs._cm` for what the CM does
+to the QP it connects.
 """
 
 from ._abc import CQ as CQ
@@ -16,6 +17,12 @@ from ._abc import CmRequest as CmRequest
 from ._abc import Context as Context
 from ._abc import Device as Device
 from ._abc import DeviceSource as DeviceSource
+from ._cm import CM_ACCESS as CM_ACCESS
+from ._cm import REJ_PRIVATE_DATA as REJ_PRIVATE_DATA
+from ._cm import REP_PRIVATE_DATA as REP_PRIVATE_DATA
+from ._cm import REQ_PRIVATE_DATA as REQ_PRIVATE_DATA
+from ._cm import cm_init as cm_init
+from ._cm import cm_to_rts as cm_to_rts
 from ._state import LEGAL_TRANSITIONS as LEGAL_TRANSITIONS
 from ._state import RECV_STATES as RECV_STATES
 from ._state import REQUIRED_ATTRS as REQUIRED_ATTRS

@@ -37,7 +37,9 @@ from rdsx.errors import (
 )
 from rdsx.verbs import (
     QP,
-    Access,
+    REJ_PRIVATE_DATA,
+    REP_PRIVATE_DATA,
+    REQ_PRIVATE_DATA,
     CmEvent,
     CmEventType,
     CmId,
@@ -46,6 +48,8 @@ from rdsx.verbs import (
     QpAttr,
     QpDest,
     QpState,
+    cm_init,
+    cm_to_rts,
 )
 
 from .packet import Kind, Packet
@@ -62,9 +66,6 @@ CM_RETRY = 0.25
 ACCEPT_TIMEOUT = 5.0
 #: How often an unanswered DREQ is sent before the CM gives up on the DREP.
 DREQ_TRIES = 8
-REQ_PRIVATE_DATA = 196
-REP_PRIVATE_DATA = 196
-REJ_PRIVATE_DATA = 148
 ACK_TIMEOUT = 0.0671
 MIN_RNR_TIMER = 0.00064
 #: A MAD is 256 bytes on the wire.
@@ -286,7 +287,7 @@ class CmAgent:
             raise Unreachable(f"no device answers for {address}")
         path, asked = self._path(target)
         await _charge((self.fabric.sa_query_time if asked else 0.0) + self.fabric.qp_setup_time)
-        qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
+        cm_init(qp)
         comm_id, start_psn = self.new_exchange(qp.qp_num)
         req = Req(
             comm_id,
@@ -373,9 +374,6 @@ class CmAgent:
             cm_id.wake()
 
 
-_ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
-
-
 async def _charge(seconds: float) -> None:
     """Spend the modelled time of an SA query or a QP setup (nothing if free)."""
     if seconds > 0:
@@ -383,26 +381,14 @@ async def _charge(seconds: float) -> None:
 
 
 def _to_rts(qp: SimQP, dlid: int, dqpn: int, rq_psn: int, sq_psn: int) -> None:
-    mtu = qp.fabric.mtu
-    qp.modify(
-        QpAttr(
-            state=QpState.RTR,
-            dest=QpDest(str(dlid), dqpn),
-            path_mtu=mtu,
-            rq_psn=rq_psn,
-            max_dest_rd_atomic=16,
-            min_rnr_timer=MIN_RNR_TIMER,
-        )
-    )
-    qp.modify(
-        QpAttr(
-            state=QpState.RTS,
-            sq_psn=sq_psn,
-            timeout=ACK_TIMEOUT,
-            retry_cnt=7,
-            rnr_retry=7,
-            max_rd_atomic=16,
-        )
+    cm_to_rts(
+        qp,
+        QpDest(str(dlid), dqpn),
+        path_mtu=qp.fabric.mtu,
+        rq_psn=rq_psn,
+        sq_psn=sq_psn,
+        timeout=ACK_TIMEOUT,
+        min_rnr_timer=MIN_RNR_TIMER,
     )
 
 
@@ -499,7 +485,7 @@ class SimCmRequest(CmRequest):
         if self.reply is not None:
             raise InvalidState("the request was already answered")
         comm_id, start_psn = agent.new_exchange(qp.qp_num)
-        qp.modify(QpAttr(state=QpState.INIT, access_flags=_ACCESS, port_num=1, pkey_index=0))
+        cm_init(qp)
         _to_rts(qp, req.src_lid, req.src_qpn, req.start_psn, start_psn)
         self.qpn = qp.qp_num
         self.reply = Rep(

@@ -38,7 +38,7 @@ from rdsx.errors import (
 )
 from rdsx.verbs import (
     QP,
-    Access,
+    REQ_PRIVATE_DATA,
     CmEvent,
     CmEventType,
     CmId,
@@ -47,6 +47,8 @@ from rdsx.verbs import (
     QpAttr,
     QpDest,
     QpState,
+    cm_init,
+    cm_to_rts,
 )
 
 from ._auth import expect_control
@@ -61,9 +63,8 @@ __all__ = ["TcpCmId", "TcpCmListener", "TcpCmRequest", "cm_connect"]
 
 log = logging.getLogger("rdsx.tcp.cm")
 
-#: The IB CM REQ private-data limit.
-MAX_PRIVATE_DATA = 196
-_ALL_ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
+#: The IB CM REQ private-data limit (applied to every message here).
+MAX_PRIVATE_DATA = REQ_PRIVATE_DATA
 
 
 def _own_qp(ctx: TcpContext, qp: QP) -> TcpQP:
@@ -84,26 +85,15 @@ def _check_private_data(data: bytes) -> bytes:
 def _bring_up(qp: TcpQP, peer_loc: str, peer_qpn: int, rq_psn: int, sq_psn: int) -> None:
     """RESET -> INIT -> RTR -> RTS as librdmacm does, with the network's timers."""
     net = qp.device.network
-    qp.modify(QpAttr(QpState.INIT, access_flags=_ALL_ACCESS, port_num=1, pkey_index=0))
-    qp.modify(
-        QpAttr(
-            QpState.RTR,
-            dest=QpDest(peer_loc, peer_qpn),
-            path_mtu=4096,
-            rq_psn=rq_psn,
-            min_rnr_timer=net.min_rnr_timer,
-            max_dest_rd_atomic=16,
-        )
-    )
-    qp.modify(
-        QpAttr(
-            QpState.RTS,
-            sq_psn=sq_psn,
-            timeout=net.qp_timeout,
-            retry_cnt=7,
-            rnr_retry=7,
-            max_rd_atomic=16,
-        )
+    cm_init(qp)
+    cm_to_rts(
+        qp,
+        QpDest(peer_loc, peer_qpn),
+        path_mtu=4096,
+        rq_psn=rq_psn,
+        sq_psn=sq_psn,
+        timeout=net.qp_timeout,
+        min_rnr_timer=net.min_rnr_timer,
     )
 
 
