@@ -31,7 +31,10 @@ __all__ = ["FIGURES", "Figure", "TimingProfile", "available_profiles", "load_pro
 #: Every figure a profile must give: name -> (unit, what it costs).
 FIGURES: Mapping[str, tuple[str, str]] = {
     "hotplug_detach": ("s", "hot-unplug of a VF once the guest released it (PCI + dom0 script)"),
-    "hotplug_attach": ("s", "hot-plug of a new VF into a running guest, VF driver probe included"),
+    "hotplug_attach": (
+        "s",
+        "hot-plug of a new VF, VF driver probe included (late detach: at the end of the restore)",
+    ),
     "sm_reaction": ("s", "port-state trap to the subnet manager starting to program it"),
     "smp_rtt": ("s", "one directed-route SMP round trip; the SM sends them one after another"),
     "sa_query": ("s", "one SA PathRecord query round trip"),
