@@ -40,12 +40,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
-import attrs
 import trio
 
 from ._bind import BindTable
 from ._device import DeviceState, close_quietly
 from ._message import MessageEnd, OutMessage
+from ._rdma_book import RdmaBook
 from .config import NodeConfig
 from .counters import Counters, CounterSet
 from .engine import (
@@ -64,26 +64,21 @@ from .engine import (
 from .errors import (
     DeviceRemoved,
     ModeUnavailable,
-    NotConnected,
     RemoteProtocolError,
     SocketClosed,
     VerbsError,
 )
 from .info import ConnectionInfo, MessageInfo, NodeInfo
-from .path import KIND_RDMA, RDMA_EXT_TAG, Path, PathReplaced
-from .rdma import RdmaStatus, make_cookie, split_cookie
+from .path import RDMA_EXT_TAG, Path, PathReplaced
+from .rdma import RdmaStatus
 from .socket import Socket, cong_monitor_mask
 from .verbs import (
-    MR,
-    Access,
     AsyncEventType,
     CmListener,
     CmRequest,
     Device,
     DeviceSource,
-    Opcode,
     SendWR,
-    Sge,
     WcStatus,
 )
 
@@ -92,32 +87,6 @@ __all__ = ["Node", "open_node"]
 log = logging.getLogger("rdsx.node")
 
 Mode = Literal["reconnect", "transparent"]
-
-_REMOTE_ERRORS = frozenset({WcStatus.REM_ACCESS_ERR, WcStatus.REM_INV_REQ_ERR, WcStatus.REM_OP_ERR})
-
-
-@attrs.define(slots=True, eq=False)
-class _RdmaOp:
-    """An RDMA operation riding on a message, from send to its work completion."""
-
-    id: int
-    msg: OutMessage
-    mr: MR | None = None
-    path: Path | None = None
-    posted: bool = False
-    wr_done: bool = False
-    end: MessageEnd | None = None  # the message ended before the RDMA completed
-
-
-@attrs.define(slots=True, eq=False)
-class _Region:
-    """A user memory region registered for the peers' RDMA."""
-
-    buffer: bytearray | memoryview
-    mr: MR
-    cookie: int
-    readwrite: bool
-    dev: DeviceState
 
 
 class _Conn:
@@ -181,9 +150,7 @@ class Node:
         self._loop_used = False
         self._dev: DeviceState | None = None
         self._dev_nursery: trio.Nursery | None = None
-        self._rdma_ops: dict[int, _RdmaOp] = {}
-        self._rdma_ids = itertools.count(1)
-        self._regions: dict[int, _Region] = {}
+        self._rdma = RdmaBook(address, self._counters)
         self._closed = False
         self._device_lot = trio.lowlevel.ParkingLot()
 
@@ -393,14 +360,7 @@ class Node:
         ack_required = sock._snd_bytes >= sock._sndbuf // 2
         ext = b""
         if msg.rdma is not None:
-            op = _RdmaOp(next(self._rdma_ids), msg)
-            self._rdma_ops[op.id] = op
-            msg.handle = op
-            ext = (
-                bytes((RDMA_EXT_TAG,))
-                + op.id.to_bytes(8, "big")
-                + msg.rdma.nbytes.to_bytes(4, "big")
-            )
+            ext = self._rdma.start(msg)
         dev = self._dev
         if conn.held or (dev is not None and dev.draining):
             conn.held.append((msg, ack_required, ext))
@@ -475,7 +435,7 @@ class Node:
         self._loop_tx_seq += 1
         counters.inc("send_queued")
         if msg.rdma is not None:
-            status = self._loop_rdma(msg)
+            status = self._rdma.loop_rdma(msg)
             if status is not RdmaStatus.SUCCESS:
                 msg.rdma_status = status
                 counters.inc("rdma_remote_error")
@@ -493,30 +453,6 @@ class Node:
             self._deliver(dport, (self.address, sport), msg.payload, seq)
         counters.inc("send_drop_acked")
         self._end(msg, MessageEnd.ACKED)
-
-    def _loop_rdma(self, msg: OutMessage) -> RdmaStatus:
-        args = msg.rdma
-        assert args is not None
-        rkey, _ = split_cookie(args.cookie)
-        region = self._regions.get(rkey)
-        if region is None or region.cookie != args.cookie:
-            return RdmaStatus.REMOTE_ERROR
-        start = args.remote_offset
-        if start + args.nbytes > len(region.buffer):
-            return RdmaStatus.REMOTE_ERROR
-        remote = memoryview(region.buffer).cast("B")
-        local = memoryview(args.local).cast("B")
-        n = args.nbytes
-        if args.write:
-            if not region.readwrite:
-                return RdmaStatus.REMOTE_ERROR
-            remote[start : start + n] = local[:n]
-        else:
-            local[:n] = remote[start : start + n]
-        self._counters.inc("send_rdma")
-        self._counters.inc("send_rdma_bytes", n)
-        self._counters.inc("recv_rdma_bytes", n)
-        return RdmaStatus.SUCCESS
 
     # ------------------------------------------------------------------ events
 
@@ -566,98 +502,28 @@ class Node:
             dev.changed.unpark_all()
 
     def _end(self, msg: OutMessage, how: MessageEnd) -> None:
-        op = msg.handle
-        if isinstance(op, _RdmaOp):
-            if op.posted and not op.wr_done:
-                op.end = how  # finish once the RDMA's own completion is in
-                return
-            self._rdma_ops.pop(op.id, None)
-        msg.socket._message_ended(msg, how)
+        if self._rdma.finish(msg, how):  # else once the RDMA's own completion is in
+            msg.socket._message_ended(msg, how)
 
     # ------------------------------------------------------------------ RDMA on paths
 
     def _rdma_work_request(self, op_id: int, path: Path) -> SendWR | None:
         """The RDMA WR to post ahead of the first fragment of op ``op_id``'s message."""
-        op = self._rdma_ops.get(op_id)
-        if op is None or op.posted:
-            return None
-        args = op.msg.rdma
-        assert args is not None
-        try:
-            mr = path.reg_local(args.local)
-        except DeviceRemoved:
-            path.dev.removal(None)
-            return None
-        except VerbsError as exc:
-            log.warning("%s: cannot register an RDMA buffer: %s", self.address, exc)
-            op.msg.rdma_status = RdmaStatus.OTHER_ERROR
-            return None
-        self._counters.inc("ib_rdma_mr_alloc")
-        op.mr, op.path, op.posted = mr, path, True
-        rkey, addr = split_cookie(args.cookie)
-        return SendWR(
-            op_id << 2 | KIND_RDMA,
-            Opcode.RDMA_WRITE if args.write else Opcode.RDMA_READ,
-            (Sge(mr.addr, args.nbytes, mr.lkey),),
-            remote_addr=addr + args.remote_offset,
-            rkey=rkey,
-        )
+        return self._rdma.work_request(op_id, path)
 
     def _rdma_done(self, op_id: int, status: WcStatus) -> None:
         """The RDMA WR of op ``op_id`` completed (or its path is gone: WR_FLUSH_ERR)."""
-        op = self._rdma_ops.get(op_id)
-        if op is None or op.wr_done:
-            return
-        op.wr_done = True
-        if op.mr is not None:
-            close_quietly(op.mr)
-            op.mr = None
-            self._counters.inc("ib_rdma_mr_free")
-        args = op.msg.rdma
-        assert args is not None
-        if status is WcStatus.SUCCESS:
-            self._counters.inc("send_rdma")
-            self._counters.inc("send_rdma_bytes", args.nbytes)
-        elif status in _REMOTE_ERRORS:
-            op.msg.rdma_status = RdmaStatus.REMOTE_ERROR
-            self._counters.inc("rdma_remote_error")
-        elif status is not WcStatus.WR_FLUSH_ERR:
-            op.msg.rdma_status = RdmaStatus.OTHER_ERROR
-        if op.end is not None:
-            self._rdma_ops.pop(op.id, None)
-            op.msg.socket._message_ended(op.msg, op.end)
+        self._rdma.done(op_id, status)
 
     def _rdma_path_closed(self, path: Path) -> None:
         """A path's QP is destroyed: its RDMA WRs will never complete."""
-        for op in list(self._rdma_ops.values()):
-            if op.path is path and not op.wr_done:
-                self._rdma_done(op.id, WcStatus.WR_FLUSH_ERR)
+        self._rdma.path_closed(path)
 
     def _register_mr(self, buffer: bytearray | memoryview, *, readwrite: bool) -> int:
-        dev = self._dev
-        if dev is None or dev.gone.is_set():
-            raise NotConnected("the node has no device right now; register after one arrives")
-        access = Access.LOCAL_WRITE | Access.REMOTE_READ
-        if readwrite:
-            access |= Access.REMOTE_WRITE
-        try:
-            mr = dev.reg_cookie_region(buffer, access)
-        except DeviceRemoved as exc:
-            dev.removal(None)
-            raise NotConnected("the device was removed") from exc
-        cookie = make_cookie(mr.rkey, mr.addr)
-        self._regions[mr.rkey] = _Region(buffer, mr, cookie, readwrite, dev)
-        self._counters.inc("ib_rdma_mr_alloc")
-        return cookie
+        return self._rdma.register(self._dev, buffer, readwrite=readwrite)
 
     def _free_mr(self, cookie: int) -> None:
-        rkey, _ = split_cookie(cookie)
-        region = self._regions.get(rkey)
-        if region is None or region.cookie != cookie:
-            return  # already gone with its device
-        del self._regions[rkey]
-        region.dev.release_cookie_region(region.mr)
-        self._counters.inc("ib_rdma_mr_free")
+        self._rdma.free(cookie)
 
     # ------------------------------------------------------------------ devices
 
@@ -793,9 +659,7 @@ class Node:
                 path.close()
             if conn.engine.state is not ConnState.DOWN:
                 self._transport_down(conn)
-        for rkey, region in list(self._regions.items()):
-            if region.dev is dev:
-                del self._regions[rkey]
+        self._rdma.forget_device(dev)
         dev.close()
         if self._dev is dev:
             self._dev = None
