@@ -19,7 +19,6 @@ rnr_retry 7 (forever), local ACK timeout 67 ms (IB timeout 14), min RNR timer
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 import attrs
@@ -52,6 +51,7 @@ from rdsx.verbs import (
     cm_to_rts,
 )
 
+from .mailbox import Mailbox
 from .packet import Kind, Packet
 
 if TYPE_CHECKING:
@@ -400,20 +400,18 @@ class SimCmListener(CmListener):
         self.ctx = ctx
         self.port = port
         self.backlog = backlog
-        self.queue: deque[SimCmRequest] = deque()
-        self._ready: trio.Event | None = None
+        self._requests: Mailbox[SimCmRequest] = Mailbox()
+        #: Queued requests (the backlog counts them).
+        self.queue = self._requests.items
         self._closed = False
 
     def push(self, request: SimCmRequest) -> None:
         """Queue an incoming request."""
-        self.queue.append(request)
-        self.wake()
+        self._requests.push(request)
 
     def wake(self) -> None:
         """Wake the waiter (a request, removal or close)."""
-        if self._ready is not None:
-            self._ready.set()
-            self._ready = None
+        self._requests.wake()
 
     async def get_request(self) -> SimCmRequest:
         """Wait for the next connect request.
@@ -422,19 +420,13 @@ class SimCmListener(CmListener):
             DeviceRemoved: the device is gone.
             InvalidHandle: the listener is closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            if self.agent.device.removed:
-                raise DeviceRemoved(f"{self.agent.device.name} was removed")
-            if self._closed:
-                raise InvalidHandle("listener is closed")
-            if self.queue:
-                request = self.queue.popleft()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return request
-            if self._ready is None:
-                self._ready = trio.Event()
-            await self._ready.wait()
+        return await self._requests.get(self._check, check_first=True)
+
+    def _check(self) -> None:
+        if self.agent.device.removed:
+            raise DeviceRemoved(f"{self.agent.device.name} was removed")
+        if self._closed:
+            raise InvalidHandle("listener is closed")
 
     def close(self) -> None:
         """Stop listening. Idempotent."""
@@ -567,22 +559,18 @@ class SimCmId(CmId):
         self.private_data = private_data
         self.peer_address = peer_address
         self.connected = True
-        self._events: deque[CmEvent] = deque()
-        self._ready: trio.Event | None = None
+        self._events: Mailbox[CmEvent] = Mailbox()
         self._closed = False
         agent.ids[comm_id] = self
         ctx.cm_ids.append(self)
 
     def push(self, event: CmEvent) -> None:
         """Queue an event for :meth:`next_event`."""
-        self._events.append(event)
-        self.wake()
+        self._events.push(event)
 
     def wake(self) -> None:
         """Wake the waiter."""
-        if self._ready is not None:
-            self._ready.set()
-            self._ready = None
+        self._events.wake()
 
     def disconnected(self) -> None:
         """The connection is over (DREQ sent or received): QP to ERR, two events."""
@@ -602,19 +590,13 @@ class SimCmId(CmId):
             DeviceRemoved: the device is gone and every event was read.
             InvalidHandle: the id is closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            if self._events:
-                event = self._events.popleft()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return event
-            if self.agent.device.removed:
-                raise DeviceRemoved(f"{self.agent.device.name} was removed")
-            if self._closed:
-                raise InvalidHandle("CM id is closed")
-            if self._ready is None:
-                self._ready = trio.Event()
-            await self._ready.wait()
+        return await self._events.get(self._check)
+
+    def _check(self) -> None:
+        if self.agent.device.removed:
+            raise DeviceRemoved(f"{self.agent.device.name} was removed")
+        if self._closed:
+            raise InvalidHandle("CM id is closed")
 
     async def disconnect(self) -> None:
         """Send a DREQ; both sides see DISCONNECTED and TIMEWAIT_EXIT, QPs go to ERR."""

@@ -51,6 +51,7 @@ from rdsx.verbs import (
     check_send_wrs,
 )
 
+from .mailbox import Mailbox
 from .rc import _ERR, _RESET, _RTR, _RTS, RcQp
 
 _INIT = QpState.INIT
@@ -197,8 +198,7 @@ class SimContext(_Handle, Context):
         self.fabric = device.fabric
         self._ctx = self
         self._closed = False
-        self._events: deque[AsyncEvent] = deque()
-        self._event_ready: trio.Event | None = None
+        self._events: Mailbox[AsyncEvent] = Mailbox()
         self.pds: list[SimPD] = []
         self.cqs: list[SimCQ] = []
         self.listeners: list[CmListener] = []
@@ -225,12 +225,8 @@ class SimContext(_Handle, Context):
 
     def post_event(self, event: AsyncEvent) -> None:
         """Queue an async event for :meth:`get_async_event`."""
-        if self._closed:
-            return
-        self._events.append(event)
-        if self._event_ready is not None:
-            self._event_ready.set()
-            self._event_ready = None
+        if not self._closed:
+            self._events.push(event)
 
     async def get_async_event(self) -> AsyncEvent:
         """Wait for the next async event.
@@ -239,16 +235,7 @@ class SimContext(_Handle, Context):
             DeviceRemoved: the device is gone and every event was read.
             InvalidHandle: the context is closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            if self._events:
-                event = self._events.popleft()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return event
-            self._check()
-            if self._event_ready is None:
-                self._event_ready = trio.Event()
-            await self._event_ready.wait()
+        return await self._events.get(self._check)
 
     def alloc_pd(self) -> SimPD:
         """Allocate a protection domain."""
@@ -308,7 +295,7 @@ class SimContext(_Handle, Context):
         for listener in list(self.listeners):
             listener.close()
         self._closed = True
-        self._wake()
+        self._events.wake()
         self.device.context_closed(self)
 
     def zombify(self) -> None:
@@ -317,12 +304,7 @@ class SimContext(_Handle, Context):
             pd.zombify()
         for cq in self.cqs:
             cq.wake()
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._event_ready is not None:
-            self._event_ready.set()
-            self._event_ready = None
+        self._events.wake()
 
 
 class SimPD(_Handle, PD):
