@@ -458,11 +458,12 @@ class Node:
 
     def _deliver(self, port: int, source: tuple[str, int], data: bytes, seq: int) -> None:
         sock = self._binds.lookup(port)
-        if sock is None or sock.closed:
-            self._counters.inc("recv_drop_no_sock")
+        counters = self._counters
+        if sock is None or sock._closed:
+            counters.inc("recv_drop_no_sock")
             return
-        self._counters.inc("recv_delivered")
-        self._counters.inc("recv_queued")
+        counters.inc("recv_delivered")
+        counters.inc("recv_queued")
         sock._deliver(data, source, seq)
 
     def _dispatch(self, conn: _Conn) -> None:

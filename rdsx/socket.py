@@ -384,7 +384,8 @@ class Socket:
         self._recv_queue.append((payload, source, seq))
         self._rcv_bytes += len(payload)
         self._node._counters.inc("recv_bytes_added_to_sock", len(payload))
-        self._update_congestion()
+        if self._congested or self._rcv_bytes > self._rcvbuf:  # else nothing can change
+            self._update_congestion()
         if self._recv_lot:
             self._recv_lot.unpark_all()
 
@@ -534,7 +535,8 @@ class Socket:
         counters = self._node._counters
         counters.inc("recv_bytes_freed_fromsock", len(payload))
         counters.inc("copy_to_user")
-        self._update_congestion()
+        if self._congested or self._rcv_bytes > self._rcvbuf:
+            self._update_congestion()
         return payload, source
 
     # ------------------------------------------------------------------ RDMA memory
