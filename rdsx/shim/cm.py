@@ -26,7 +26,17 @@ from ..errors import (
     InvalidState,
     VerbsError,
 )
-from ..verbs import QP, CmEvent, CmEventType, CmId, CmListener, CmRequest, QpAttr, QpState
+from ..verbs import (
+    CM_QP_STATES,
+    QP,
+    CmEvent,
+    CmEventType,
+    CmId,
+    CmListener,
+    CmRequest,
+    QpAttr,
+    QpState,
+)
 from .protocol import (
     CM_PRIVATE_DATA_MAX,
     USER_PRIVATE_DATA_MAX,
@@ -181,15 +191,16 @@ class VirtualCmRequest(CmRequest):
         self.source = request.source
 
     async def accept(self, qp: QP, private_data: bytes = b"") -> VirtualCmId:
-        """Accept with ``qp`` (a virtual QP of the listening context, in RESET).
+        """Accept with ``qp`` (a virtual QP of the listening context, in RESET or INIT).
 
         Raises:
-            InvalidState: ``qp`` is not in RESET, or the request was already answered.
+            InvalidState: ``qp`` is in neither RESET nor INIT, or the request was
+                already answered.
             ConnectTimeout: the active side went away first.
         """
         if not isinstance(qp, VirtualQP) or qp._ctx is not self._ctx:
             raise InvalidArgument("accept needs a QP of the listening (virtual) context")
-        if qp.state is not QpState.RESET:
+        if qp.state not in CM_QP_STATES:
             raise InvalidState(f"accept with a QP in {qp.state.name}")
         session = self._ctx.session
         phys = qp.physical
@@ -319,7 +330,7 @@ async def connect(
     Raises:
         as :meth:`rdsx.verbs.Context.cm_connect`.
     """
-    if qp.state is not QpState.RESET:
+    if qp.state not in CM_QP_STATES:
         raise InvalidState(f"cm_connect with a QP in {qp.state.name}")
     if len(private_data) > CM_PRIVATE_DATA_MAX:
         raise InvalidArgument(f"private data of {len(private_data)} bytes > {CM_PRIVATE_DATA_MAX}")

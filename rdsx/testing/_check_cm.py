@@ -22,6 +22,7 @@ from ..verbs import (
     CmEventType,
     CmId,
     Opcode,
+    QpAttr,
     QpState,
     RecvWR,
     SendWR,
@@ -134,6 +135,53 @@ async def check_cm_connect(harness: Harness, rng: random.Random) -> None:
         await exchange(eb, ea, rng, "passive -> active over a CM connection")
 
 
+@check("cm-preposted-receives")
+async def check_cm_preposted(harness: Harness, rng: random.Random) -> None:
+    """cm_connect and accept take a QP in INIT and keep the receives posted on it (as after
+    rdma_create_qp): each side sends the moment its call returns, before posting anything
+    more, and the SEND lands in the receive the peer posted before the handshake."""
+    async with open_nodes(harness) as (a, b):
+        port = cm_port(rng)
+        listener = await b.ctx.cm_listen(port)
+        ea, eb = a.end(), b.end()
+        size = rng.randrange(1, 257)
+        landing: dict[int, int] = {}
+        for end in (ea, eb):
+            end.qp.modify(init_attr())
+            expect_state(end.qp, QpState.INIT, "the QP moved to INIT by hand")
+            landing[id(end)] = end.node.alloc(size)
+            end.qp.post_recv(RecvWR(31, (end.node.sge(landing[id(end)], size),)))
+
+        async def first_send(src: End, dst: End, what: str) -> None:
+            off = src.node.alloc(size)
+            data = rng.randbytes(size)
+            src.node.put(off, data)
+            src.qp.post_send(SendWR(32, Opcode.SEND, (src.node.sge(off, size),)))
+            expect_wc(await take_one(src.scq, what), f"{what} (send)", wr_id=32)
+            wc = await take_one(dst.rcq, what)
+            expect_wc(wc, f"{what}: the receive posted in INIT", wr_id=31, byte_len=size)
+            if dst.node.get(landing[id(dst)], size) != data:
+                raise AssertionError(f"{what}: the data arrived corrupt")
+
+        async def serve() -> None:
+            request = await listener.get_request()
+            await request.accept(eb.qp, b"passive")
+            expect_state(eb.qp, QpState.RTS, "accept of a QP in INIT")
+            await first_send(eb, ea, "passive -> active, right after accept")
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                active = await a.ctx.cm_connect(ea.qp, b.device.address, port, b"active")
+                expect_state(ea.qp, QpState.RTS, "cm_connect of a QP in INIT")
+                if active.private_data != b"passive":
+                    raise AssertionError("cm_connect of a QP in INIT lost the peer's data")
+                await first_send(ea, eb, "active -> passive, right after cm_connect")
+        finally:
+            listener.close()
+        await exchange(ea, eb, rng, "active -> passive after the pre-posted receives")
+
+
 @check("cm-reject")
 async def check_cm_reject(harness: Harness, rng: random.Random) -> None:
     """A rejected connect raises ConnectionRejected carrying the rejecter's private data."""
@@ -175,8 +223,8 @@ async def check_cm_unreachable(harness: Harness, rng: random.Random) -> None:
 
 @check("cm-arguments")
 async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
-    """A taken port is AddressInUse; oversize private data InvalidArgument; a QP not in
-    RESET InvalidState (connect and accept); a closed context frees its listeners."""
+    """A taken port is AddressInUse; oversize private data InvalidArgument; a QP in neither
+    RESET nor INIT InvalidState (connect and accept); a closed context frees its listeners."""
     async with open_nodes(harness) as (a, b):
         port = cm_port(rng)
         listener = await b.ctx.cm_listen(port)
@@ -191,14 +239,16 @@ async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
             await a.ctx.cm_connect(a.end().qp, b.device.address, port, bytes(MAX_PRIVATE_DATA + 1))
         end = a.end()
         end.qp.modify(init_attr())
-        with expect_raises(InvalidState, "cm_connect with a QP in INIT"):
+        end.qp.modify(QpAttr(state=QpState.ERR))
+        with expect_raises(InvalidState, "cm_connect with a QP in ERR"):
             await a.ctx.cm_connect(end.qp, b.device.address, port)
 
         async def answer() -> None:
             request = await listener.get_request()
             busy = b.end()
             busy.qp.modify(init_attr())
-            with expect_raises(InvalidState, "accept with a QP in INIT"):
+            busy.qp.modify(QpAttr(state=QpState.ERR))
+            with expect_raises(InvalidState, "accept with a QP in ERR"):
                 await request.accept(busy.qp)
             await request.reject(b"after a refused accept")
 

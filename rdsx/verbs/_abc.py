@@ -198,11 +198,13 @@ class Context(abc.ABC):
         *,
         timeout: float = 5.0,
     ) -> CmId:
-        """Connect ``qp`` (in RESET) to the listener at ``(address, port)``.
+        """Connect ``qp`` (in RESET or INIT) to the listener at ``(address, port)``.
 
         Resolves the address to a path (the SA path query on ``sim``), exchanges
         private data and moves ``qp`` through INIT, RTR and RTS as librdmacm does
-        (retry_cnt 7, rnr_retry 7 unless the QP was already configured).
+        (retry_cnt 7, rnr_retry 7 unless the QP was already configured). A QP
+        handed over in INIT keeps the receives posted on it (as after
+        ``rdma_create_qp``), so the peer's first SEND finds one: post them first.
 
         Returns:
             The established :class:`CmId`; ``cm_id.private_data`` is the peer's.
@@ -211,7 +213,7 @@ class Context(abc.ABC):
             ConnectionRejected: the peer rejected (with its private data).
             Unreachable: nothing listens at that address and port.
             ConnectTimeout: no answer within ``timeout`` seconds.
-            InvalidState: ``qp`` is not in RESET.
+            InvalidState: ``qp`` is in neither RESET nor INIT.
             InvalidArgument: private data longer than 196 bytes (IB REQ limit).
         """
 
@@ -406,10 +408,14 @@ class CmRequest(abc.ABC):
 
     @abc.abstractmethod
     async def accept(self, qp: QP, private_data: bytes = b"") -> CmId:
-        """Accept with ``qp`` (in RESET), which the CM moves to RTS.
+        """Accept with ``qp`` (in RESET or INIT), which the CM moves to RTS.
+
+        Receives posted on ``qp`` in INIT stay posted, so the active side's first
+        SEND (it may send as soon as its ``cm_connect`` returns) meets no RNR NAK.
 
         Raises:
-            InvalidState: ``qp`` is not in RESET, or the request was already answered.
+            InvalidState: ``qp`` is in neither RESET nor INIT, or the request was
+                already answered.
             ConnectTimeout: the active side went away before it was established.
         """
 

@@ -12,9 +12,10 @@ connected id (or its context) while the device works sends a DREQ too, as
 every :data:`CM_RETRY` seconds until its DREP, at most :data:`DREQ_TRIES`
 times. A removed device or a crashed host sends nothing.
 
-QPs are moved RESET → INIT → RTR → RTS with librdmacm's defaults: retry_cnt 7,
-rnr_retry 7 (forever), local ACK timeout 67 ms (IB timeout 14), min RNR timer
-0.64 ms (IB value 12), path MTU the fabric's.
+QPs are moved (RESET →) INIT → RTR → RTS, keeping receives posted in INIT,
+with librdmacm's defaults: retry_cnt 7, rnr_retry 7 (forever), local ACK
+timeout 67 ms (IB timeout 14), min RNR timer 0.64 ms (IB value 12), path MTU
+the fabric's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rdsx.errors import (
     Unreachable,
 )
 from rdsx.verbs import (
+    CM_QP_STATES,
     QP,
     REJ_PRIVATE_DATA,
     REP_PRIVATE_DATA,
@@ -279,8 +281,8 @@ class CmAgent:
         await trio.lowlevel.checkpoint()
         if len(private_data) > REQ_PRIVATE_DATA:
             raise InvalidArgument(f"private data is limited to {REQ_PRIVATE_DATA} bytes")
-        if qp.state is not QpState.RESET:
-            raise InvalidState("cm_connect needs a QP in RESET")
+        if qp.state not in CM_QP_STATES:
+            raise InvalidState(f"cm_connect needs a QP in RESET or INIT, not {qp.state.name}")
         vm = self.fabric.vm_at(address)
         target = vm.device if vm is not None else None
         if target is None or target.removed:
@@ -457,7 +459,8 @@ class SimCmRequest(CmRequest):
         """Accept with ``qp``; returns once the active side's RTU arrived.
 
         Raises:
-            InvalidState: ``qp`` not in RESET, or the request was already answered.
+            InvalidState: ``qp`` in neither RESET nor INIT, or the request was already
+                answered.
             ConnectTimeout: no RTU within 5 s.
         """
         from .verbs import SimQP
@@ -468,8 +471,8 @@ class SimCmRequest(CmRequest):
             raise InvalidState("the request was already answered")
         if not isinstance(qp, SimQP) or qp._ctx is not self.ctx:
             raise InvalidArgument("the QP belongs to another context")
-        if qp.state is not QpState.RESET:
-            raise InvalidState("accept needs a QP in RESET")
+        if qp.state not in CM_QP_STATES:
+            raise InvalidState(f"accept needs a QP in RESET or INIT, not {qp.state.name}")
         if len(private_data) > REP_PRIVATE_DATA:
             raise InvalidArgument(f"private data is limited to {REP_PRIVATE_DATA} bytes")
         agent, req = self.agent, self.req

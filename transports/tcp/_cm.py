@@ -37,6 +37,7 @@ from rdsx.errors import (
     RemoteProtocolError,
 )
 from rdsx.verbs import (
+    CM_QP_STATES,
     QP,
     REQ_PRIVATE_DATA,
     CmEvent,
@@ -71,8 +72,8 @@ def _own_qp(ctx: TcpContext, qp: QP) -> TcpQP:
     if not isinstance(qp, TcpQP) or qp._ctx is not ctx:
         raise InvalidArgument("the QP belongs to another context or transport")
     qp._check()
-    if qp.state is not QpState.RESET:
-        raise InvalidState(f"the QP must be in RESET, not {qp.state.name}")
+    if qp.state not in CM_QP_STATES:
+        raise InvalidState(f"the QP must be in RESET or INIT, not {qp.state.name}")
     return qp
 
 
@@ -83,7 +84,7 @@ def _check_private_data(data: bytes) -> bytes:
 
 
 def _bring_up(qp: TcpQP, peer_loc: str, peer_qpn: int, rq_psn: int, sq_psn: int) -> None:
-    """RESET -> INIT -> RTR -> RTS as librdmacm does, with the network's timers."""
+    """(RESET ->) INIT -> RTR -> RTS as librdmacm does, with the network's timers."""
     net = qp.device.network
     cm_init(qp)
     cm_to_rts(
