@@ -81,3 +81,29 @@ async def test_receiver_not_ready_under_the_real_clock() -> None:
             b.post_recv(2)
             (sent,) = await a.completions(1)
             assert sent.status is WcStatus.SUCCESS
+
+
+async def test_multi_packet_sends_take_the_fast_lane() -> None:
+    with trio.fail_after(20):
+        async with open_fabric(mtu=1024) as fabric:
+            a, b = await _pair(fabric)
+            for i, size in enumerate([3000, 1025, 4096, 2048]):
+                b.post_recv(i, 8192, 4096)
+                a.buf[:size] = bytes([(i + k) % 251 for k in range(size)])
+                before = a.qp.fast_sends
+                a.send(i, 0, size, signaled=True)
+                (recv,) = await b.completions(1)
+                assert (recv.wr_id, recv.status, recv.byte_len) == (i, WcStatus.SUCCESS, size)
+                assert bytes(b.buf[8192 : 8192 + size]) == bytes(a.buf[:size])
+                (sent,) = await a.completions(1)
+                assert (sent.wr_id, sent.status) == (i, WcStatus.SUCCESS)
+                assert a.qp.fast_sends == before + 1
+            # The fast lane advanced the PSNs by whole packets: a SEND the packet path
+            # carries (two receive SGEs) still lines up with the responder's expected PSN.
+            b.qp.post_recv(RecvWR(9, (b.sge(8192, 100), b.sge(16384, 100))))
+            a.buf[:150] = bytes(range(150))
+            a.send(9, 0, 150, signaled=True)
+            (recv,) = await b.completions(1)
+            assert (recv.wr_id, recv.status, recv.byte_len) == (9, WcStatus.SUCCESS, 150)
+            assert bytes(b.buf[8192:8292] + b.buf[16384:16434]) == bytes(range(150))
+            assert fabric.statistics().packets_dropped == 0
