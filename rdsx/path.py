@@ -46,6 +46,7 @@ from .verbs import (
     Sge,
     WcStatus,
     WorkCompletion,
+    cm_init,
 )
 
 if TYPE_CHECKING:
@@ -137,15 +138,22 @@ class Path:
     # ------------------------------------------------------------------ establishing
 
     def _post_receive_ring(self) -> None:
+        """INIT, then the whole receive ring posted, before the CM takes the QP.
+
+        The CM keeps receives posted in INIT (as after ``rdma_create_qp``), so
+        the peer's first SEND, which may leave the moment its side is
+        established, finds a buffer instead of an RNR NAK and a wait of the
+        responder's ``min_rnr_timer``.
+        """
+        cm_init(self.qp)
         self.qp.post_recv(list(self._recv_wrs))
 
     async def connect(self) -> None:
         """The active side: CM connect with the engine's handshake, then UP.
 
         The engine must be CONNECTING (``start_connect``). The ring's buffers
-        are announced as credits before the handshake and posted as soon as the
-        QP leaves RESET (the CM moves it; until then nothing can be posted, and
-        an early SEND meets RNR, which retries forever).
+        are announced as credits in the handshake and posted before it (the QP
+        goes to INIT first), so no early SEND of the peer meets RNR.
 
         Raises:
             CmError: rejected, unreachable or timed out.
@@ -154,6 +162,7 @@ class Path:
             PathReplaced: the connection took another transport meanwhile.
         """
         engine = self.conn.engine
+        self._post_receive_ring()
         engine.receives_posted(self.recv_slots)
         handshake = engine.handshake()
         self.cm_id = await self.dev.ctx.cm_connect(
@@ -168,7 +177,8 @@ class Path:
     async def accept(self, request: CmRequest) -> None:
         """The passive side: accept ``request`` with the engine's handshake, then UP.
 
-        The engine must have agreed (``incoming_connect`` returned True).
+        The engine must have agreed (``incoming_connect`` returned True). The
+        receive ring is posted before the accept, as for :meth:`connect`.
 
         Raises:
             CmError: the active side went away.
@@ -177,6 +187,13 @@ class Path:
             PathReplaced: the connection took another transport meanwhile.
         """
         engine = self.conn.engine
+        try:
+            self._post_receive_ring()
+        except VerbsError:
+            # Answer at once rather than leave the active side to its timeout.
+            with contextlib.suppress(VerbsError):
+                await request.reject()
+            raise
         engine.receives_posted(self.recv_slots)
         handshake = engine.handshake()
         self.cm_id = await request.accept(self.qp, handshake)
@@ -186,7 +203,6 @@ class Path:
         assert self.cm_id is not None
         if not self.current:
             raise PathReplaced
-        self._post_receive_ring()
         self.conn.engine.transport_up(self.cm_id.private_data, trio.current_time())
         self.up = True
 
