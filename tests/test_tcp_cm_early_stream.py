@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 from _tcp_helpers import End, make_end, pair, wait_wcs
@@ -11,6 +14,8 @@ from _tcp_helpers import End, make_end, pair, wait_wcs
 from rdsx.errors import ConnectionRejected, Unreachable
 from rdsx.verbs import CmId, WcStatus
 from transports.tcp import TcpDevice
+from transports.tcp._auth import _LABEL_C
+from transports.tcp._frames import Control, Frame, FrameDecoder, encode_control
 from transports.tcp._link import Link
 
 
@@ -79,17 +84,71 @@ async def test_if_the_early_stream_fails_the_qp_opens_one_later(
         async with pair() as (_net, da, db):
             a, b = await make_end(da), await make_end(db)
             refused: list[dict[str, Any]] = []
-            open_link = TcpDevice.open_link
 
             async def no_early_stream(
                 self: TcpDevice, locator: str, request: dict[str, Any]
             ) -> Link:
-                if request.get("t") == "qp" and "dst" not in request:
-                    refused.append(request)
-                    raise Unreachable("refused by the test")
-                return await open_link(self, locator, request)
+                refused.append(request)
+                raise Unreachable("refused by the test")
 
-            monkeypatch.setattr(TcpDevice, "open_link", no_early_stream)
+            monkeypatch.setattr(TcpDevice, "open_stream", no_early_stream)
             await _connect(a, b, 4102)
             await _ping_both_ways(a, b)
             assert len(refused) == 1
+
+
+async def test_the_early_stream_spends_the_cm_handshakes_ticket() -> None:
+    """The stream presents the ticket its CM handshake left (no second challenge)."""
+    with trio.fail_after(5):
+        async with pair() as (_net, da, db):
+            a, b = await make_end(da), await make_end(db)
+            issued: list[bytes] = []
+            issue = db.tickets.issue
+
+            def recording_issue(ticket_id: bytes, ticket: bytes) -> None:
+                issued.append(ticket_id)
+                issue(ticket_id, ticket)
+
+            db.tickets.issue = recording_issue  # type: ignore[method-assign]
+            await _connect(a, b, 4103)
+            await _ping_both_ways(a, b)
+            assert len(issued) == 1  # one full handshake (the CM's) issued one ticket
+            assert db.tickets.redeem(issued[0]) is None  # ... which the stream spent
+            assert da.counters.tcp_auth_failures == db.counters.tcp_auth_failures == 0
+
+
+async def _present_ticket(dev: TcpDevice, ticket_id: bytes, key: bytes) -> Control:
+    """Open a raw connection with a TICKET for a QP stream and return the answer."""
+    nonce = bytes(32)
+    body = msgpack.packb({"t": "qp", "qpn": 7, "loc": "127.0.0.9:9"}, use_bin_type=True)
+    mac = hmac.new(key, _LABEL_C + nonce + body, hashlib.sha256).digest()
+    stream = await trio.open_tcp_stream(dev.address, dev.port)
+    async with stream:
+        frame = encode_control("ticket", v=1, id=ticket_id, n=nonce, m=mac, r=body, mf=1 << 20)
+        await stream.send_all(frame)
+        decoder = FrameDecoder(4096)
+        frames: list[Frame] = []
+        while not frames:
+            frames = decoder.feed(await stream.receive_some(4096))
+    answer = frames[0]
+    assert isinstance(answer, Control)
+    return answer
+
+
+async def test_a_ticket_is_good_once_and_only_with_its_key() -> None:
+    """A replayed ticket, an unknown one and a forged one are all denied and counted."""
+    with trio.fail_after(5):
+        async with pair(park_timeout=0.1) as (_net, _da, db):
+            ticket_id, key = bytes(range(32)), bytes(range(32, 64))
+            db.tickets.issue(ticket_id, key)
+            first = await _present_ticket(db, ticket_id, key)
+            # Accepted (then refused for want of such a QP: no QP 7 waits for it).
+            assert first.kind == "rej"
+            assert db.counters.tcp_auth_failures == 0
+            replay = await _present_ticket(db, ticket_id, key)
+            assert replay.kind == "deny"
+            db.tickets.issue(ticket_id, key)
+            forged = await _present_ticket(db, ticket_id, bytes(32))
+            assert forged.kind == "deny"
+            assert db.tickets.redeem(ticket_id) is None  # a forgery spends it too
+            assert db.counters.tcp_auth_failures == 2

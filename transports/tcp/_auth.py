@@ -15,6 +15,18 @@ connector's MAC. A side that finds the other's MAC wrong sends ``DENY`` and
 closes, so both ends count the failure. Nothing is allocated for a QP before the
 listener has checked the connector's MAC.
 
+Stream tickets (one round trip less for a QP's stream)::
+
+    T = HMAC(k, "ticket" | nonce_c | nonce_s)      both ends of a CM handshake
+    TICKET {v, id: nonce_c, n: nonce_t, m: HMAC(T, "C" | nonce_t | request), r: request, mf} ->
+               <- OK {m: HMAC(T, "S" | nonce_t)} (or REJ / DENY)
+
+A full handshake for a CM request leaves both ends holding ``T``; the QP stream
+the connector opens alongside that exchange presents it instead of a HELLO. A
+ticket is good for one stream (the listener forgets it on first use, so a
+replayed TICKET fails), only a holder of ``k`` can derive it, and the listener
+proves it holds ``T`` too in its OK.
+
 What it does not do: encrypt, or protect frames after the handshake. On a
 hostile network run the transport over a VPN (WireGuard, IPsec).
 """
@@ -24,8 +36,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import weakref
+from collections import OrderedDict
 from typing import Any
 
+import attrs
 import msgpack
 
 from rdsx.errors import AuthenticationFailed, RemoteProtocolError
@@ -33,12 +48,23 @@ from rdsx.errors import AuthenticationFailed, RemoteProtocolError
 from ._frames import Control, encode_control
 from ._link import Link
 
-__all__ = ["VERSION", "accept_handshake", "connect_handshake", "expect_control"]
+__all__ = [
+    "VERSION",
+    "Handshake",
+    "TicketBook",
+    "accept_handshake",
+    "connect_handshake",
+    "expect_control",
+    "send_ticket",
+]
 
 VERSION = 1
 _NONCE = 32
 _LABEL_S = b"rdsx-tcp/1 listener\0"
 _LABEL_C = b"rdsx-tcp/1 connector\0"
+_LABEL_T = b"rdsx-tcp/1 ticket\0"
+#: Tickets a listener keeps unused; the oldest go first (its stream then falls back).
+_BOOK_SIZE = 256
 _MIN_FRAME = 4096
 _MAX_FRAME = 1 << 31
 
@@ -90,6 +116,81 @@ def _max_frame(frame: Control) -> int:
     return value
 
 
+@attrs.frozen(slots=True)
+class Handshake:
+    """What a connector's full handshake established.
+
+    Attributes:
+        peer_max_frame: the largest frame the listener accepts.
+        ticket_id: names the ticket at the listener (our nonce).
+        ticket: the ticket key both ends derived.
+    """
+
+    peer_max_frame: int
+    ticket_id: bytes
+    ticket: bytes
+
+
+class TicketBook:
+    """One device's stream tickets: issued by its listener, kept by its connectors."""
+
+    def __init__(self) -> None:
+        self._issued: OrderedDict[bytes, bytes] = OrderedDict()
+        self._kept: dict[str, list[Handshake]] = {}
+        #: Links authenticated by a ticket -> the proof their OK must carry (ours or theirs).
+        self.proofs: weakref.WeakKeyDictionary[Link, bytes] = weakref.WeakKeyDictionary()
+
+    def issue(self, ticket_id: bytes, ticket: bytes) -> None:
+        """Listener side: remember a ticket for one stream."""
+        self._issued[ticket_id] = ticket
+        while len(self._issued) > _BOOK_SIZE:
+            self._issued.popitem(last=False)
+
+    def redeem(self, ticket_id: bytes) -> bytes | None:
+        """Listener side: the ticket named ``ticket_id``, now spent; None if unknown."""
+        return self._issued.pop(ticket_id, None)
+
+    def keep(self, locator: str, handshake: Handshake) -> None:
+        """Connector side: a ticket for one stream to the device at ``locator``."""
+        kept = self._kept.setdefault(locator, [])
+        kept.append(handshake)
+        del kept[:-_BOOK_SIZE]
+
+    def take(self, locator: str) -> Handshake | None:
+        """Connector side: a ticket for ``locator`` (the newest), or None."""
+        kept = self._kept.get(locator)
+        if not kept:
+            return None
+        handshake = kept.pop()
+        if not kept:
+            del self._kept[locator]
+        return handshake
+
+
+def send_ticket(link: Link, handshake: Handshake, max_frame: int, request: dict[str, Any]) -> bytes:
+    """Open ``link`` with a TICKET instead of a HELLO (nothing to wait for).
+
+    Returns:
+        The proof the listener's OK must carry.
+    """
+    nonce_t = secrets.token_bytes(_NONCE)
+    body = _request_bytes(request)
+    link.send(
+        encode_control(
+            "ticket",
+            v=VERSION,
+            id=handshake.ticket_id,
+            n=nonce_t,
+            m=_mac(handshake.ticket, _LABEL_C, nonce_t, body),
+            r=body,
+            mf=max_frame,
+        )
+    )
+    link.peer_max_frame = handshake.peer_max_frame
+    link.decoder.max_frame = max_frame
+    return _mac(handshake.ticket, _LABEL_S, nonce_t)
+
+
 async def _deny(link: Link, why: str) -> None:
     link.send(encode_control("deny", why=why))
     await link.flush()
@@ -97,11 +198,11 @@ async def _deny(link: Link, why: str) -> None:
 
 async def connect_handshake(
     link: Link, secret: bytes, max_frame: int, request: dict[str, Any]
-) -> int:
+) -> Handshake:
     """Authenticate to the listener at the other end of ``link`` and send ``request``.
 
     Returns:
-        The largest frame the listener accepts.
+        The largest frame the listener accepts, and the stream ticket.
 
     Raises:
         AuthenticationFailed: the listener does not know the secret, or denied ours.
@@ -122,21 +223,33 @@ async def connect_handshake(
     link.send(encode_control("auth", m=_mac(secret, _LABEL_C, nonce_c, nonce_s, body), r=body))
     await link.flush()
     link.decoder.max_frame = max_frame
-    return peer_max
+    return Handshake(peer_max, nonce_c, _mac(secret, _LABEL_T, nonce_c, nonce_s))
 
 
-async def accept_handshake(link: Link, secret: bytes, max_frame: int) -> dict[str, Any]:
+async def accept_handshake(
+    link: Link, secret: bytes, max_frame: int, *, tickets: TicketBook | None = None
+) -> dict[str, Any]:
     """Challenge the connector at the other end of ``link``.
+
+    With ``tickets``, a full handshake for a CM request issues a stream ticket,
+    and a connector may open with a TICKET instead (its OK must then carry
+    ``tickets.proofs[link]``).
 
     Returns:
         The connector's authenticated request (a map; its fields are unchecked).
 
     Raises:
-        AuthenticationFailed: a wrong MAC or a DENY (counted in ``tcp_auth_failures``).
+        AuthenticationFailed: a wrong MAC, an unknown or spent ticket, or a DENY
+            (counted in ``tcp_auth_failures``).
         RemoteProtocolError: it does not speak the protocol.
     """
     try:
-        hello = await expect_control(link, "hello")
+        hello = await expect_control(link, "hello", *(() if tickets is None else ("ticket",)))
+        if hello.kind == "ticket":
+            assert tickets is not None
+            ticketed = await _check_ticket(link, hello, tickets)
+            link.decoder.max_frame = max_frame
+            return _unpack_request(ticketed)
         if _field(hello, "v", int) != VERSION:
             await _deny(link, f"protocol version {VERSION} only")
             raise RemoteProtocolError(f"unsupported version {hello.fields['v']!r}")
@@ -159,6 +272,30 @@ async def accept_handshake(link: Link, secret: bytes, max_frame: int) -> dict[st
         link.counters.tcp_auth_failures += 1
         raise
     link.decoder.max_frame = max_frame
+    request = _unpack_request(body)
+    if tickets is not None and request.get("t") == "cm":
+        tickets.issue(nonce_c, _mac(secret, _LABEL_T, nonce_c, nonce_s))
+    return request
+
+
+async def _check_ticket(link: Link, frame: Control, tickets: TicketBook) -> bytes:
+    if _field(frame, "v", int) != VERSION:
+        await _deny(link, f"protocol version {VERSION} only")
+        raise RemoteProtocolError(f"unsupported version {frame.fields['v']!r}")
+    ticket_id: bytes = _field(frame, "id", bytes)
+    nonce_t = _nonce(frame)
+    link.peer_max_frame = _max_frame(frame)
+    body: bytes = _field(frame, "r", bytes)
+    their_mac: bytes = _field(frame, "m", bytes)
+    ticket = tickets.redeem(ticket_id)
+    if ticket is None or not hmac.compare_digest(their_mac, _mac(ticket, _LABEL_C, nonce_t, body)):
+        await _deny(link, "unknown, spent or forged ticket")
+        raise AuthenticationFailed(f"{link.peer} presented a bad ticket")
+    tickets.proofs[link] = _mac(ticket, _LABEL_S, nonce_t)
+    return body
+
+
+def _unpack_request(body: bytes) -> dict[str, Any]:
     try:
         request = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises a zoo of types on garbage

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import hmac
 import logging
 import math
 import secrets
@@ -46,7 +47,7 @@ from rdsx.verbs import (
     Device,
 )
 
-from ._auth import accept_handshake, connect_handshake, expect_control
+from ._auth import TicketBook, accept_handshake, connect_handshake, expect_control, send_ticket
 from ._frames import Control, encode_control
 from ._link import Link, StalledPeer
 from ._resources import TcpMR
@@ -120,6 +121,8 @@ class TcpDevice(Device):
         self.mrs: dict[int, TcpMR] = {}
         self.cm_listeners: dict[int, TcpCmListener] = {}
         self.links: weakref.WeakSet[Link] = weakref.WeakSet()
+        #: Stream tickets from CM handshakes, both ways (see ``_auth``).
+        self.tickets = TicketBook()
         self._removed = False
         self._removing = False
         # Random starting points so a stale QPN or key from a removed device misses.
@@ -340,11 +343,50 @@ class TcpDevice(Device):
         link = self._new_link(stream, host)
         try:
             with trio.fail_after(self.network.handshake_timeout):
-                await connect_handshake(link, self.network.secret, self.network.max_frame, request)
+                handshake = await connect_handshake(
+                    link, self.network.secret, self.network.max_frame, request
+                )
+            if request.get("t") == "cm":
+                self.tickets.keep(locator, handshake)  # for the QP stream opened alongside
         except trio.TooSlowError:
             link.close()
             self.counters.tcp_handshake_timeouts += 1
             raise ConnectTimeout(f"handshake with {locator} timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            link.close()
+            raise Unreachable(f"{locator} closed the connection: {exc}") from None
+        except BaseException:
+            link.close()
+            raise
+        return link
+
+    async def open_stream(self, locator: str, request: dict[str, Any]) -> Link:
+        """Like :meth:`open_link`, with a ticket from a CM handshake to ``locator`` if
+        there is one: no challenge round trip (see ``_auth``).
+
+        Raises:
+            Unreachable: nothing listens there.
+            ConnectTimeout: the ticket could not be sent in time.
+        """
+        handshake = self.tickets.take(locator)
+        if handshake is None:
+            return await self.open_link(locator, request)
+        host, port = parse_locator(locator)
+        try:
+            stream = await _connect(host, port, self.address)
+        except OSError as exc:
+            raise Unreachable(f"cannot reach {locator}: {exc.strerror or exc}") from None
+        self.counters.tcp_conn_connected += 1
+        link = self._new_link(stream, host)
+        try:
+            proof = send_ticket(link, handshake, self.network.max_frame, request)
+            self.tickets.proofs[link] = proof
+            with trio.fail_after(self.network.handshake_timeout):
+                await link.flush()
+        except trio.TooSlowError:
+            link.close()
+            self.counters.tcp_handshake_timeouts += 1
+            raise ConnectTimeout(f"sending a ticket to {locator} timed out") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             link.close()
             raise Unreachable(f"{locator} closed the connection: {exc}") from None
@@ -368,6 +410,13 @@ class TcpDevice(Device):
             raise ConnectTimeout(f"no answer from {link.peer}") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise Unreachable(f"{link.peer} closed the connection: {exc}") from None
+        proof = self.tickets.proofs.pop(link, None)
+        if proof is not None and frame.kind != "rej":
+            # Opened with a ticket: the listener proves it holds the ticket too.
+            theirs = frame.fields.get("m")
+            if not isinstance(theirs, bytes) or not hmac.compare_digest(theirs, proof):
+                self.counters.tcp_auth_failures += 1
+                raise AuthenticationFailed(f"{link.peer} does not hold our ticket")
         if frame.kind == "rej":
             why = frame.fields.get("why")
             data = frame.fields.get("pd", b"")
@@ -407,11 +456,13 @@ class TcpDevice(Device):
             try:
                 with trio.fail_after(self.network.handshake_timeout):
                     request = await accept_handshake(
-                        link, self.network.secret, self.network.max_frame
+                        link, self.network.secret, self.network.max_frame, tickets=self.tickets
                     )
             finally:
                 self._handshakes -= 1
             kind = request.get("t")
+            if kind != "qp" and link in self.tickets.proofs:
+                raise RemoteProtocolError("a ticket opens a QP stream only")
             if kind == "qp":
                 await self._serve_qp_stream(link, request)
             elif kind == "cm":
@@ -482,7 +533,8 @@ class TcpDevice(Device):
             await link.flush()
             link.close()
             return
-        link.send(encode_control("ok"))
+        proof = self.tickets.proofs.pop(link, None)
+        link.send(encode_control("ok") if proof is None else encode_control("ok", m=proof))
         qp.attach(link)
         await link.run(qp)
 

@@ -776,8 +776,8 @@ class TcpQP(_Handle, QP):
         self._start_link()
 
     def abandon_stream(self) -> None:
-        """The CM exchange failed: close the stream opened for it (if still in RESET)."""
-        if self._state is S.RESET and not self._closed:
+        """The CM exchange failed: close the stream opened for it (if not connected yet)."""
+        if self._state in (S.RESET, S.INIT) and not self._closed:
             self._drop_link()
             self.stream_opener = None
 
@@ -801,7 +801,7 @@ class TcpQP(_Handle, QP):
         try:
             # Not cut short if the exchange fails meanwhile: a handshake the peer sees
             # broken off counts as a protocol error there. It is closed right after.
-            link = await self.device.open_link(locator, request)
+            link = await self.device.open_stream(locator, request)
         except (CmError, RemoteProtocolError, OSError) as exc:
             log.debug("QP %#x: early stream failed: %r", self.qp_num, exc)
         with scope:
