@@ -91,7 +91,7 @@ async def test_receive_posted_after_accept_meets_rnr(
     assert took >= MIN_RNR_TIMER
 
 
-@pytest.mark.parametrize("mode", ["reconnect"])
+@pytest.mark.parametrize("mode", ["reconnect", "transparent"])
 async def test_no_rnr_wait_on_connect_or_after_a_migration(
     autojump_clock: trio.abc.Clock, rnr_naks: list[int], mode: str
 ) -> None:

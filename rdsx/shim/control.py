@@ -227,10 +227,12 @@ class ControlPlane:
             data = encode(answer)
         qp.prepare_rebind()
         phys = qp.new_physical(self._s)
+        preposted = qp.prepost(self._s, phys)
         try:
             pcm = await request.accept(phys, data)
         except VerbsError:
             phys.close()
+            qp.unpost(self._s, preposted)
             raise
         qp.bind(self._s, phys, pcm, message.received, message.inc)
         self._s.core.recorder.resumed()

@@ -54,6 +54,7 @@ from ..verbs import (
     check_modify,
     check_recv_wrs,
     check_send_wrs,
+    cm_init,
 )
 from ..verbs import CmId as PhysCmId
 from .protocol import plan_resend
@@ -559,6 +560,49 @@ class VirtualQP(QP):
         assert ppd is not None
         return ppd.create_qp(self._send_cq.physical_cq(), self._recv_cq.physical_cq(), self._cap)
 
+    def prepost(self, session: Session, qp: QP) -> list[int] | None:
+        """Post the kept receives on ``qp``, a new physical QP the CM is about to connect.
+
+        ``qp`` goes to INIT first (the CM keeps receives posted there), so the
+        peer's first send after the resume finds a buffer instead of an RNR NAK
+        and a wait of the responder's ``min_rnr_timer``. :meth:`bind` posts only
+        what was posted since; if the connection is not made, :meth:`unpost`.
+
+        Returns:
+            The physical wr_ids posted, or ``None`` if nothing was done.
+        """
+        if self._phys is not None or self.failure is not None or self._closed:
+            return None  # still on a physical QP: bind settles it first
+        entries = [entry for entry in self._recvs.values() if not entry.posted]
+        physical: list[RecvWR] = []
+        try:
+            cm_init(qp)
+            for entry in entries:
+                sges = self._translate_sges(entry.wr.sg_list)
+                physical.append(RecvWR(session.register(self, entry), sges))
+            qp.post_recv(physical)
+        except VerbsError as exc:
+            # The CM call that follows meets the same trouble and reports it.
+            log.debug("QP %d: no receives before the reconnect: %s", self.qp_num, exc)
+            for wr in physical:
+                session.unregister(wr.wr_id)
+            return None
+        for entry in entries:
+            entry.posted = True
+        return [wr.wr_id for wr in physical]
+
+    def unpost(self, session: Session, wr_ids: list[int] | None) -> None:
+        """The QP :meth:`prepost` posted ``wr_ids`` on was not connected (and is closed)."""
+        if not wr_ids:
+            return
+        gone = set(wr_ids)
+        for wr_id in wr_ids:
+            session.unregister(wr_id)
+        # Only these: a reconnect from the peer may have posted them on another QP since.
+        for entry in self._recvs.values():
+            if entry.pwr in gone:
+                entry.posted = False
+
     def release_cm(self) -> None:
         """Hand the physical CM id to the caller: the QP will not close it."""
         self._pcm = None
@@ -674,7 +718,9 @@ class VirtualQP(QP):
         if self._phys is not None:
             self._send_cq.drain_now()
             self._recv_cq.drain_now()
-        self._drop_phys()
+            # Without a physical QP there is nothing to drop, and the receives
+            # :meth:`prepost` put on ``qp`` must stay registered.
+            self._drop_phys()
         assert self.peer is not None
         self.peer = attrs.evolve(self.peer, inc=inc)
         self._phys = qp
@@ -705,7 +751,9 @@ class VirtualQP(QP):
         recorder.resent(sum(1 for entry in rest if entry.tries))
         self._hold = None
         self._first_error = None
-        self._post_recvs(list(self._recvs.values()), from_user=False)
+        unposted = [entry for entry in self._recvs.values() if not entry.posted]
+        if unposted:
+            self._post_recvs(unposted, from_user=False)
         if self._phys is not None and rest:
             self._post_sends(rest, from_user=False)
         self._resumed.set()

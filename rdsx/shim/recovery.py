@@ -266,6 +266,7 @@ class Session:
                     continue
                 data = encode(self._reconnect_request(qp, peer))
             phys = qp.new_physical(self)
+            preposted = qp.prepost(self, phys)
             answer: Message | None = None
             try:
                 pcm = await ctx.cm_connect(
@@ -277,6 +278,7 @@ class Session:
                 )
             except ConnectionRejected as exc:
                 phys.close()
+                qp.unpost(self, preposted)
                 try:
                     answer = decode(exc.private_data)[0]
                 except RemoteProtocolError:
@@ -284,12 +286,14 @@ class Session:
                 log.debug("QP %d: reconnect refused: %s", qp.qp_num, answer)
             except (Unreachable, ConnectTimeout) as exc:
                 phys.close()
+                qp.unpost(self, preposted)
                 log.debug("QP %d: reconnect attempt failed: %r", qp.qp_num, exc)
             else:
                 resumed, _ = decode(pcm.private_data)
                 if qp.held is None or not isinstance(resumed, Resumed):
                     pcm.close()
                     phys.close()
+                    qp.unpost(self, preposted)
                     continue
                 self.control.learn_keys(peer.address, resumed.inc, resumed.keys)
                 qp.bind(self, phys, pcm, resumed.received, resumed.inc)
