@@ -16,7 +16,7 @@ import trio
 
 from rdsx.errors import DeviceRemoved, InvalidHandle, InvalidState
 from rdsx.testing import CHECKS, Harness, check_transport
-from rdsx.verbs import AsyncEventType, Device, QpState, WcStatus, WorkCompletion
+from rdsx.verbs import AsyncEventType, Device, QpAttr, QpState, WcStatus, WorkCompletion
 from transports.sim.harness import SimHarness
 
 
@@ -123,6 +123,14 @@ class _PD(_Proxy):
         return _QP(qp, self._fault)
 
 
+def _cm_takes(qp: Any, fault: str) -> Any:
+    """The QP the (broken) CM gets: one handed over in INIT loses its receives."""
+    inner = _unwrap(qp)
+    if fault == "cm-drops-init-receives" and inner.state is QpState.INIT:
+        inner.modify(QpAttr(state=QpState.RESET))
+    return inner
+
+
 class _Context(_Proxy):
     async def get_async_event(self) -> Any:
         while True:
@@ -142,7 +150,7 @@ class _Context(_Proxy):
         return _CQ(self._inner.create_cq(*args, **kwargs), self._fault)
 
     async def cm_connect(self, qp: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self._inner.cm_connect(_unwrap(qp), *args, **kwargs)
+        return await self._inner.cm_connect(_cm_takes(qp, self._fault), *args, **kwargs)
 
     async def cm_listen(self, *args: Any, **kwargs: Any) -> Any:
         return _Listener(await self._inner.cm_listen(*args, **kwargs), self._fault)
@@ -155,7 +163,7 @@ class _Listener(_Proxy):
 
 class _Request(_Proxy):
     async def accept(self, qp: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self._inner.accept(_unwrap(qp), *args, **kwargs)
+        return await self._inner.accept(_cm_takes(qp, self._fault), *args, **kwargs)
 
 
 class _Device(_Proxy):
@@ -212,6 +220,7 @@ class BrokenSim(Harness):
         ("wait-survives-removal", "remove-surprise", "did not end in"),
         ("no-qp-fatal", "qp-fatal-event", "no QP_FATAL event"),
         ("lossy-cancelled-wait", "cq-wait-cancellation", "a cancelled wait lost"),
+        ("cm-drops-init-receives", "cm-preposted-receives", "right after .* of 1 completions"),
     ],
 )
 async def test_suite_catches(fault: str, check: str, rule: str, autojump_clock: object) -> None:
