@@ -329,6 +329,8 @@ class FrameDecoder:
         end = len(src)
         limit = self.max_frame
         unpack_length = _LEN.unpack_from
+        unpack_send = _SEND.unpack_from
+        append = frames.append
         while end - pos >= 4:
             (length,) = unpack_length(src, pos)
             if length < 1 or length > limit:
@@ -336,7 +338,14 @@ class FrameDecoder:
             stop = pos + 4 + length
             if stop > end:
                 break
-            frames.append(decode_body(src[pos + 4], src, pos + 5, stop))
+            kind = src[pos + 4]
+            if kind == 16 and length >= 10:  # a well-formed SEND, inline (the hot path)
+                psn, flags, imm = unpack_send(src, pos + 5)
+                if psn <= PSN_MASK and flags in (0, 1):
+                    append(Send(psn, imm if flags else None, bytes(src[pos + 14 : stop])))
+                    pos = stop
+                    continue
+            append(decode_body(kind, src, pos + 5, stop))  # anything else, or the error
             pos = stop
         if src is self._buf:
             del self._buf[:pos]
