@@ -13,8 +13,8 @@ from _tcp_helpers import End, make_end, pair, wait_wcs
 
 from rdsx.errors import ConnectionRejected, Unreachable
 from rdsx.verbs import CmId, WcStatus
-from transports.tcp import TcpDevice
-from transports.tcp._auth import _LABEL_C
+from transports.tcp import TcpDevice, _device
+from transports.tcp._auth import _LABEL_C, Handshake
 from transports.tcp._frames import Control, Frame, FrameDecoder, encode_control
 from transports.tcp._link import Link
 
@@ -112,8 +112,10 @@ async def test_the_early_stream_spends_the_cm_handshakes_ticket() -> None:
             db.tickets.issue = recording_issue  # type: ignore[method-assign]
             await _connect(a, b, 4103)
             await _ping_both_ways(a, b)
-            assert len(issued) == 1  # one full handshake (the CM's) issued one ticket
-            assert db.tickets.redeem(issued[0]) is None  # ... which the stream spent
+            # One full handshake (the CM's) issued a stream ticket and a spare ...
+            assert len(issued) == 2
+            assert db.tickets.redeem(issued[0]) is None  # ... the stream spent the first
+            assert da.node.spares.take(db.locator) is not None  # ... a keeps the spare
             assert da.counters.tcp_auth_failures == db.counters.tcp_auth_failures == 0
 
 
@@ -136,7 +138,7 @@ async def _present_ticket(dev: TcpDevice, ticket_id: bytes, key: bytes) -> Contr
 
 
 async def test_a_ticket_is_good_once_and_only_with_its_key() -> None:
-    """A replayed ticket, an unknown one and a forged one are all denied and counted."""
+    """A replayed (spent) ticket is refused as stale; a forged one is denied and counted."""
     with trio.fail_after(5):
         async with pair(park_timeout=0.1) as (_net, _da, db):
             ticket_id, key = bytes(range(32)), bytes(range(32, 64))
@@ -146,9 +148,57 @@ async def test_a_ticket_is_good_once_and_only_with_its_key() -> None:
             assert first.kind == "rej"
             assert db.counters.tcp_auth_failures == 0
             replay = await _present_ticket(db, ticket_id, key)
-            assert replay.kind == "deny"
+            assert (replay.kind, replay.fields.get("why")) == ("rej", "stale ticket")
+            assert db.counters.tcp_auth_failures == 0  # proves nothing either way
             db.tickets.issue(ticket_id, key)
             forged = await _present_ticket(db, ticket_id, bytes(32))
             assert forged.kind == "deny"
             assert db.tickets.redeem(ticket_id) is None  # a forgery spends it too
-            assert db.counters.tcp_auth_failures == 2
+            assert db.counters.tcp_auth_failures == 1
+
+
+async def test_a_new_device_reaches_a_known_peer_with_a_spare_ticket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the connector's device is replaced, its next CM exchange needs no challenge;
+    a spare the listener forgot costs only the fallback to the full handshake."""
+    full: list[str] = []
+    handshake = _device.connect_handshake
+
+    async def counting(
+        link: Link, secret: bytes, max_frame: int, request: dict[str, Any]
+    ) -> Handshake:
+        full.append(str(request.get("t")))
+        return await handshake(link, secret, max_frame, request)
+
+    monkeypatch.setattr(_device, "connect_handshake", counting)
+    with trio.fail_after(10):
+        async with pair() as (_net, da, db):
+            b = await make_end(db)
+            listener = await b.ctx.cm_listen(4104)
+            node = da.node
+            for attempt in ("first", "after a new device", "after the peer forgot"):
+                if attempt != "first":
+                    await da.detach(None)
+                    da = await node.attach()
+                if attempt == "after the peer forgot":
+                    db.tickets._issued.clear()
+                a = await make_end(da)
+                b.qp.close()
+                b.qp = b.pd.create_qp(b.cq, b.cq)
+
+                async def accept() -> None:
+                    await (await listener.get_request()).accept(b.qp)
+
+                full.clear()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(accept)
+                    await a.ctx.cm_connect(a.qp, db.address, 4104)
+                await _ping_both_ways(a, b)
+                expected = {
+                    "first": ["cm"],
+                    "after a new device": [],
+                    "after the peer forgot": ["cm"],
+                }
+                assert full == expected[attempt], attempt
+            assert da.counters.tcp_auth_failures == db.counters.tcp_auth_failures == 0

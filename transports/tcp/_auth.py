@@ -23,9 +23,19 @@ Stream tickets (one round trip less for a QP's stream)::
 
 A full handshake for a CM request leaves both ends holding ``T``; the QP stream
 the connector opens alongside that exchange presents it instead of a HELLO. A
-ticket is good for one stream (the listener forgets it on first use, so a
+ticket is good for one connection (the listener forgets it on first use, so a
 replayed TICKET fails), only a holder of ``k`` can derive it, and the listener
 proves it holds ``T`` too in its OK.
+
+The same handshake leaves a *spare* ticket (``R = HMAC(k, "spare" | nonce_c |
+nonce_s)``), which the connector's node keeps across its devices: the next CM
+request to that listener (after a migration, a reconnect) is sent inside a
+TICKET at once, and the listener answers ``TKOK {m: proof}`` before it serves
+it, so a new device reaches its peer in one round trip instead of two. A ticketed
+exchange leaves a stream and a spare ticket of its own (from ``R`` and
+``nonce_t``). A listener that no longer knows a ticket (spent, or pushed out of
+its book) answers ``REJ stale ticket`` and the connector does the full
+handshake; a known ticket with a wrong MAC is a forgery (DENY, counted).
 
 What it does not do: encrypt, or protect frames after the handshake. On a
 hostile network run the transport over a VPN (WireGuard, IPsec).
@@ -51,10 +61,12 @@ from ._link import Link
 __all__ = [
     "VERSION",
     "Handshake",
+    "StaleTicket",
     "TicketBook",
     "accept_handshake",
     "connect_handshake",
     "expect_control",
+    "open_with_ticket",
     "send_ticket",
 ]
 
@@ -63,6 +75,7 @@ _NONCE = 32
 _LABEL_S = b"rdsx-tcp/1 listener\0"
 _LABEL_C = b"rdsx-tcp/1 connector\0"
 _LABEL_T = b"rdsx-tcp/1 ticket\0"
+_LABEL_R = b"rdsx-tcp/1 spare\0"
 #: Tickets a listener keeps unused; the oldest go first (its stream then falls back).
 _BOOK_SIZE = 256
 _MIN_FRAME = 4096
@@ -129,6 +142,18 @@ class Handshake:
     peer_max_frame: int
     ticket_id: bytes
     ticket: bytes
+    spare: Handshake | None = None
+
+
+class StaleTicket(AuthenticationFailed):
+    """The listener does not know the ticket (spent or forgotten): do the full handshake."""
+
+
+def _derive(key: bytes, material: bytes, seed: bytes, peer_max: int) -> Handshake:
+    """The stream ticket (with its spare) a handshake leaves, from ``key`` and ``material``."""
+    spare_id = hashlib.sha256(_LABEL_R + seed).digest()
+    spare = Handshake(peer_max, spare_id, _mac(key, _LABEL_R, material))
+    return Handshake(peer_max, seed, _mac(key, _LABEL_T, material), spare)
 
 
 class TicketBook:
@@ -191,6 +216,47 @@ def send_ticket(link: Link, handshake: Handshake, max_frame: int, request: dict[
     return _mac(handshake.ticket, _LABEL_S, nonce_t)
 
 
+async def open_with_ticket(
+    link: Link, spare: Handshake, max_frame: int, request: dict[str, Any]
+) -> Handshake:
+    """Send a CM ``request`` inside a TICKET and wait for the listener's TKOK.
+
+    Returns:
+        The stream ticket (with its spare) this exchange leaves.
+
+    Raises:
+        StaleTicket: the listener does not know the ticket (do the full handshake).
+        AuthenticationFailed: it denied the ticket, or failed to prove it holds it.
+        RemoteProtocolError: it does not speak the protocol.
+    """
+    nonce_t = secrets.token_bytes(_NONCE)
+    body = _request_bytes(request)
+    link.send(
+        encode_control(
+            "ticket",
+            v=VERSION,
+            id=spare.ticket_id,
+            n=nonce_t,
+            m=_mac(spare.ticket, _LABEL_C, nonce_t, body),
+            r=body,
+            mf=max_frame,
+        )
+    )
+    link.peer_max_frame = spare.peer_max_frame
+    await link.flush()
+    answer = await expect_control(link, "tkok", "rej")
+    if answer.kind == "rej":
+        raise StaleTicket(f"{link.peer}: {answer.fields.get('why', '')!r}")
+    theirs = answer.fields.get("m")
+    if not isinstance(theirs, bytes) or not hmac.compare_digest(
+        theirs, _mac(spare.ticket, _LABEL_S, nonce_t)
+    ):
+        link.counters.tcp_auth_failures += 1
+        raise AuthenticationFailed(f"{link.peer} does not hold our ticket")
+    link.decoder.max_frame = max_frame
+    return _derive(spare.ticket, nonce_t, nonce_t, spare.peer_max_frame)
+
+
 async def _deny(link: Link, why: str) -> None:
     link.send(encode_control("deny", why=why))
     await link.flush()
@@ -223,7 +289,7 @@ async def connect_handshake(
     link.send(encode_control("auth", m=_mac(secret, _LABEL_C, nonce_c, nonce_s, body), r=body))
     await link.flush()
     link.decoder.max_frame = max_frame
-    return Handshake(peer_max, nonce_c, _mac(secret, _LABEL_T, nonce_c, nonce_s))
+    return _derive(secret, nonce_c + nonce_s, nonce_c, peer_max)
 
 
 async def accept_handshake(
@@ -247,9 +313,7 @@ async def accept_handshake(
         hello = await expect_control(link, "hello", *(() if tickets is None else ("ticket",)))
         if hello.kind == "ticket":
             assert tickets is not None
-            ticketed = await _check_ticket(link, hello, tickets)
-            link.decoder.max_frame = max_frame
-            return _unpack_request(ticketed)
+            return await _accept_ticket(link, hello, tickets, max_frame)
         if _field(hello, "v", int) != VERSION:
             await _deny(link, f"protocol version {VERSION} only")
             raise RemoteProtocolError(f"unsupported version {hello.fields['v']!r}")
@@ -268,17 +332,26 @@ async def accept_handshake(
         if not hmac.compare_digest(their_mac, _mac(secret, _LABEL_C, nonce_c, nonce_s, body)):
             await _deny(link, "connector failed the challenge")
             raise AuthenticationFailed(f"{link.peer} failed the challenge")
-    except AuthenticationFailed:
-        link.counters.tcp_auth_failures += 1
+    except AuthenticationFailed as exc:
+        if not isinstance(exc, StaleTicket):
+            link.counters.tcp_auth_failures += 1
         raise
     link.decoder.max_frame = max_frame
     request = _unpack_request(body)
     if tickets is not None and request.get("t") == "cm":
-        tickets.issue(nonce_c, _mac(secret, _LABEL_T, nonce_c, nonce_s))
+        _issue(tickets, _derive(secret, nonce_c + nonce_s, nonce_c, 0))
     return request
 
 
-async def _check_ticket(link: Link, frame: Control, tickets: TicketBook) -> bytes:
+def _issue(tickets: TicketBook, handshake: Handshake) -> None:
+    tickets.issue(handshake.ticket_id, handshake.ticket)
+    if handshake.spare is not None:
+        tickets.issue(handshake.spare.ticket_id, handshake.spare.ticket)
+
+
+async def _accept_ticket(
+    link: Link, frame: Control, tickets: TicketBook, max_frame: int
+) -> dict[str, Any]:
     if _field(frame, "v", int) != VERSION:
         await _deny(link, f"protocol version {VERSION} only")
         raise RemoteProtocolError(f"unsupported version {frame.fields['v']!r}")
@@ -288,11 +361,24 @@ async def _check_ticket(link: Link, frame: Control, tickets: TicketBook) -> byte
     body: bytes = _field(frame, "r", bytes)
     their_mac: bytes = _field(frame, "m", bytes)
     ticket = tickets.redeem(ticket_id)
-    if ticket is None or not hmac.compare_digest(their_mac, _mac(ticket, _LABEL_C, nonce_t, body)):
-        await _deny(link, "unknown, spent or forged ticket")
-        raise AuthenticationFailed(f"{link.peer} presented a bad ticket")
-    tickets.proofs[link] = _mac(ticket, _LABEL_S, nonce_t)
-    return body
+    if ticket is None:
+        # Proves nothing either way (no MAC to check): the connector starts over.
+        link.send(encode_control("rej", why="stale ticket"))
+        await link.flush()
+        raise StaleTicket(f"{link.peer} presented an unknown or spent ticket")
+    if not hmac.compare_digest(their_mac, _mac(ticket, _LABEL_C, nonce_t, body)):
+        await _deny(link, "forged ticket")
+        raise AuthenticationFailed(f"{link.peer} presented a forged ticket")
+    link.decoder.max_frame = max_frame
+    request = _unpack_request(body)
+    proof = _mac(ticket, _LABEL_S, nonce_t)
+    if request.get("t") == "cm":
+        link.send(encode_control("tkok", m=proof))
+        await link.flush()
+        _issue(tickets, _derive(ticket, nonce_t, nonce_t, 0))
+    else:
+        tickets.proofs[link] = proof  # the stream's OK carries it
+    return request
 
 
 def _unpack_request(body: bytes) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from rdsx.errors import AddressInUse, AddressNotAvailable, DeviceBusy, Unreachab
 from rdsx.verbs import Device, DeviceSource, Network, Transport
 
 from ._addresses import AddressSource, LocalAddresses, system_addresses, watch_kernel
+from ._auth import TicketBook
 from ._device import TcpDevice, bind_error
 from ._secret import check_secret, load_secret
 from ._stats import Counters, TcpStatistics
@@ -43,6 +44,9 @@ class TcpNode(DeviceSource):
         self.counters = Counters()
         self.device: TcpDevice | None = None
         self.closed = False
+        #: Spare tickets from this node's CM exchanges, by peer device; they outlive
+        #: our devices, so a new device reaches a known peer in one round trip.
+        self.spares = TicketBook()
         self._generation = 0
         self._send, self._recv = trio.open_memory_channel[Device](64)
 
