@@ -58,9 +58,6 @@ class FakeLink:
     def send(self, frame: bytes) -> None:
         self.sent.append(frame)
 
-    def send_ack(self, frame: bytes, delay: float) -> None:
-        self.sent.append(frame)
-
     def close(self, *, flush: bool = False) -> None:
         self.closed = True
 

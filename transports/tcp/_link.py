@@ -6,20 +6,12 @@ handshake its owner drives it step by step (:meth:`Link.next_frame`,
 one writer for it. Synchronous code (``post_send``, the responder) only calls
 :meth:`Link.send`, which appends to a buffer: the writer hands everything queued
 since its last call to one ``send_all``, so frames are batched for free.
-
-A QP's cumulative ACK is not queued at once but held (:meth:`Link.send_ack`):
-the next frame this link sends in the same direction carries it along in the
-same ``send_all`` (a reply, the next request), and only if none comes within
-the ACK's delay does the writer send it on its own. A later ACK replaces a held
-one (they are cumulative). In a request/response exchange this saves a
-``send_all`` and a ``receive_some`` per batch, and two task switches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import socket
 import struct
 from typing import Any, Protocol
@@ -111,9 +103,6 @@ class Link:
         self._pending: list[Frame] = []
         self._out: list[bytes] = []
         self._unsent = 0  # bytes queued or inside a send_all that has not returned
-        self._ack: bytes | None = None  # a held cumulative ACK (see send_ack)
-        self._ack_at = math.inf  # when the writer sends a held ACK on its own
-        self._idle: trio.CancelScope | None = None  # the idle writer's wait
         self._drained = trio.Event()
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
@@ -138,46 +127,9 @@ class Link:
         if self._lossy and self._blocked(self.local, self.peer):
             self.counters.tcp_fault_drops += 1
             return
-        ack = self._ack
-        if ack is not None:  # it rides along, ahead of the frame, as if sent earlier
-            self._ack = None
-            self._ack_at = math.inf
-            self.counters.tcp_acks_tx += 1
-            self._out.append(ack)
-            self._unsent += len(ack)
         self._out.append(frame)
         self._unsent += len(frame)
         self._wake.set()
-
-    def send_ack(self, frame: bytes, delay: float) -> None:
-        """Hold the cumulative ACK ``frame``: it goes out with the next frame sent,
-        or on its own ``delay`` seconds after the first ACK held since the last send.
-
-        It replaces an ACK already held. ``delay`` must be well below the peer's
-        retry ``timeout``: the ACK is what completes the peer's sends.
-        """
-        if self.closed or self._closing:
-            return
-        self._ack = frame
-        if self._ack_at == math.inf:
-            self._ack_at = trio.current_time() + delay
-            idle = self._idle
-            if idle is not None:
-                idle.deadline = self._ack_at
-
-    def _release_ack(self) -> None:
-        """Queue the held ACK on its own (its delay passed, or the link is closing)."""
-        ack = self._ack
-        self._ack = None
-        self._ack_at = math.inf
-        if ack is None:
-            return
-        if self._lossy and self._blocked(self.local, self.peer):
-            self.counters.tcp_fault_drops += 1
-            return
-        self.counters.tcp_acks_tx += 1
-        self._out.append(ack)
-        self._unsent += len(ack)
 
     async def flush(self) -> None:
         """Write everything queued (handshake phase only, before :meth:`run`)."""
@@ -303,16 +255,10 @@ class Link:
     async def _writer(self) -> None:
         while True:
             if not self._out:
-                if self._ack is not None and (self._closing or trio.current_time() >= self._ack_at):
-                    self._release_ack()
-                    continue
                 if self._closing:
                     return
                 self._wake = trio.Event()
-                with trio.CancelScope(deadline=self._ack_at) as idle:
-                    self._idle = idle
-                    await self._wake.wait()
-                self._idle = None
+                await self._wake.wait()
                 continue
             if not self._lossy:
                 await self._fault.wait_unblocked(self.local, self.peer)

@@ -4,11 +4,9 @@ Theory of operation. Each transmitted request gets the next 24-bit PSN and
 stays on ``_outstanding`` (with its encoded frame, so a resend never re-reads
 memory) until the responder acknowledges it. The responder places a request in
 a posted receive (or performs the RDMA) *before* it acknowledges, and its ACKs
-are cumulative: one per received batch, for the highest PSN done, held by the
-link (at most ``_ACK_DELAY``) so the next frame going back carries it in the
-same write. A READ's response acknowledges every earlier PSN too. TCP's own
-acknowledgements prove nothing here (reference/rds.md §6): a send completes on
-the responder's word.
+are cumulative: one per received batch, for the highest PSN done. A READ's
+response acknowledges every earlier PSN too. TCP's own acknowledgements prove
+nothing here (reference/rds.md §6): a send completes on the responder's word.
 
 Loss only happens when the link dies or a partition is injected, so recovery is
 go-back-N: on a timeout, or after an RNR NAK's timer, everything outstanding is
@@ -96,9 +94,6 @@ _PSN = struct.Struct("!I")
 #: An RNR timer of 0 would turn "retry forever" into a busy loop over the network.
 _MIN_RNR_WAIT = 0.0005
 _CONNECT_BACKOFF = (0.01, 0.5)
-#: How long a cumulative ACK waits for a frame going the same way to ride along
-#: with (a reply, our next request) before it is sent alone; capped at timeout/16.
-_ACK_DELAY = 0.001
 
 _NAK_STATUS = {
     NakCode.REM_ACCESS: WcStatus.REM_ACCESS_ERR,
@@ -710,9 +705,8 @@ class TcpQP(_Handle, QP):
                 raise RemoteProtocolError(f"{type(frame).__name__} frame on a QP stream")
         if self._ack_due and link is self._link:
             self._ack_due = False
-            timeout = self.timeout
-            delay = _ACK_DELAY if timeout <= 0 else min(_ACK_DELAY, timeout / 16)
-            link.send_ack(encode_ack((self._epsn - 1) & PSN_MASK), delay)
+            self.device.counters.tcp_acks_tx += 1
+            link.send(encode_ack((self._epsn - 1) & PSN_MASK))
 
     def link_closed(self, link: Link, error: BaseException | None) -> None:
         """The peer's stream died without a BYE: the peer is gone."""
