@@ -54,6 +54,12 @@ async def test_tables_of_a_tcp_node(tmp_path: Path) -> None:
                 assert await sb.recv() == b"hello"
                 while a.statistics()["recv_delivered"] < 3:
                     await trio.sleep(0.01)  # polling a counter the peer's sends raise
+                # "hello" is acked and no SEND (ack frames included) is still outstanding,
+                # so the connection row is steady when rdsx-info reads it.
+                info = a.info()
+                while info.retransmit_queue or any(c.flags[0] == "s" for c in info.connections):
+                    await trio.sleep(0.01)
+                    info = a.info()
                 got = tables(await run_info("-S", path))
                 tcp_only = tables(await run_info("-S", path, "-T"))
     assert set(got) == {

@@ -48,10 +48,11 @@ async def test_send_completes_only_when_the_responder_placed_it() -> None:
             a, b = await make_end(da), await make_end(db)
             bring_up(a, b, rnr_retry=7, min_rnr_timer=0.005)
             a.send(1, b"hello")
-            await trio.sleep(0.1)
-            # The bytes reached b's kernel long ago; without a posted receive they are not done.
+            # Wait for b's first RNR NAK: the bytes have then reached b, and without a
+            # posted receive the send is still not complete.
+            while da.counters.tcp_rnr_naks_rx == 0:
+                await trio.sleep(0.005)
             assert a.cq.poll() == []
-            assert da.counters.tcp_rnr_naks_rx > 0
             b.post_recvs(1)
             (wc,) = await wait_wcs(a.cq, 1)
             assert wc.status is WcStatus.SUCCESS and wc.wr_id == 1
