@@ -158,7 +158,8 @@ async def test_garbage_on_an_authenticated_qp_stream_resets_only_that_qp() -> No
             qp = c.qp
             link = qp._link  # type: ignore[attr-defined]
             link.send(struct.pack("!IB", 2, 99) + b"x")
-            await trio.sleep(0.05)
+            while dev.counters.tcp_protocol_errors == 0:
+                await trio.sleep(0.005)  # until the peer has read and refused the frame
             assert dev.counters.tcp_protocol_errors == 1
             c.send(2, b"after")
             assert (await wait_wcs(c.cq, 1))[0].status.name == "RETRY_EXC_ERR"
