@@ -7,9 +7,9 @@ import attrs
 __all__ = ["COUNTER_NAMES", "EngineCounters", "MutableCounters"]
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class EngineCounters:
-    """A frozen snapshot of one connection's counters (sum them with ``+``).
+@attrs.define(slots=True, kw_only=True)
+class _CounterFields:
+    """The counter fields, defined once for the live counters and their snapshot.
 
     Attributes:
         conn_reset: transports torn down while UP/RESETTING (queues reset, unacked resent).
@@ -63,6 +63,11 @@ class EngineCounters:
     ib_connect_raced: int = 0
     ib_listen_closed_stale: int = 0
 
+
+@attrs.frozen(slots=True, kw_only=True)
+class EngineCounters(_CounterFields):
+    """A frozen snapshot of one connection's counters (sum them with ``+``)."""
+
     def __add__(self, other: EngineCounters) -> EngineCounters:
         """Field-wise sum, to total the counters of several connections."""
         mine, theirs = attrs.asdict(self), attrs.asdict(other)
@@ -74,33 +79,8 @@ class EngineCounters:
 
 
 @attrs.define(slots=True)
-class MutableCounters:
+class MutableCounters(_CounterFields):
     """The live counters a :class:`~rdsx.engine.Connection` increments."""
-
-    conn_reset: int = 0
-    recv_drop_bad_checksum: int = 0
-    recv_drop_old_seq: int = 0
-    recv_ack_required: int = 0
-    recv_ping: int = 0
-    recv_protocol_error: int = 0
-    send_ack_required: int = 0
-    send_pong: int = 0
-    send_queued: int = 0
-    send_drop_acked: int = 0
-    send_retransmitted: int = 0
-    send_rdma_dropped: int = 0
-    send_flushed: int = 0
-    cong_update_queued: int = 0
-    cong_update_received: int = 0
-    ib_tx_credit_updates: int = 0
-    ib_rx_credit_updates: int = 0
-    ib_tx_throttle: int = 0
-    ib_ack_sent: int = 0
-    ib_ack_send_delayed: int = 0
-    ib_ack_send_piggybacked: int = 0
-    ib_ack_received: int = 0
-    ib_connect_raced: int = 0
-    ib_listen_closed_stale: int = 0
 
     def snapshot(self) -> EngineCounters:
         """A frozen copy."""

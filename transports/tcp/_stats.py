@@ -7,9 +7,9 @@ import attrs
 __all__ = ["Counters", "TcpStatistics"]
 
 
-@attrs.frozen(slots=True)
-class TcpStatistics:
-    """A snapshot of the tcp transport's counters (see :meth:`Counters.snapshot`).
+@attrs.define(slots=True)
+class _CounterFields:
+    """The counter fields, defined once for the live counters and their snapshot.
 
     Attributes:
         tcp_conn_accepted: TCP connections accepted by a device listener.
@@ -51,28 +51,14 @@ class TcpStatistics:
     tcp_fault_drops: int = 0
 
 
-@attrs.define(slots=True)
-class Counters:
-    """The live, mutable counters of one network (every device of it adds to them)."""
+@attrs.frozen(slots=True)
+class TcpStatistics(_CounterFields):
+    """A snapshot of the tcp transport's counters (see :meth:`Counters.snapshot`)."""
 
-    tcp_conn_accepted: int = 0
-    tcp_conn_connected: int = 0
-    tcp_conn_reset: int = 0
-    tcp_conn_flood_drops: int = 0
-    tcp_auth_failures: int = 0
-    tcp_handshake_timeouts: int = 0
-    tcp_protocol_errors: int = 0
-    tcp_frame_timeouts: int = 0
-    tcp_frames_tx: int = 0
-    tcp_frames_rx: int = 0
-    tcp_send_batches: int = 0
-    tcp_recv_batches: int = 0
-    tcp_acks_tx: int = 0
-    tcp_retransmits: int = 0
-    tcp_rnr_naks_tx: int = 0
-    tcp_rnr_naks_rx: int = 0
-    tcp_naks_tx: int = 0
-    tcp_fault_drops: int = 0
+
+@attrs.define(slots=True)
+class Counters(_CounterFields):
+    """The live, mutable counters of one network (every device of it adds to them)."""
 
     def snapshot(self) -> TcpStatistics:
         """Return the current values as a frozen :class:`TcpStatistics`."""
