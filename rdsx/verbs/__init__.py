@@ -3,8 +3,9 @@
 See :mod:`rdsx.verbs._abc` for the objects and what each call returns and
 raises, :mod:`rdsx.verbs._types` for the values, and :mod:`rdsx.verbs._state`
 for the RC QP state table every transport enforces, :mod:`rdsx.verbs._wr` for
-the work-request rules they share, :mod:`rdsx.verbs._cm` for what the CM does
-to the QP it connects.
+the work-request rules they share, :mod:`rdsx.verbs._resources` for the
+argument rules of the PD, MR and CQ calls, :mod:`rdsx.verbs._cm` for what the
+CM does to the QP it connects.
 """
 
 from ._abc import CQ as CQ
@@ -24,6 +25,10 @@ from ._cm import REP_PRIVATE_DATA as REP_PRIVATE_DATA
 from ._cm import REQ_PRIVATE_DATA as REQ_PRIVATE_DATA
 from ._cm import cm_init as cm_init
 from ._cm import cm_to_rts as cm_to_rts
+from ._resources import check_cqe as check_cqe
+from ._resources import check_iova as check_iova
+from ._resources import check_mr_buffer as check_mr_buffer
+from ._resources import check_qp_cap as check_qp_cap
 from ._state import LEGAL_TRANSITIONS as LEGAL_TRANSITIONS
 from ._state import RECV_STATES as RECV_STATES
 from ._state import REQUIRED_ATTRS as REQUIRED_ATTRS

@@ -46,7 +46,11 @@ from rdsx.verbs import (
     WcOpcode,
     WcStatus,
     WorkCompletion,
+    check_cqe,
+    check_iova,
     check_modify,
+    check_mr_buffer,
+    check_qp_cap,
     check_recv_wrs,
     check_send_wrs,
 )
@@ -253,8 +257,7 @@ class SimContext(_Handle, Context):
             InvalidArgument: ``cqe`` outside 1..max_cqe.
         """
         self._check()
-        if not 1 <= cqe <= LIMITS.max_cqe:
-            raise InvalidArgument(f"cqe must be 1..{LIMITS.max_cqe}")
+        check_cqe(cqe, LIMITS.max_cqe)
         cq = SimCQ(self, cqe)
         self.cqs.append(cq)
         return cq
@@ -322,20 +325,14 @@ class SimPD(_Handle, PD):
     ) -> SimMR:
         """Register ``buffer`` (see :meth:`rdsx.verbs.PD.reg_mr`)."""
         self._check()
-        view = memoryview(buffer).cast("B")
-        if view.readonly or len(view) == 0:
-            raise InvalidArgument("the buffer must be writable and not empty")
-        if Access.REMOTE_WRITE in access and Access.LOCAL_WRITE not in access:
-            raise InvalidArgument("REMOTE_WRITE requires LOCAL_WRITE")
+        view = check_mr_buffer(buffer, access)
         if len(self.mrs) >= LIMITS.max_mr:
             raise ResourceExhausted("max_mr reached")
         length = len(view)
         if iova is None:
             iova = self._next_iova
-        elif iova < 0 or any(
-            iova < mr.addr + mr.length and mr.addr < iova + length for mr in self.mrs
-        ):
-            raise InvalidArgument(f"iova {iova:#x}+{length} overlaps another MR of this PD")
+        else:
+            check_iova(iova, length, self.mrs)
         self._next_iova = max(self._next_iova, -(-(iova + length) // PAGE) * PAGE + PAGE)
         space = self._ctx.device.function.space
         key = space.alloc_key()
@@ -354,13 +351,7 @@ class SimPD(_Handle, PD):
             if not isinstance(cq, SimCQ) or cq._ctx is not self._ctx:
                 raise InvalidArgument("the CQ belongs to another context")
             cq._check()
-        if (
-            not 1 <= cap.max_send_wr <= LIMITS.max_qp_wr
-            or not 1 <= cap.max_recv_wr <= LIMITS.max_qp_wr
-            or not 0 <= cap.max_send_sge <= LIMITS.max_sge
-            or not 0 <= cap.max_recv_sge <= LIMITS.max_sge
-        ):
-            raise InvalidArgument(f"capacity {cap} is beyond the device limits")
+        check_qp_cap(cap, LIMITS.max_qp_wr, LIMITS.max_sge)
         function = self._ctx.device.function
         qp_num = function.space.alloc_qpn()
         assert isinstance(send_cq, SimCQ) and isinstance(recv_cq, SimCQ)

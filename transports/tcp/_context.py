@@ -27,6 +27,7 @@ from rdsx.verbs import (
     DeviceAttr,
     PortAttr,
     PortState,
+    check_cqe,
 )
 
 from ._resources import TcpCQ, TcpPD
@@ -135,8 +136,7 @@ class TcpContext(Context):
     def create_cq(self, cqe: int = 4096) -> CQ:
         """Create a completion queue."""
         self._check()
-        if not 1 <= cqe <= self.device.limits.max_cqe:
-            raise InvalidArgument(f"cqe must be 1..{self.device.limits.max_cqe}")
+        check_cqe(cqe, self.device.limits.max_cqe)
         cq = TcpCQ(self, cqe)
         self.cqs.add(cq)
         return cq

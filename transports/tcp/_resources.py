@@ -8,7 +8,20 @@ from typing import TYPE_CHECKING
 import trio
 
 from rdsx.errors import DeviceRemoved, InvalidArgument, InvalidHandle, ResourceExhausted
-from rdsx.verbs import CQ, MR, PD, QP, Access, AsyncEventType, QpCap, QpState, WorkCompletion
+from rdsx.verbs import (
+    CQ,
+    MR,
+    PD,
+    QP,
+    Access,
+    AsyncEventType,
+    QpCap,
+    QpState,
+    WorkCompletion,
+    check_iova,
+    check_mr_buffer,
+    check_qp_cap,
+)
 
 if TYPE_CHECKING:
     from ._context import TcpContext
@@ -84,24 +97,14 @@ class TcpPD(_Handle, PD):
     ) -> MR:
         """Register ``buffer`` (see :meth:`rdsx.verbs.PD.reg_mr`)."""
         self._check()
-        view = memoryview(buffer).cast("B")
-        if view.readonly:
-            raise InvalidArgument("cannot register a read-only buffer")
-        if len(view) == 0:
-            raise InvalidArgument("cannot register an empty buffer")
-        if Access.REMOTE_WRITE in access and Access.LOCAL_WRITE not in access:
-            raise InvalidArgument("REMOTE_WRITE requires LOCAL_WRITE")
+        view = check_mr_buffer(buffer, access)
         device = self._ctx.device
         if len(device.mrs) >= device.limits.max_mr:
             raise ResourceExhausted("max_mr reached")
         if iova is None:
             iova = device.allocate_iova(len(view))
-        elif iova < 0:
-            raise InvalidArgument(f"iova {iova} is negative")
         else:
-            for mr in self.mrs:
-                if iova < mr.addr + mr.length and mr.addr < iova + len(view):
-                    raise InvalidArgument(f"iova {iova:#x} overlaps another MR of this PD")
+            check_iova(iova, len(view), self.mrs)
         mr = TcpMR(self, view, access, iova, device.allocate_key())
         device.mrs[mr.lkey] = mr
         self.mrs.add(mr)
@@ -120,16 +123,7 @@ class TcpPD(_Handle, PD):
                 raise InvalidArgument("the CQ belongs to another context")
             cq._check()
         limits = self._ctx.device.limits
-        if (
-            max(cap.max_send_wr, cap.max_recv_wr) > limits.max_qp_wr
-            or min(cap.max_send_wr, cap.max_recv_wr) < 1
-        ):
-            raise InvalidArgument(f"work queue sizes must be 1..{limits.max_qp_wr}")
-        if (
-            max(cap.max_send_sge, cap.max_recv_sge) > limits.max_sge
-            or min(cap.max_send_sge, cap.max_recv_sge) < 0
-        ):
-            raise InvalidArgument(f"SGE counts must be 0..{limits.max_sge}")
+        check_qp_cap(cap, limits.max_qp_wr, limits.max_sge)
         assert isinstance(send_cq, TcpCQ) and isinstance(recv_cq, TcpCQ)
         qp = TcpQP(self, send_cq, recv_cq, cap, sq_sig_all)
         self.qps.add(qp)
