@@ -70,3 +70,27 @@ async def until(predicate: Any, timeout: float = 10.0, step: float = 0.001) -> N
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(step)
+
+
+@asynccontextmanager
+async def mode_pair(mode: str, *, seed: int) -> AsyncIterator[World]:
+    """Nodes 127.0.0.1 and .2 in ``mode`` on hosts h0 and h1 (two VFs each); h2 is spare."""
+    async with open_fabric(seed=seed) as fabric, AsyncExitStack() as stack:
+        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
+        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
+        for vm, host in zip(vms, hosts, strict=False):
+            await fabric.attach(vm, host)
+        nodes = [
+            await stack.enter_async_context(
+                open_node(vm.address, vm.devices, mode=mode, config=NodeConfig(seed=i))  # type: ignore[arg-type]
+            )
+            for i, vm in enumerate(vms)
+        ]
+        yield World(fabric, hosts[:2], vms, nodes, hosts[2:])
+
+
+async def send_numbered(sock: Any, n: int, dest: tuple[str, int], interval: float) -> None:
+    """Send ``b"0"`` .. ``b"<n-1>"`` to ``dest``, ``interval`` seconds apart."""
+    for k in range(n):
+        await sock.sendto(b"%d" % k, dest)
+        await trio.sleep(interval)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import sys
-from contextlib import AsyncExitStack
 
 import pytest
 import trio
-from node_world import recv_n
+from node_world import mode_pair, recv_n, send_numbered
 
 import rdsx
-from rdsx.config import NodeConfig
-from transports.sim import open_fabric
 
 
 @pytest.mark.parametrize("mode", ["reconnect", "transparent"])
@@ -19,32 +16,18 @@ from transports.sim import open_fabric
 async def test_migration_in_each_mode(
     autojump_clock: trio.abc.Clock, mode: str, grace: float | None
 ) -> None:
-    async with open_fabric(seed=5) as fabric, AsyncExitStack() as stack:
-        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
-        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
-        for vm, host in zip(vms, hosts, strict=False):
-            await fabric.attach(vm, host)
-        a, b = [
-            await stack.enter_async_context(
-                rdsx.open_node(vm.address, vm.devices, mode=mode, config=NodeConfig(seed=i))  # type: ignore[arg-type]
-            )
-            for i, vm in enumerate(vms)
-        ]
+    async with mode_pair(mode, seed=5) as w:
+        fabric, vms, spare = w.fabric, w.vms, w.spare
+        a, b = w.nodes
         sa, sb = a.socket(), b.socket()
         sa.bind(11)
         sb.bind(22)
         n = 100
         async with trio.open_nursery() as nursery:
-
-            async def send() -> None:
-                for k in range(n):
-                    await sa.sendto(b"%d" % k, ("127.0.0.2", 22))
-                    await trio.sleep(0.001)
-
-            nursery.start_soon(send)
+            nursery.start_soon(send_numbered, sa, n, ("127.0.0.2", 22), 0.001)
             await trio.sleep(0.03)
             await fabric.detach(vms[0], grace=grace)
-            await fabric.attach(vms[0], hosts[2])
+            await fabric.attach(vms[0], spare[0])
             got = await recv_n(sb, n)
         assert [int(d) for d, _ in got] == list(range(n))
         stats = a.statistics()
@@ -79,24 +62,16 @@ async def test_rdma_cookie_across_a_migration(
     autojump_clock: trio.abc.Clock, mode: str, status: rdsx.RdmaStatus
 ) -> None:
     """Top-down: a cookie belongs to its device and goes stale; the shim keeps it valid."""
-    async with open_fabric(seed=5) as fabric, AsyncExitStack() as stack:
-        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
-        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
-        for vm, host in zip(vms, hosts, strict=False):
-            await fabric.attach(vm, host)
-        a, b = [
-            await stack.enter_async_context(
-                rdsx.open_node(vm.address, vm.devices, mode=mode, config=NodeConfig(seed=i))  # type: ignore[arg-type]
-            )
-            for i, vm in enumerate(vms)
-        ]
+    async with mode_pair(mode, seed=5) as w:
+        fabric, vms, spare = w.fabric, w.vms, w.spare
+        a, b = w.nodes
         sa, sb = a.socket(), b.socket()
         sa.bind(1000)
         sb.bind(2000)
         region = bytearray(100)
         cookie = sb.get_mr(region)
         await fabric.detach(vms[1], grace=1.0)
-        await fabric.attach(vms[1], hosts[2])
+        await fabric.attach(vms[1], spare[0])
         await sa.sendto(b"ping", ("127.0.0.2", 2000))  # the connection is back up
         assert (await recv_n(sb, 1))[0][0] == b"ping"
         await sa.sendto(

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
-
 import trio
-from node_world import recv_n
+from node_world import mode_pair, recv_n, send_numbered
 
-import rdsx
-from rdsx.config import NodeConfig
 from rdsx.shim import ShimConfig, TransparentDeviceSource
-from transports.sim import open_fabric
 
 
 async def test_a_peer_gone_longer_than_the_bound_falls_back_to_rds(
@@ -19,35 +14,19 @@ async def test_a_peer_gone_longer_than_the_bound_falls_back_to_rds(
     """B is away longer than the shim's resume bound: RDS reconnects, nothing lost or doubled."""
     outage = ShimConfig().resume_timeout + 10.0
     with trio.fail_after(outage + 120):
-        async with open_fabric(seed=3) as fabric, AsyncExitStack() as stack:
-            hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
-            vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
-            for vm, host in zip(vms, hosts, strict=False):
-                await fabric.attach(vm, host)
-            a, b = [
-                await stack.enter_async_context(
-                    rdsx.open_node(
-                        vm.address, vm.devices, mode="transparent", config=NodeConfig(seed=i)
-                    )
-                )
-                for i, vm in enumerate(vms)
-            ]
+        async with mode_pair("transparent", seed=3) as w:
+            fabric, vms, spare = w.fabric, w.vms, w.spare
+            a, b = w.nodes
             sa, sb = a.socket(), b.socket()
             sa.bind(11)
             sb.bind(22)
             n = 60
             async with trio.open_nursery() as nursery:
-
-                async def send() -> None:
-                    for k in range(n):
-                        await sa.sendto(b"%d" % k, ("127.0.0.2", 22))
-                        await trio.sleep(0.05)
-
-                nursery.start_soon(send)
+                nursery.start_soon(send_numbered, sa, n, ("127.0.0.2", 22), 0.05)
                 await trio.sleep(0.5)
                 await fabric.detach(vms[1], grace=1.0)  # B suspends A's side...
                 await trio.sleep(outage)  # ...and stays away past the bound
-                await fabric.attach(vms[1], hosts[2])
+                await fabric.attach(vms[1], spare[0])
                 got = await recv_n(sb, n, timeout=120.0)
             assert [int(data) for data, _ in got] == list(range(n))
             stats = a.statistics()

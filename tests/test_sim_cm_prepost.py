@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import AsyncExitStack
 
 import pytest
 import trio
-from node_world import recv_n
+from node_world import mode_pair, recv_n, send_numbered
 
-import rdsx
-from rdsx.config import NodeConfig
 from rdsx.testing._check_cm import cm_port
 from rdsx.testing._fixture import End, expect_wc, init_attr, open_nodes, take_one
 from rdsx.verbs import Opcode, RecvWR, SendWR
-from transports.sim import open_fabric
 from transports.sim.cm import MIN_RNR_TIMER
 from transports.sim.harness import SimHarness
 from transports.sim.rc import RcQp
@@ -95,33 +91,19 @@ async def test_receive_posted_after_accept_meets_rnr(
 async def test_no_rnr_wait_on_connect_or_after_a_migration(
     autojump_clock: trio.abc.Clock, rnr_naks: list[int], mode: str
 ) -> None:
-    async with open_fabric(seed=5) as fabric, AsyncExitStack() as stack:
-        hosts = [fabric.add_host(f"h{i}", num_vfs=2) for i in range(3)]
-        vms = [fabric.create_vm(f"vm{i}", address=f"127.0.0.{i + 1}") for i in range(2)]
-        for vm, host in zip(vms, hosts, strict=False):
-            await fabric.attach(vm, host)
-        a, b = [
-            await stack.enter_async_context(
-                rdsx.open_node(vm.address, vm.devices, mode=mode, config=NodeConfig(seed=i))  # type: ignore[arg-type]
-            )
-            for i, vm in enumerate(vms)
-        ]
+    async with mode_pair(mode, seed=5) as w:
+        fabric, vms, spare = w.fabric, w.vms, w.spare
+        a, b = w.nodes
         sa, sb = a.socket(), b.socket()
         sa.bind(11)
         sb.bind(22)
         n = 60
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-
-                async def send() -> None:
-                    for k in range(n):
-                        await sa.sendto(b"%d" % k, ("127.0.0.2", 22))
-                        await trio.sleep(0.001)
-
-                nursery.start_soon(send)
+                nursery.start_soon(send_numbered, sa, n, ("127.0.0.2", 22), 0.001)
                 await trio.sleep(0.02)
                 await fabric.detach(vms[0], grace=2.0)
-                await fabric.attach(vms[0], hosts[2])
+                await fabric.attach(vms[0], spare[0])
                 got = await recv_n(sb, n)
         assert [int(d) for d, _ in got] == list(range(n))
         assert a.statistics().conn_reset == (1 if mode == "reconnect" else 0)
