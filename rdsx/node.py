@@ -105,7 +105,8 @@ class _Conn:
         self.path: Path | None = None
         self.attempt: trio.CancelScope | None = None
         self.lot = trio.lowlevel.ParkingLot()
-        #: Was ever UP: worth reconnecting to at once when a new device arrives.
+        #: Was ever UP, or the peer may think so: worth reconnecting to at once when a
+        #: new device arrives (see _handle_request).
         self.was_up = False
         #: Try once on our own although we are the higher address (see _serve_device).
         self.eager = False
@@ -787,6 +788,11 @@ class Node:
             return
         try:
             established = False
+            # Once our REP is out the peer may be established and sending, and our QP
+            # acknowledges its SENDs before we read them; if this device goes before the
+            # RTU, the peer holds those messages unacknowledged with nothing to tell it
+            # our QP is gone. Reconnecting on the next device resends them.
+            conn.was_up = True
             with trio.CancelScope() as scope:
                 conn.attempt = scope
                 try:
