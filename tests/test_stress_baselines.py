@@ -13,7 +13,7 @@ from bench.stress import run_stress
 @pytest.mark.parametrize("kind", ["tcp", "zmq", "memory"])
 async def test_baseline_carries_verified_traffic(kind: str) -> None:
     if kind == "zmq":
-        pytest.importorskip("zmq")
+        pytest.importorskip("zmq", reason="pyzmq is in the optional bench extra")
     opener = {"tcp": open_tcp_pair, "zmq": open_zmq_pair, "memory": open_memory_pair}[kind]
     opts = Options(tasks=2, depth=2, time=0.3, req_bytes=2048, ack_bytes=64)
     out = io.StringIO()
