@@ -22,8 +22,8 @@ import contextlib
 import enum
 import itertools
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import trio
@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = ["Hold", "PeerLink", "VirtualQP"]
 
 log = logging.getLogger("rdsx.shim")
+
+_WR = TypeVar("_WR", SendWR, RecvWR)
 
 S = QpState
 #: Sends that consume a receive at the peer, hence are counted by it.
@@ -395,24 +397,10 @@ class VirtualQP(QP):
                     True,
                 )
             )
-        try:
-            self._phys.post_send(physical)
-        except DeviceRemoved:
-            for wr in physical:
-                session.unregister(wr.wr_id)
-            session.report_removal(None)
-            self._hold_for(Hold.LOCAL)
-            return
-        except VerbsError:
-            for wr in physical:
-                session.unregister(wr.wr_id)
-            if from_user:
-                raise
-            log.warning("QP %d: repost of %d sends refused", self.qp_num, len(entries))
-            return
-        for entry in entries:
-            entry.posted = True
-            entry.tries += 1
+        if self._post_physical(self._phys.post_send, physical, from_user=from_user):
+            for entry in entries:
+                entry.posted = True
+                entry.tries += 1
 
     def _post_recvs(self, entries: list[_Entry], *, from_user: bool) -> None:
         assert self._phys is not None and self._session is not None
@@ -421,23 +409,34 @@ class VirtualQP(QP):
         for entry in entries:
             wr = entry.wr
             physical.append(RecvWR(session.register(self, entry), self._translate_sges(wr.sg_list)))
+        if self._post_physical(self._phys.post_recv, physical, from_user=from_user):
+            for entry in entries:
+                entry.posted = True
+
+    def _post_physical(
+        self, post: Callable[[list[_WR]], None], physical: list[_WR], *, from_user: bool
+    ) -> bool:
+        """Post ``physical`` on the physical QP; True if it took them.
+
+        A removal noticed here holds the QP (the WRs are posted again on the next
+        device); any other refusal reaches the caller only for the user's own post,
+        a repost is logged. Either way the wr_ids registered for them are released.
+        """
+        assert self._phys is not None and self._session is not None
         try:
-            self._phys.post_recv(physical)
-        except DeviceRemoved:
+            post(physical)
+            return True
+        except VerbsError as exc:
             for wr in physical:
-                session.unregister(wr.wr_id)
-            session.report_removal(None)
-            self._hold_for(Hold.LOCAL)
-            return
-        except VerbsError:
-            for wr in physical:
-                session.unregister(wr.wr_id)
+                self._session.unregister(wr.wr_id)
+            if isinstance(exc, DeviceRemoved):
+                self._session.report_removal(None)
+                self._hold_for(Hold.LOCAL)
+                return False
             if from_user:
                 raise
-            log.warning("QP %d: repost of %d receives refused", self.qp_num, len(entries))
-            return
-        for entry in entries:
-            entry.posted = True
+            log.warning("QP %d: repost of %d WRs refused: %s", self.qp_num, len(physical), exc)
+            return False
 
     # ------------------------------------------------------------------ completions
 
