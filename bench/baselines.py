@@ -15,8 +15,11 @@ so the only thing that differs from an rdsx run is what carries the messages:
 * ``memory``: each message is handed straight to the peer's socket: no
   transport at all, so this measures rdsx-stress's own cost (task loops,
   ledger, verification, trio scheduling).
+* ``verbs``: bare RC SENDs on the same sim fabric rdsx-stress uses, one QP
+  per node pair, through the public verbs contract (:mod:`bench.verbs_baseline`):
+  what rdsx-stress over rdsx costs without the RDS layer.
 
-Run ``python -m bench.baselines tcp|zmq|memory -q 4K -a 4K -t 7 -T 10 [--json FILE]``
+Run ``python -m bench.baselines tcp|zmq|memory|verbs -q 4K -a 4K -t 7 -T 10 [--json FILE]``
 (any rdsx-stress option applies).
 """
 
@@ -29,9 +32,10 @@ import struct
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import trio
+import trio.testing
 
 from rdsx.errors import AddressInUse, NotBound, SocketClosed
 
@@ -39,6 +43,7 @@ from .options import Options, parse_args
 from .stress import Outcome, run_stress
 
 __all__ = [
+    "KINDS",
     "BaselineNode",
     "BaselineSocket",
     "main",
@@ -274,21 +279,38 @@ async def open_memory_pair(a: str, b: str) -> AsyncIterator[tuple[BaselineNode, 
 
 
 _OPENERS = {"tcp": open_tcp_pair, "zmq": open_zmq_pair, "memory": open_memory_pair}
+#: Every kind ``python -m bench.baselines`` runs (``verbs`` is sized from the options).
+KINDS = (*_OPENERS, "verbs")
 
 
-async def run_baseline(kind: str, opts: Options, stop_on_sigint: bool = False) -> Outcome:
-    """Run rdsx-stress's traffic over the ``tcp``, ``zmq`` or ``memory`` baseline."""
-    opener = _OPENERS[kind]
-    async with opener(opts.recv_addr, opts.send_addr) as (a, b):
-        return await run_stress(opts, a, b, stop_on_sigint=stop_on_sigint)
+def _opener(kind: str, opts: Options) -> Any:
+    if kind != "verbs":
+        return _OPENERS[kind]
+    # Imported here: bench.verbs_baseline builds on this module's BaselineNode.
+    from .verbs_baseline import open_verbs_pair
+
+    return functools.partial(
+        open_verbs_pair,
+        max_message=max(opts.req_bytes, opts.ack_bytes),
+        seed=opts.seed,
+        port_model=opts.port_model,
+    )
+
+
+async def run_baseline(
+    kind: str, opts: Options, stop_on_sigint: bool = False, out: TextIO | None = None
+) -> Outcome:
+    """Run rdsx-stress's traffic over the ``tcp``, ``zmq``, ``memory`` or ``verbs`` baseline."""
+    async with _opener(kind, opts)(opts.recv_addr, opts.send_addr) as (a, b):
+        return await run_stress(opts, a, b, out=out, stop_on_sigint=stop_on_sigint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.baselines {tcp,zmq,memory} [options]``; returns the exit status."""
+    """``python -m bench.baselines {tcp,zmq,memory,verbs} [options]``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in _OPENERS:
+    if not args or args[0] not in KINDS:
         print(
-            "usage: python -m bench.baselines {tcp,zmq,memory} [rdsx-stress options]",
+            "usage: python -m bench.baselines {tcp,zmq,memory,verbs} [rdsx-stress options]",
             file=sys.stderr,
         )
         return 2
@@ -302,7 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             print("pyzmq is not installed (pip install '.[bench]'): zmq baseline skipped")
             return 0
-    outcome = trio.run(functools.partial(run_baseline, kind, opts, opts.time == 0))
+    if opts.virtual_time and kind in ("tcp", "zmq"):
+        print("--virtual-time needs an in-process baseline (memory or verbs)", file=sys.stderr)
+        return 2
+    clock = trio.testing.MockClock(autojump_threshold=0) if opts.virtual_time else None
+    outcome = trio.run(functools.partial(run_baseline, kind, opts, opts.time == 0), clock=clock)
     if opts.json_path:
         with open(opts.json_path, "w") as fh:
             json.dump({**outcome.report, "baseline": kind}, fh, indent=2)

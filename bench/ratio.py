@@ -7,14 +7,21 @@ Alternates, ``--repeat`` times, in one process under trio's real clock:
 * **verbs**: :func:`bench.verbs_pingpong.sim_pingpong` with signaled SENDs
   (what rdsx's paths post): ``tasks`` ping-pong pairs of ``size``-byte RC
   SENDs on the sim fabric; one exchange = a request SEND and its reply SEND.
+  No tool at all: no task loops, ledger or verification.
+* **tool+verbs**: rdsx-stress's own tasks, ledger and verification over bare
+  RC SENDs on the same sim fabric (``bench.baselines verbs``, see
+  :mod:`bench.verbs_baseline`), ``-t tasks -q size -a size``: the same tool
+  and traffic as the rdsx run with the RDS layer taken out.
 * **rdsx**: rdsx-stress over rdsx on the same sim fabric, ``-t tasks -q size
   -a size``, both sides sending; one exchange = a request and its ack. Counted
-  over both sides (every acked request).
+  over both sides (every acked request), as for tool+verbs.
 
 For each it prints exchanges per wall second and per CPU second of this
 process (``time.process_time``; the machine may be shared, so the CPU figure
-is the steadier one), keeps the best of the repeats and prints the ratios
-verbs ÷ rdsx (1.0 = the RDS layer costs nothing on top of the verbs exchange).
+is the steadier one) and the CPU µs per exchange, keeps the best of the
+repeats and prints two ratios, each X ÷ rdsx (1.0 = the RDS layer costs
+nothing): against the bare ping-pong (which also charges the tool to the RDS
+layer) and against tool+verbs (what the RDS layer alone adds).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import trio
 
+from .baselines import run_baseline
 from .options import Options
-from .stress import run_in_process
+from .stress import Outcome, run_in_process
 from .verbs_pingpong import sim_pingpong
 
 __all__ = ["Measurement", "main"]
@@ -52,6 +60,11 @@ class Measurement:
         """Exchanges per CPU second of this process."""
         return self.exchanges / self.cpu
 
+    @property
+    def cpu_us(self) -> float:
+        """CPU microseconds of this process per exchange."""
+        return self.cpu / self.exchanges * 1e6
+
 
 async def _measure(run: Callable[[], Awaitable[int]]) -> Measurement:
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -63,34 +76,64 @@ async def _verbs(seconds: float, tasks: int, size: int) -> int:
     return await sim_pingpong(seconds, tasks, size, True)
 
 
-async def _rdsx(seconds: float, tasks: int, size: int) -> int:
-    opts = Options(tasks=tasks, req_bytes=size, ack_bytes=size, time=seconds, summary_only=True)
-    outcome = await run_in_process(opts, out=io.StringIO())
+def _exchanges(outcome: Outcome, what: str) -> int:
     if not outcome.tally.ok:
-        raise RuntimeError(f"rdsx-stress verification failed: {outcome.tally}")
+        raise RuntimeError(f"rdsx-stress over {what}: verification failed: {outcome.tally}")
     # Every acked request of both sides, as in the ping-pong's round-trip count.
     return outcome.tally.requests_sent - outcome.tally.unanswered
 
 
-async def _main(seconds: float, tasks: int, size: int, repeat: int) -> None:
+def _stress_options(seconds: float, tasks: int, size: int) -> Options:
+    return Options(tasks=tasks, req_bytes=size, ack_bytes=size, time=seconds, summary_only=True)
+
+
+async def _tool_verbs(seconds: float, tasks: int, size: int) -> int:
+    opts = _stress_options(seconds, tasks, size)
+    return _exchanges(await run_baseline("verbs", opts, out=io.StringIO()), "bare verbs")
+
+
+async def _rdsx(seconds: float, tasks: int, size: int) -> int:
+    opts = _stress_options(seconds, tasks, size)
+    return _exchanges(await run_in_process(opts, out=io.StringIO()), "rdsx")
+
+
+_RUNS: tuple[tuple[str, Callable[[float, int, int], Awaitable[int]]], ...] = (
+    ("verbs", _verbs),
+    ("tool+verbs", _tool_verbs),
+    ("rdsx", _rdsx),
+)
+
+
+def _ratio_line(name: str, base: Measurement, rdsx: Measurement, what: str) -> str:
+    return (
+        f"ratio {name}/rdsx: {base.per_wall_s / rdsx.per_wall_s:.2f}x wall, "
+        f"{base.per_cpu_s / rdsx.per_cpu_s:.2f}x CPU  ({what})"
+    )
+
+
+async def _main(seconds: float, tasks: int, size: int, repeat: int) -> dict[str, Measurement]:
     best: dict[str, Measurement] = {}
     for i in range(repeat):
-        for name, fn in (("verbs", _verbs), ("rdsx", _rdsx)):
+        for name, fn in _RUNS:
             m = await _measure(lambda fn=fn: fn(seconds, tasks, size))  # type: ignore[misc]
             print(
-                f"run {i + 1} {name:>5}: {m.exchanges:8d} exchanges in {m.wall:6.2f} s wall, "
-                f"{m.cpu:6.2f} s CPU: {m.per_wall_s:9.1f}/s wall {m.per_cpu_s:9.1f}/CPU-s",
+                f"run {i + 1} {name:>10}: {m.exchanges:8d} exchanges in {m.wall:6.2f} s wall, "
+                f"{m.cpu:6.2f} s CPU: {m.per_wall_s:9.1f}/s wall {m.per_cpu_s:9.1f}/CPU-s "
+                f"{m.cpu_us:6.1f} CPU us/exchange",
                 flush=True,
             )
             if name not in best or m.per_cpu_s > best[name].per_cpu_s:
                 best[name] = m
-    v, r = best["verbs"], best["rdsx"]
-    print(f"best verbs: {v.per_wall_s:.1f}/s wall, {v.per_cpu_s:.1f}/CPU-s")
-    print(f"best rdsx:  {r.per_wall_s:.1f}/s wall, {r.per_cpu_s:.1f}/CPU-s")
-    print(
-        f"ratio verbs/rdsx: {v.per_wall_s / r.per_wall_s:.2f}x wall, "
-        f"{v.per_cpu_s / r.per_cpu_s:.2f}x CPU"
-    )
+    for name, _ in _RUNS:
+        m = best[name]
+        print(
+            f"best {name + ':':11} {m.per_wall_s:.1f}/s wall, {m.per_cpu_s:.1f}/CPU-s, "
+            f"{m.cpu_us:.1f} CPU us/exchange"
+        )
+    r = best["rdsx"]
+    print(_ratio_line("verbs", best["verbs"], r, "bare ping-pong, no tool"))
+    print(_ratio_line("tool+verbs", best["tool+verbs"], r, "same tool over bare verbs: RDS alone"))
+    return best
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,231 @@
+"""The ``verbs`` baseline: rdsx-stress's traffic over bare RC SENDs on the sim fabric.
+
+The fair denominator for "the RDS layer costs at most 1.5x the bare verbs
+exchange it rides on": the same tool, the same traffic and the same fabric as
+``rdsx-stress --transport sim`` (the sim transport's network, one host and VF
+per node, the fabric's default links and 4 KiB MTU), with rdsx taken out.
+
+Per node pair, as RDS shares one connection, there is one RC QP, connected
+through the CM and used only through the public verbs contract
+(:mod:`rdsx.verbs`):
+
+* a send ring and a receive ring, each one registered MR cut into slots of
+  ``4 + max_message`` bytes (256 of each, RDS/IB's and rdsx's defaults); the
+  receive ring is posted before the CM connects and each slot is reposted as
+  soon as its message is copied out;
+* each message is one signaled RC SEND of ``src port u16 | dst port u16 |
+  message``, posted at once when a send slot is free (a ``sendto`` never
+  waits for a task), else kept in order in a backlog that the reader posts as
+  send completions free slots;
+* one reader task per node waits on the CQ (shared by both queues), hands each
+  received message to the :class:`~bench.baselines.BaselineSocket` bound on
+  its destination port and reposts the batch's buffers with one ``post_recv``.
+
+No sequence numbers, acks, retransmission, credits or congestion map: RC is
+all the reliability there is. A receive ring that runs dry costs an RNR NAK
+and a retry (``rnr_retry`` 7 retries forever), never a message.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+
+from rdsx.errors import MessageTooLarge, VerbsError
+from rdsx.registry import load_transport
+from rdsx.verbs import (
+    Access,
+    CmId,
+    Context,
+    Opcode,
+    QpCap,
+    RecvWR,
+    SendWR,
+    Sge,
+    WcStatus,
+    WorkCompletion,
+    cm_init,
+)
+
+from .baselines import BaselineNode
+
+__all__ = ["CM_PORT", "DEMUX", "VerbsNode", "open_verbs_pair"]
+
+#: The demultiplexing header in front of every message: source and destination port.
+DEMUX = struct.Struct(">HH")
+#: The CM port the passive node listens on for the one connection.
+CM_PORT = 18515
+_SLOTS = 256
+_BATCH = 64
+_RECV = 1
+
+
+class VerbsNode(BaselineNode):
+    """A baseline node whose messages travel as RC SENDs on one QP.
+
+    Args:
+        address: this node's address.
+        peer_address: the other node's address.
+        ctx: an open context on this node's device.
+        max_message: the largest message a socket may send (ring slots are sized for it).
+        slots: send-ring and receive-ring slots.
+
+    Raises:
+        VerbsError: the device refused a resource.
+    """
+
+    def __init__(
+        self, address: str, peer_address: str, ctx: Context, max_message: int, slots: int = _SLOTS
+    ) -> None:
+        super().__init__(address, peer_address)
+        self.max_message = max_message
+        self.slot_size = DEMUX.size + max_message
+        self.slots = slots
+        pd = ctx.alloc_pd()
+        self.cq = ctx.create_cq(2 * slots)
+        cap = QpCap(max_send_wr=slots, max_recv_wr=slots, max_send_sge=1, max_recv_sge=1)
+        self.qp = pd.create_qp(self.cq, self.cq, cap)
+        self.send_buf = bytearray(slots * self.slot_size)
+        self.recv_buf = bytearray(slots * self.slot_size)
+        self.send_mr = pd.reg_mr(self.send_buf, Access.LOCAL_WRITE)
+        self.recv_mr = pd.reg_mr(self.recv_buf, Access.LOCAL_WRITE)
+        size, lkey, base = self.slot_size, self.recv_mr.lkey, self.recv_mr.addr
+        # WRs are immutable values: a receive slot's WR is reposted as it is.
+        self._recv_wrs = [
+            RecvWR(i << 1 | _RECV, (Sge(base + i * size, size, lkey),)) for i in range(slots)
+        ]
+        self._free = list(range(slots - 1, -1, -1))
+        self._backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._view = memoryview(self.recv_buf)
+        #: Messages that waited in the backlog for a free send slot.
+        self.backlogged = 0
+        #: The established CM id (kept so the connection lives as long as the node).
+        self.cm_id: CmId | None = None
+
+    def post_receive_ring(self) -> None:
+        """INIT and the whole receive ring posted, before the CM takes the QP."""
+        cm_init(self.qp)
+        self.qp.post_recv(self._recv_wrs)
+
+    def queue_frame(self, src_port: int, dst_port: int, data: bytes) -> None:
+        """Post ``data`` as one SEND now, or keep it in order until a send slot frees.
+
+        Raises:
+            MessageTooLarge: ``data`` does not fit a ring slot.
+            VerbsError: the QP refused the post.
+        """
+        if len(data) > self.max_message:
+            raise MessageTooLarge(f"{len(data)} bytes > the rings' {self.max_message}")
+        if self._backlog or not self._free:
+            self._backlog.append((src_port, dst_port, data))
+            self.backlogged += 1
+            return
+        self.qp.post_send(self._fill(self._free.pop(), src_port, dst_port, data))
+
+    def _fill(self, slot: int, src_port: int, dst_port: int, data: bytes) -> SendWR:
+        """Copy the frame into ``slot`` of the send ring; return its SEND."""
+        offset = slot * self.slot_size
+        end = offset + DEMUX.size + len(data)
+        DEMUX.pack_into(self.send_buf, offset, src_port, dst_port)
+        self.send_buf[offset + DEMUX.size : end] = data
+        sge = Sge(self.send_mr.addr + offset, end - offset, self.send_mr.lkey)
+        return SendWR(slot << 1, Opcode.SEND, (sge,))
+
+    def _flush_backlog(self) -> None:
+        free, backlog = self._free, self._backlog
+        wrs = []
+        while backlog and free:
+            wrs.append(self._fill(free.pop(), *backlog.popleft()))
+        if wrs:
+            self.qp.post_send(wrs)
+
+    async def reader(self) -> None:
+        """Wait on the CQ, deliver every received message, repost, refill the send ring; forever.
+
+        Raises:
+            VerbsError: a work request failed (bare RC has no recovery).
+        """
+        while True:
+            self._on_completions(await self.cq.wait(_BATCH))
+
+    def _on_completions(self, completions: list[WorkCompletion]) -> None:
+        view, size, recv_wrs, free = self._view, self.slot_size, self._recv_wrs, self._free
+        unpack, head = DEMUX.unpack_from, DEMUX.size
+        reposts = []
+        for wc in completions:
+            if wc.status is not WcStatus.SUCCESS:
+                raise VerbsError(f"{wc.opcode.name} completion {wc.status.name}: {wc.message}")
+            slot = wc.wr_id >> 1
+            if not wc.wr_id & _RECV:
+                free.append(slot)
+                continue
+            offset = slot * size
+            src, dst = unpack(view, offset)
+            self.dispatch(src, dst, bytes(view[offset + head : offset + wc.byte_len]))
+            reposts.append(recv_wrs[slot])
+        if reposts:
+            self.qp.post_recv(reposts)
+        if self._backlog:
+            self._flush_backlog()
+
+
+@asynccontextmanager
+async def open_verbs_pair(
+    a: str,
+    b: str,
+    *,
+    max_message: int = 4096,
+    slots: int = _SLOTS,
+    seed: int = 0,
+    port_model: str = "vswitch",
+) -> AsyncIterator[tuple[VerbsNode, VerbsNode]]:
+    """Two baseline nodes on a sim network joined by one CM-connected RC QP pair.
+
+    The network is opened as ``rdsx-stress --transport sim`` opens it (the
+    ``sim`` transport, ``seed`` and ``port_model``), one node per address.
+
+    Args:
+        a: the active node's address (it connects).
+        b: the passive node's address (it accepts).
+        max_message: the largest message either side sends.
+        slots: send-ring and receive-ring slots per node.
+        seed: the fabric's seed.
+        port_model: ``vswitch`` or ``shared``.
+
+    Raises:
+        VerbsError: the fabric refused a resource or the connection.
+    """
+    transport = load_transport("sim")
+    async with (
+        transport.open_network(seed=seed, port_model=port_model) as net,
+        AsyncExitStack() as stack,
+    ):
+        contexts = []
+        for address in (a, b):
+            device = await (await net.add_node(address)).next_device()
+            contexts.append(await stack.enter_async_context(await device.open()))
+        node_a = VerbsNode(a, b, contexts[0], max_message, slots)
+        node_b = VerbsNode(b, a, contexts[1], max_message, slots)
+        node_a.post_receive_ring()
+        node_b.post_receive_ring()
+        listener = await contexts[1].cm_listen(CM_PORT)
+        async with trio.open_nursery() as connecting:
+
+            async def accept() -> None:
+                request = await listener.get_request()
+                node_b.cm_id = await request.accept(node_b.qp)
+
+            connecting.start_soon(accept)
+            node_a.cm_id = await contexts[0].cm_connect(node_a.qp, b, CM_PORT)
+        listener.close()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node_a.reader)
+            nursery.start_soon(node_b.reader)
+            try:
+                yield node_a, node_b
+            finally:
+                nursery.cancel_scope.cancel()

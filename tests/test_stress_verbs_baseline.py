@@ -1,0 +1,75 @@
+"""The ``verbs`` baseline carries rdsx-stress's traffic exactly, and bench.ratio measures it."""
+
+import io
+
+import pytest
+import trio
+
+from bench import ratio
+from bench.baselines import main as baselines_main
+from bench.baselines import run_baseline
+from bench.options import Options
+from bench.stress import run_stress
+from bench.verbs_baseline import open_verbs_pair
+from rdsx.errors import MessageTooLarge
+
+
+async def test_verbs_baseline_carries_the_closed_loop_exactly() -> None:
+    opts = Options(tasks=2, depth=2, time=0.3, req_bytes=4096, ack_bytes=64)
+    out = io.StringIO()
+    with trio.fail_after(20):
+        outcome = await run_baseline("verbs", opts, out=out)
+    assert outcome.tally.ok and outcome.tally.requests_sent > 0
+    assert outcome.tally.lost == outcome.tally.duplicated == outcome.tally.reordered == 0
+    assert outcome.report["drained"] is True and outcome.exit_status == 0
+    assert out.getvalue().count("  (average)") == 1
+
+
+async def test_tiny_rings_make_senders_wait_and_lose_nothing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Two slots per ring against a closed loop of 3 tasks x 3 peers x depth 2 on both
+    # sides: most sends wait in the backlog for a send completion to free a slot.
+    # Virtual time passes only by the fabric's modelled delays.
+    opts = Options(tasks=3, depth=2, time=0.005, req_bytes=1024, ack_bytes=512)
+    with trio.fail_after(60):
+        async with open_verbs_pair(opts.recv_addr, opts.send_addr, max_message=1024, slots=2) as (
+            a,
+            b,
+        ):
+            outcome = await run_stress(opts, a, b, out=io.StringIO())
+    assert a.backlogged > 0 and b.backlogged > 0
+    assert outcome.tally.ok and outcome.tally.requests_sent > 2 * 3 * 3 * 2
+    assert outcome.tally.lost == outcome.tally.duplicated == outcome.tally.reordered == 0
+
+
+async def test_a_message_larger_than_a_slot_is_refused(autojump_clock: trio.abc.Clock) -> None:
+    with trio.fail_after(10):
+        async with open_verbs_pair("127.0.0.1", "127.0.0.2", max_message=100, slots=4) as (a, b):
+            sock = a.socket(sndbuf=0, rcvbuf=0)
+            sock.bind(5)
+            peer = b.socket(sndbuf=0, rcvbuf=0)
+            peer.bind(6)
+            with pytest.raises(MessageTooLarge):
+                sock.sendto_nowait(bytes(101), ("127.0.0.2", 6))
+            sock.sendto_nowait(bytes(range(100)), ("127.0.0.2", 6))
+            assert await peer.recvfrom() == (bytes(range(100)), ("127.0.0.1", 5))
+
+
+def test_baselines_main_runs_verbs_in_virtual_time() -> None:
+    args = ["verbs", "-t", "2", "-T", "0.5", "--rate", "100", "--virtual-time", "-z"]
+    assert baselines_main(args) == 0
+    assert baselines_main(["tcp", *args[1:]]) == 2
+    assert baselines_main(["nonesuch"]) == 2
+
+
+async def test_ratio_measures_all_three_and_prints_both_ratios(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with trio.fail_after(30):
+        best = await ratio._main(0.2, 2, 256, 1)
+    assert set(best) == {"verbs", "tool+verbs", "rdsx"}
+    assert all(m.exchanges > 0 and m.cpu > 0 for m in best.values())
+    text = capsys.readouterr().out
+    assert "ratio verbs/rdsx:" in text and "ratio tool+verbs/rdsx:" in text
+    assert text.count("run 1 ") == 3
