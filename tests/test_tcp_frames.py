@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -59,6 +60,27 @@ def test_frames_split_at_every_byte_still_decode() -> None:
         got += decoder.feed(stream[i : i + 1])
     assert got == [frame for _, frame in SAMPLES]
     assert not decoder.partial
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 400), max_size=12))
+def test_frames_split_anywhere_decode_the_same(cuts: list[int]) -> None:
+    stream = b"".join(encoded for encoded, _ in SAMPLES) * 2
+    bounds = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
+    decoder = FrameDecoder(1 << 20)
+    got = []
+    for start, stop in itertools.pairwise(bounds):
+        got += decoder.feed(stream[start:stop])
+    assert got == [frame for _, frame in SAMPLES] * 2
+    assert not decoder.partial
+
+
+def test_a_decoded_send_payload_is_a_read_only_view() -> None:
+    data = bytearray(encode_send(1, None, b"abcd"))
+    (frame,) = FrameDecoder(1 << 20).feed(data)
+    assert isinstance(frame, Send) and frame.payload == b"abcd"
+    with pytest.raises(TypeError):
+        frame.payload[0] = 0
 
 
 @pytest.mark.parametrize(

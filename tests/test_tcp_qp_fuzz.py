@@ -58,6 +58,10 @@ class FakeLink:
     def send(self, frame: bytes) -> None:
         self.sent.append(frame)
 
+    def send_parts(self, parts: list[bytes | memoryview], frames: int, size: int) -> None:
+        assert sum(map(len, parts)) == size and 0 < frames <= len(parts)
+        self.sent.append(b"".join(parts))
+
     def close(self, *, flush: bool = False) -> None:
         self.closed = True
 

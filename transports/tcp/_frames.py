@@ -24,8 +24,11 @@ import msgpack
 
 from rdsx.errors import RemoteProtocolError
 
+from ._build import new, slot_setters
+
 __all__ = [
     "PSN_MASK",
+    "SEND_HEADER_SIZE",
     "Ack",
     "Bye",
     "Control",
@@ -45,6 +48,7 @@ __all__ = [
     "encode_read_req",
     "encode_read_resp",
     "encode_send",
+    "encode_send_header",
     "encode_write",
 ]
 
@@ -64,6 +68,8 @@ _PSN = struct.Struct("!I")
 _NAK = struct.Struct("!IBd")
 
 _FLAG_IMM = 0x01
+#: Length, type and SEND header: what precedes a SEND's payload on the wire.
+SEND_HEADER_SIZE = _SEND_FRAME.size
 
 
 class FrameType(enum.IntEnum):
@@ -98,11 +104,15 @@ class Control:
 
 @attrs.frozen(slots=True)
 class Send:
-    """A SEND or SEND_WITH_IMM request (``imm`` is None for plain SEND)."""
+    """A SEND or SEND_WITH_IMM request (``imm`` is None for plain SEND).
+
+    A decoded ``payload`` is a read-only view of the received bytes (no copy:
+    the responder copies it once, into the posted receive's buffer).
+    """
 
     psn: int
     imm: int | None
-    payload: bytes
+    payload: bytes | memoryview
 
 
 @attrs.frozen(slots=True)
@@ -176,8 +186,17 @@ def encode_control(kind: str, **fields: Any) -> bytes:
 
 def encode_send(psn: int, imm: int | None, payload: bytes | memoryview) -> bytes:
     """Encode a SEND (with immediate data when ``imm`` is not None)."""
+    return encode_send_header(psn, imm, len(payload)) + payload
+
+
+def encode_send_header(psn: int, imm: int | None, length: int) -> bytes:
+    """Encode the first :data:`SEND_HEADER_SIZE` bytes of a SEND of ``length`` bytes.
+
+    The payload follows as its own buffer, so the link's one ``join`` per
+    ``send_all`` is the only copy of it on the way out.
+    """
     flags = 0 if imm is None else _FLAG_IMM
-    return _SEND_FRAME.pack(1 + _SEND.size + len(payload), 16, psn, flags, imm or 0) + payload
+    return _SEND_FRAME.pack(1 + _SEND.size + length, 16, psn, flags, imm or 0)
 
 
 def encode_write(
@@ -291,6 +310,10 @@ def decode_body(kind: int, buf: Buffer, start: int, end: int) -> Frame:
     raise RemoteProtocolError(f"unknown frame type {kind}")
 
 
+# The decoder builds SEND frames slot by slot (see _build): a third of a decoded SEND's cost.
+_SEND_SETTERS = slot_setters(Send, "psn", "imm", "payload")
+
+
 class FrameDecoder:
     """Incremental decoder: feed received bytes, get whole frames back in batches.
 
@@ -311,26 +334,54 @@ class FrameDecoder:
     def feed(self, data: Buffer) -> list[Frame]:
         """Add ``data`` and return every frame it completed, in order.
 
-        Only an incomplete frame at the end is kept (copied); whole frames are
-        decoded straight from ``data``.
+        Whole frames are decoded straight from ``data`` (a SEND's payload is a
+        view of it); only a frame split across two calls is copied, once.
 
         Raises:
             RemoteProtocolError: the stream is malformed; the decoder is then
                 unusable (the caller resets the connection).
         """
-        src: Buffer
-        if self._buf:
-            self._buf += data
-            src = self._buf
-        else:
-            src = data
         frames: list[Frame] = []
+        src = memoryview(data).toreadonly()
         pos = 0
         end = len(src)
+        if self._buf:
+            pos = self._complete(src, frames)
+            if self._buf:  # still partial: data ended inside the frame
+                return frames
+        pos = self._parse(src, pos, end, frames)
+        if pos < end:
+            self._buf = bytearray(src[pos:])
+        return frames
+
+    def _complete(self, src: memoryview, frames: list[Frame]) -> int:
+        """Finish the buffered partial frame from the head of ``src``; return the bytes used."""
+        buf = self._buf
+        used = 0
+        if len(buf) < 4:
+            used = min(4 - len(buf), len(src))
+            buf += src[:used]
+            if len(buf) < 4:
+                return used
+        length: int = _LEN.unpack_from(buf, 0)[0]
+        if length < 1 or length > self.max_frame:
+            raise RemoteProtocolError(f"frame length {length} outside 1..{self.max_frame}")
+        take = min(4 + length - len(buf), len(src) - used)
+        buf += src[used : used + take]
+        used += take
+        if len(buf) == 4 + length:
+            whole = memoryview(bytes(buf)).toreadonly()
+            self._buf = bytearray()
+            self._parse(whole, 0, len(whole), frames)
+        return used
+
+    def _parse(self, src: memoryview, pos: int, end: int, frames: list[Frame]) -> int:
+        """Decode the whole frames of ``src[pos:end]``; return where the first partial starts."""
         limit = self.max_frame
         unpack_length = _LEN.unpack_from
         unpack_send = _SEND.unpack_from
         append = frames.append
+        set_psn, set_imm, set_payload = _SEND_SETTERS
         while end - pos >= 4:
             (length,) = unpack_length(src, pos)
             if length < 1 or length > limit:
@@ -341,14 +392,14 @@ class FrameDecoder:
             kind = src[pos + 4]
             if kind == 16 and length >= 10:  # a well-formed SEND, inline (the hot path)
                 psn, flags, imm = unpack_send(src, pos + 5)
-                if psn <= PSN_MASK and flags in (0, 1):
-                    append(Send(psn, imm if flags else None, bytes(src[pos + 14 : stop])))
+                if psn <= PSN_MASK and (flags == 0 or flags == 1):
+                    frame = new(Send)
+                    set_psn(frame, psn)
+                    set_imm(frame, imm if flags else None)
+                    set_payload(frame, src[pos + 14 : stop])
+                    append(frame)
                     pos = stop
                     continue
             append(decode_body(kind, src, pos + 5, stop))  # anything else, or the error
             pos = stop
-        if src is self._buf:
-            del self._buf[:pos]
-        elif pos < end:
-            self._buf = bytearray(src[pos:])
-        return frames
+        return pos

@@ -101,7 +101,8 @@ class Link:
         #: The largest frame the peer said it accepts (set by the handshake).
         self.peer_max_frame = PRE_AUTH_MAX_FRAME
         self._pending: list[Frame] = []
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
+        self._out_frames = 0
         self._unsent = 0  # bytes queued or inside a send_all that has not returned
         self._drained = trio.Event()
         self._wake = trio.Event()
@@ -128,7 +129,24 @@ class Link:
             self.counters.tcp_fault_drops += 1
             return
         self._out.append(frame)
+        self._out_frames += 1
         self._unsent += len(frame)
+        self._wake.set()
+
+    def send_parts(self, parts: list[bytes | memoryview], frames: int, size: int) -> None:
+        """Queue ``frames`` encoded frames given as consecutive ``parts`` of ``size`` bytes.
+
+        A frame may span parts (a SEND's header, then a view of its payload): the
+        writer's ``join`` copies each payload once. Like :meth:`send`, never blocks.
+        """
+        if self.closed or self._closing:
+            return
+        if self._lossy and self._blocked(self.local, self.peer):
+            self.counters.tcp_fault_drops += frames
+            return
+        self._out += parts
+        self._out_frames += frames
+        self._unsent += size
         self._wake.set()
 
     async def flush(self) -> None:
@@ -141,10 +159,11 @@ class Link:
 
     def _take(self) -> bytes:
         """Everything queued, as one buffer for one ``send_all``."""
-        frames, self._out = self._out, []
-        self.counters.tcp_frames_tx += len(frames)
+        parts, self._out = self._out, []
+        self.counters.tcp_frames_tx += self._out_frames
+        self._out_frames = 0
         self.counters.tcp_send_batches += 1
-        return frames[0] if len(frames) == 1 else b"".join(frames)
+        return b"".join(parts)
 
     # ------------------------------------------------------------------ receiving
 
@@ -278,6 +297,10 @@ class Link:
             return
         self._closing = True
         if flush:
+            # Copy what is queued now: its WRs complete (flushed) before the writer runs,
+            # and their owners may reuse the memory the payload views point into.
+            if len(self._out) > 1 or (self._out and not isinstance(self._out[0], bytes)):
+                self._out = [b"".join(self._out)]
             self._wake.set()
             # The writer ends the run after its last send_all; bound how long that may take.
             self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + 1.0)

@@ -59,6 +59,7 @@ from rdsx.verbs import (
     check_send_wrs,
 )
 
+from ._build import WC_SETTERS, new
 from ._frames import (
     PSN_MASK,
     Ack,
@@ -75,7 +76,7 @@ from ._frames import (
     encode_nak,
     encode_read_req,
     encode_read_resp,
-    encode_send,
+    encode_send_header,
     encode_write,
 )
 from ._link import Link
@@ -100,18 +101,27 @@ _NAK_STATUS = {
     NakCode.REM_INV_REQ: WcStatus.REM_INV_REQ_ERR,
     NakCode.REM_OP: WcStatus.REM_OP_ERR,
 }
-_RESPONDING = frozenset({S.RTR, S.RTS, S.SQD})
+_RESPONDING = (S.RTR, S.RTS, S.SQD)  # a tuple: enum members hash in Python, slowly
 _SUCCESS = WcStatus.SUCCESS
 _RECV = WcOpcode.RECV
+_SEND_OPS = (Opcode.SEND, Opcode.SEND_WITH_IMM)
+_WC_SEND = WcOpcode.SEND
 
 
 @attrs.define(slots=True)
 class _Inflight:
-    """A transmitted request waiting for its acknowledgement."""
+    """A transmitted request waiting for its acknowledgement.
+
+    Its frame is ``header + payload``: a SEND's payload is a view of the
+    requester's registered memory (which the verbs contract leaves untouched
+    until the completion), so it is copied once, by the link's writer, and a
+    go-back-N resend re-reads it as an RC HCA would.
+    """
 
     wr: SendWR
     psn: int
-    frame: bytes
+    header: bytes
+    payload: bytes | memoryview
     length: int
 
 
@@ -241,7 +251,7 @@ class TcpQP(_Handle, QP):
         for inflight in self._outstanding:
             inflight.psn = psn
             # Every request frame starts with length (4), type (1), PSN (4).
-            inflight.frame = inflight.frame[:5] + _PSN.pack(psn) + inflight.frame[9:]
+            inflight.header = inflight.header[:5] + _PSN.pack(psn) + inflight.header[9:]
             psn = (psn + 1) & PSN_MASK
         self._next_psn = psn
 
@@ -365,7 +375,8 @@ class TcpQP(_Handle, QP):
             parts.append(mr.buffer[start : start + sge.length])
         return b"".join(parts)
 
-    def _encode(self, wr: SendWR, psn: int) -> tuple[bytes, int]:
+    def _encode(self, wr: SendWR, psn: int) -> tuple[bytes, bytes | memoryview, int]:
+        """Return ``(header, payload, length)`` of the request frame for ``wr``."""
         opcode = wr.opcode
         if opcode is Opcode.RDMA_READ:
             length = sum(sge.length for sge in wr.sg_list)
@@ -378,12 +389,13 @@ class TcpQP(_Handle, QP):
                     or mr.offset(sge.addr, sge.length) is None
                 ):
                     raise _LocalError(WcStatus.LOC_PROT_ERR, f"bad local key {sge.lkey:#x}")
-            return encode_read_req(psn, wr.remote_addr, wr.rkey, length), length
+            return encode_read_req(psn, wr.remote_addr, wr.rkey, length), b"", length
         payload = self._gather(wr.sg_list)
+        size = len(payload)
         if opcode is Opcode.SEND or opcode is Opcode.SEND_WITH_IMM:
-            return encode_send(psn, wr.imm_data, payload), len(payload)
+            return encode_send_header(psn, wr.imm_data, size), payload, size
         imm = wr.imm_data if opcode is Opcode.RDMA_WRITE_WITH_IMM else None
-        return encode_write(psn, imm, wr.remote_addr, wr.rkey, payload), len(payload)
+        return encode_write(psn, imm, wr.remote_addr, wr.rkey, payload), b"", size
 
     def _pump(self) -> None:
         """Transmit pending WRs (RTS only: SQD starts nothing new)."""
@@ -391,33 +403,63 @@ class TcpQP(_Handle, QP):
             return
         link = self._link
         send = link is not None and not self._rnr_wait and not self._held
-        while self._pending:
+        pending = self._pending
+        outstanding = self._outstanding
+        # What this call transmits goes to the link as one list of parts.
+        parts: list[bytes | memoryview] = []
+        frames = size = 0
+        while pending:
             if self._link_dead:
+                self._flush_parts(parts, frames, size)
                 self._fail(WcStatus.RETRY_EXC_ERR, "the TCP connection to the peer is gone")
                 return
-            wr = self._pending.popleft()
+            wr = pending.popleft()
             psn = self._next_psn
             try:
-                frame, length = self._encode(wr, psn)
+                header, payload, length = self._encode(wr, psn)
             except _LocalError as exc:
+                self._flush_parts(parts, frames, size)
                 self._complete_send(wr, exc.status, 0, message=str(exc))
                 self._enter_error(f"{exc.status.name}: {exc}")
                 return
-            if link is not None and len(frame) - 4 > link.peer_max_frame:
+            wire = len(header) + len(payload)
+            if link is not None and wire - 4 > link.peer_max_frame:
                 # Never send what the peer said it would refuse: it would reset the stream.
+                self._flush_parts(parts, frames, size)
                 message = f"{length} bytes exceed the peer's frame limit"
                 self._complete_send(wr, WcStatus.LOC_LEN_ERR, 0, message=message)
                 self._enter_error(f"LOC_LEN_ERR: {message}")
                 return
             self._next_psn = (psn + 1) & PSN_MASK
-            self._outstanding.append(_Inflight(wr, psn, frame, length))
+            outstanding.append(_Inflight(wr, psn, header, payload, length))
             if send:
-                assert link is not None
-                link.send(frame)
+                parts.append(header)
+                if payload:
+                    parts.append(payload)
+                frames += 1
+                size += wire
             elif link is not None:
                 self._held += 1
-        if self._outstanding and self.deadline is None:
+        self._flush_parts(parts, frames, size)
+        if outstanding and self.deadline is None:
             self._arm(self.timeout)
+
+    def _flush_parts(self, parts: list[bytes | memoryview], frames: int, size: int) -> None:
+        if frames and self._link is not None:
+            self._link.send_parts(parts, frames, size)
+
+    def _resend(self, inflights: Sequence[_Inflight]) -> None:
+        """Queue the frames of ``inflights`` again, in order, on the current link."""
+        if self._link is None or not inflights:
+            return
+        parts: list[bytes | memoryview] = []
+        size = 0
+        for inflight in inflights:
+            parts.append(inflight.header)
+            if inflight.payload:
+                parts.append(inflight.payload)
+            size += len(inflight.header) + len(inflight.payload)
+        self._link.send_parts(parts, len(inflights), size)
 
     def _arm(self, delay: float) -> None:
         if delay <= 0 and not self._rnr_wait:
@@ -430,8 +472,7 @@ class TcpQP(_Handle, QP):
         """Go back N: send everything outstanding again."""
         self._held = 0
         if self._link is not None:
-            for inflight in self._outstanding:
-                self._link.send(inflight.frame)
+            self._resend(self._outstanding)
             self.device.counters.tcp_retransmits += len(self._outstanding)
 
     def on_timer(self) -> None:
@@ -444,7 +485,7 @@ class TcpQP(_Handle, QP):
             self._rnr_wait = False
             self._held = len(self._outstanding) - 1
             if self._link is not None:
-                self._link.send(self._outstanding[0].frame)
+                self._resend([self._outstanding[0]])
                 self.device.counters.tcp_retransmits += 1
             self._arm(self.timeout)
             return
@@ -462,23 +503,35 @@ class TcpQP(_Handle, QP):
         """Complete outstanding WRs with PSN <= ``upto`` (stopping at unanswered READs)."""
         done = False
         outstanding = self._outstanding
-        push = self.send_cq.push
         all_signaled = self.sq_sig_all
         qp_num = self.qp_num
+        wcs: list[WorkCompletion] = []
+        append = wcs.append
+        set_id, set_status, set_op, set_len, set_qp, set_imm, set_msg = WC_SETTERS
+        read = Opcode.RDMA_READ
         # PSN arithmetic mod 2**24: "psn <= upto" is "upto - psn lands in the half behind".
         while outstanding and ((upto - outstanding[0].psn) & PSN_MASK) < _HALF:
             head = outstanding[0]
             wr = head.wr
-            if wr.opcode is Opcode.RDMA_READ:
+            opcode = wr.opcode
+            if opcode is read:
                 break
             outstanding.popleft()
             if wr.signaled or all_signaled:
-                push(
-                    WorkCompletion(
-                        wr.wr_id, _SUCCESS, WC_OPCODE[wr.opcode], head.length, qp_num, None, ""
-                    )
-                )
+                # WorkCompletion(wr_id, SUCCESS, opcode, length, qp_num, None, ""), see
+                # _build: built slot by slot, once per acknowledged SEND.
+                wc = new(WorkCompletion)
+                set_id(wc, wr.wr_id)
+                set_status(wc, _SUCCESS)
+                set_op(wc, _WC_SEND if opcode in _SEND_OPS else WC_OPCODE[opcode])
+                set_len(wc, head.length)
+                set_qp(wc, qp_num)
+                set_imm(wc, None)
+                set_msg(wc, "")
+                append(wc)
             done = True
+        if wcs:
+            self.send_cq.push_many(wcs)
         return done
 
     def _after_progress(self) -> None:
@@ -486,9 +539,8 @@ class TcpQP(_Handle, QP):
         self._rnr_retries = 0
         if self._held:
             held, self._held = min(self._held, len(self._outstanding)), 0
-            if self._link is not None and held:
-                for inflight in list(self._outstanding)[-held:]:
-                    self._link.send(inflight.frame)
+            if held:
+                self._resend(list(self._outstanding)[-held:])
         self.deadline = None
         if self._outstanding:
             self._arm(self.timeout)
@@ -541,7 +593,9 @@ class TcpQP(_Handle, QP):
 
     # ------------------------------------------------------------------ responder
 
-    def _scatter(self, sges: tuple[Sge, ...], data: bytes, *, need_write: bool) -> None:
+    def _scatter(
+        self, sges: tuple[Sge, ...], data: bytes | memoryview, *, need_write: bool
+    ) -> None:
         size = len(data)
         mrs = self.device.mrs
         if len(sges) == 1:  # the common case
@@ -586,27 +640,6 @@ class TcpQP(_Handle, QP):
         else:
             self.device.counters.tcp_naks_tx += 1
             link.send(encode_nak(psn, code))
-
-    def _on_send(self, link: Link, frame: Send) -> None:
-        """The common case of :meth:`_respond`: the expected SEND, a receive posted."""
-        rq = self._rq
-        if frame.psn != self._epsn or not rq or self._state not in _RESPONDING:
-            self._respond(link, frame)
-            return
-        wr = rq[0]
-        try:
-            self._scatter(wr.sg_list, frame.payload, need_write=True)
-        except _LocalError:
-            self._respond(link, frame)  # the slow path reports it
-            return
-        rq.popleft()
-        self.recv_cq.push(
-            WorkCompletion(
-                wr.wr_id, _SUCCESS, _RECV, len(frame.payload), self.qp_num, frame.imm, ""
-            )
-        )
-        self._epsn = (self._epsn + 1) & PSN_MASK
-        self._ack_due = True
 
     def _respond(self, link: Link, frame: Send | Write | ReadReq) -> None:
         if self._state not in _RESPONDING:
@@ -682,15 +715,61 @@ class TcpQP(_Handle, QP):
     # ------------------------------------------------------------------ the link
 
     def frames_received(self, link: Link, frames: list[Frame]) -> None:
-        """Handle one batch from the peer QP; one cumulative ACK at the end."""
+        """Handle one batch from the peer QP; one cumulative ACK at the end.
+
+        The data path is inline: the expected SEND into a posted one-buffer
+        receive is copied from the received bytes into that buffer, and its
+        completion joins the batch's, pushed once. Anything else (a gap, no
+        receive, a bad key, a non-SEND frame) first pushes the completions so
+        far, then goes through :meth:`_respond` and the requester's handlers.
+        """
         if link is not self._link:
             return
+        rq = self._rq
+        mrs = self.device.mrs
+        pd = self.pd
+        qp_num = self.qp_num
+        wcs: list[WorkCompletion] = []
+        set_id, set_status, set_op, set_len, set_qp, set_imm, set_msg = WC_SETTERS
+        responding = self._state in _RESPONDING
         for frame in frames:
+            if type(frame) is Send and responding and frame.psn == self._epsn and rq:
+                sges = rq[0].sg_list
+                if len(sges) == 1:
+                    sge = sges[0]
+                    payload = frame.payload
+                    size = len(payload)
+                    mr = mrs.get(sge.lkey)
+                    if (
+                        mr is not None
+                        and mr.pd is pd
+                        and mr.local_write
+                        and size <= sge.length
+                        and 0 <= sge.addr - mr.addr <= mr.length - sge.length
+                    ):
+                        start = sge.addr - mr.addr
+                        mr.buffer[start : start + size] = payload
+                        wr = rq.popleft()
+                        # WorkCompletion(wr_id, SUCCESS, RECV, size, qp_num, imm, ""), see
+                        # _build: built slot by slot, once per received SEND.
+                        wc = new(WorkCompletion)
+                        set_id(wc, wr.wr_id)
+                        set_status(wc, _SUCCESS)
+                        set_op(wc, _RECV)
+                        set_len(wc, size)
+                        set_qp(wc, qp_num)
+                        set_imm(wc, frame.imm)
+                        set_msg(wc, "")
+                        wcs.append(wc)
+                        self._epsn = (self._epsn + 1) & PSN_MASK
+                        self._ack_due = True
+                        continue
+            if wcs:
+                self.recv_cq.push_many(wcs)
+                wcs = []
             if self._state is S.ERR or link is not self._link:
                 return
-            if type(frame) is Send:  # the hot path first
-                self._on_send(link, frame)
-            elif isinstance(frame, (Write, ReadReq)):
+            if isinstance(frame, (Send, Write, ReadReq)):
                 self._respond(link, frame)
             elif isinstance(frame, Ack):
                 self._on_ack(frame)
@@ -703,6 +782,9 @@ class TcpQP(_Handle, QP):
                 return
             else:
                 raise RemoteProtocolError(f"{type(frame).__name__} frame on a QP stream")
+            responding = self._state in _RESPONDING
+        if wcs:
+            self.recv_cq.push_many(wcs)
         if self._ack_due and link is self._link:
             self._ack_due = False
             self.device.counters.tcp_acks_tx += 1
@@ -758,8 +840,7 @@ class TcpQP(_Handle, QP):
             self._held = len(self._outstanding)
         else:
             self._held = 0
-            for inflight in self._outstanding:
-                link.send(inflight.frame)
+            self._resend(self._outstanding)
         self._pump()
 
     def _start_link(self) -> None:

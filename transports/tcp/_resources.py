@@ -163,6 +163,18 @@ class TcpCQ(_Handle, CQ):
             if self._lot:
                 self._lot.unpark_all()
 
+    def push_many(self, wcs: list[WorkCompletion]) -> None:
+        """Add a batch of completions in order and wake a waiter once."""
+        if not self._closed:
+            entries = self._entries
+            if len(entries) + len(wcs) > self._limit:
+                for wc in wcs:
+                    self.push(wc)
+                return
+            entries += wcs
+            if self._lot:
+                self._lot.unpark_all()
+
     def _overrun(self, wc: WorkCompletion) -> None:
         """A CQ overrun (see :meth:`rdsx.verbs.Context.create_cq`): ``wc`` is lost."""
         ctx = self._ctx
