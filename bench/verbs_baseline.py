@@ -98,6 +98,8 @@ class VerbsNode(BaselineNode):
         self._recv_wrs = [
             RecvWR(i << 1 | _RECV, (Sge(base + i * size, size, lkey),)) for i in range(slots)
         ]
+        # As rdsx's path does: a send slot's last WR is reused while the length repeats.
+        self._send_wrs: list[SendWR | None] = [None] * slots
         self._free = list(range(slots - 1, -1, -1))
         self._backlog: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._view = memoryview(self.recv_buf)
@@ -129,11 +131,14 @@ class VerbsNode(BaselineNode):
     def _fill(self, slot: int, src_port: int, dst_port: int, data: bytes) -> SendWR:
         """Copy the frame into ``slot`` of the send ring; return its SEND."""
         offset = slot * self.slot_size
-        end = offset + DEMUX.size + len(data)
+        length = DEMUX.size + len(data)
         DEMUX.pack_into(self.send_buf, offset, src_port, dst_port)
-        self.send_buf[offset + DEMUX.size : end] = data
-        sge = Sge(self.send_mr.addr + offset, end - offset, self.send_mr.lkey)
-        return SendWR(slot << 1, Opcode.SEND, (sge,))
+        self.send_buf[offset + DEMUX.size : offset + length] = data
+        wr = self._send_wrs[slot]
+        if wr is None or wr.sg_list[0].length != length:
+            sge = Sge(self.send_mr.addr + offset, length, self.send_mr.lkey)
+            wr = self._send_wrs[slot] = SendWR(slot << 1, Opcode.SEND, (sge,))
+        return wr
 
     def _flush_backlog(self) -> None:
         free, backlog = self._free, self._backlog
