@@ -10,8 +10,6 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-import attrs
-
 from .rdma import RdmaArgs, RdmaStatus
 
 if TYPE_CHECKING:
@@ -29,31 +27,40 @@ class MessageEnd(enum.Enum):
     REMOTE_ERROR = "remote_error"
 
 
-@attrs.define(slots=True, eq=False, kw_only=True)
 class OutMessage:
     """A message a socket sent and the peer has not yet acknowledged.
+
+    A plain slotted class, not attrs: one is made per message sent, and attrs'
+    keyword-only ``__init__`` cost twice this one (internal, never compared).
 
     Attributes:
         socket: the sending socket.
         dest: ``(address, port)`` it goes to.
         payload: its bytes.
         rdma: the RDMA it carries, if any.
-        seq: the sequence number the connection gave it (0 until queued).
-        handle: the connection's own reference to it (engine-specific).
+        nbytes: payload bytes counted against SNDBUF.
+        handle: the RDMA book's operation for it (``None`` without RDMA).
         rdma_status: set by the path when the RDMA itself failed.
         ended: set once the message has ended.
     """
 
-    socket: Socket
-    dest: tuple[str, int]
-    payload: bytes
-    rdma: RdmaArgs | None = None
-    seq: int = 0
-    handle: object = None
-    rdma_status: RdmaStatus | None = None
-    ended: MessageEnd | None = None
+    __slots__ = ("dest", "ended", "handle", "nbytes", "payload", "rdma", "rdma_status", "socket")
 
-    @property
-    def nbytes(self) -> int:
-        """Payload bytes counted against SNDBUF."""
-        return len(self.payload)
+    def __init__(
+        self,
+        socket: Socket,
+        dest: tuple[str, int],
+        payload: bytes,
+        rdma: RdmaArgs | None = None,
+    ) -> None:
+        self.socket = socket
+        self.dest = dest
+        self.payload = payload
+        self.rdma = rdma
+        self.nbytes = len(payload)
+        self.handle: object = None
+        self.rdma_status: RdmaStatus | None = None
+        self.ended: MessageEnd | None = None
+
+    def __repr__(self) -> str:
+        return f"<OutMessage to {self.dest} {self.nbytes} bytes ended={self.ended}>"

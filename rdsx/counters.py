@@ -78,23 +78,30 @@ IB_COUNTERS: tuple[str, ...] = (
 
 
 class CounterSet:
-    """A mutable set of named counters; unknown names start at 0."""
+    """A mutable set of named counters; unknown names start at 0.
 
-    __slots__ = ("_values",)
+    Attributes:
+        values: name -> count, every name given at construction present. Per-message
+            code adds to it directly (``values["recv_queued"] += 1``), which costs a
+            third of an :meth:`inc` call; only names given at construction may be
+            used that way.
+    """
+
+    __slots__ = ("values",)
 
     def __init__(self, names: Iterable[str] = CORE_COUNTERS + IB_COUNTERS) -> None:
-        self._values: dict[str, int] = dict.fromkeys(names, 0)
+        self.values: dict[str, int] = dict.fromkeys(names, 0)
 
     def inc(self, name: str, by: int = 1) -> None:
         """Add ``by`` to counter ``name``."""
-        self._values[name] = self._values.get(name, 0) + by
+        self.values[name] = self.values.get(name, 0) + by
 
     def __getitem__(self, name: str) -> int:
-        return self._values.get(name, 0)
+        return self.values.get(name, 0)
 
     def snapshot(self) -> dict[str, int]:
         """Return a copy of the current values."""
-        return dict(self._values)
+        return dict(self.values)
 
 
 def _frozen_copy(counts: Mapping[str, int]) -> Mapping[str, int]:

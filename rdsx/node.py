@@ -356,7 +356,7 @@ class Node:
         if addr == self.address:
             self._loop_send(msg)
             return
-        conn = self._conn_for(addr)
+        conn = self._conns.get(addr) or self._conn_for(addr)
         sock = msg.socket
         ack_required = sock._snd_bytes >= sock._sndbuf // 2
         ext = b""
@@ -366,8 +366,18 @@ class Node:
         if conn.held or (dev is not None and dev.draining):
             conn.held.append((msg, ack_required, ext))
             return
-        self._engine_send(conn, msg, ack_required, ext)
-        self._kick(conn)
+        if ext:
+            self._engine_send(conn, msg, ack_required, ext)
+        else:
+            # The common case, spelled out: it runs once per message.
+            conn.engine.send(
+                sock._port or 0, msg.dest[1], msg.payload, token=msg, ack_required=ack_required
+            )
+        path = conn.path
+        if path is not None:
+            path.pump()
+        else:
+            conn.poke()
 
     def _engine_send(self, conn: _Conn, msg: OutMessage, ack_required: bool, ext: bytes) -> None:
         conn.engine.send(
@@ -459,27 +469,35 @@ class Node:
 
     def _deliver(self, port: int, source: tuple[str, int], data: bytes, seq: int) -> None:
         sock = self._binds.lookup(port)
-        counters = self._counters
+        values = self._counters.values
         if sock is None or sock._closed:
-            counters.inc("recv_drop_no_sock")
+            values["recv_drop_no_sock"] += 1
             return
-        counters.inc("recv_delivered")
-        counters.inc("recv_queued")
+        values["recv_delivered"] += 1
+        values["recv_queued"] += 1
         sock._deliver(data, source, seq)
 
     def _dispatch(self, conn: _Conn) -> None:
         """Drain the engine's events into sockets (called after every engine input)."""
         engine = conn.engine
         remote = conn.remote
-        while (event := engine.next_event()) is not None:
-            if isinstance(event, MessageReceived):
+        next_event = engine.next_event
+        deliver = self._deliver
+        acked = MessageEnd.ACKED
+        # Exact type tests first: the two per-message events take no isinstance chain.
+        while (event := next_event()) is not None:
+            if type(event) is MessageReceived:
                 ext = event.ext
-                if len(ext) >= 13 and ext[0] == RDMA_EXT_TAG:
+                if ext and len(ext) >= 13 and ext[0] == RDMA_EXT_TAG:
                     self._counters.inc("recv_rdma_bytes", int.from_bytes(ext[9:13], "big"))
-                self._deliver(event.dport, (remote, event.sport), event.data, event.seq)
-            elif isinstance(event, MessageAcked):
-                if isinstance(event.token, OutMessage):
-                    self._end(event.token, MessageEnd.ACKED)
+                deliver(event.dport, (remote, event.sport), event.data, event.seq)
+            elif type(event) is MessageAcked:
+                token = event.token
+                if type(token) is OutMessage:
+                    if token.handle is None:
+                        token.socket._message_ended(token, acked)
+                    else:
+                        self._end(token, acked)
             elif isinstance(event, MessageDropped):
                 if isinstance(event.token, OutMessage):
                     self._end(event.token, MessageEnd.DROPPED)

@@ -338,34 +338,40 @@ class Path:
         current = self.current
         error: WorkCompletion | None = None
         tx_events = 0
+        conn = self.conn
+        epoch = self.epoch
         for wc in completions:
             wr_id = wc.wr_id
             kind = wr_id & 3
-            index = wr_id >> 2
+            if kind == KIND_RECV:
+                if wc.status is not success:
+                    if error is None:
+                        error = wc
+                    continue
+                if error is not None or not current:
+                    continue
+                index = wr_id >> 2
+                offset = index * size
+                try:
+                    receive_frame(view[offset : offset + wc.byte_len], now)
+                except RemoteProtocolError as exc:
+                    counters.inc("ib_rx_cq_event")
+                    counters.inc("recv_drop_bad_frame")
+                    log.warning("%s <- %s: bad frame: %s", node.address, conn.remote, exc)
+                    error = wc
+                    self.fail(f"protocol error: {exc}")
+                    break
+                reposts.append(recv_wrs[index])
+                # A frame may end this path (a reset from the peer): the rest is not ours.
+                current = conn.epoch == epoch and not self.failed
+                continue
             if kind == KIND_SEND:
-                free_send.append(index)
+                free_send.append(wr_id >> 2)
                 tx_events += 1
             elif kind == KIND_RDMA:
-                node._rdma_done(index, wc.status)
-            if wc.status is not success:
-                if error is None:
-                    error = wc
-                continue
-            if kind != KIND_RECV or error is not None or not current:
-                continue
-            offset = index * size
-            try:
-                receive_frame(view[offset : offset + wc.byte_len], now)
-            except RemoteProtocolError as exc:
-                counters.inc("ib_rx_cq_event")
-                counters.inc("recv_drop_bad_frame")
-                log.warning("%s <- %s: bad frame: %s", node.address, self.conn.remote, exc)
+                node._rdma_done(wr_id >> 2, wc.status)
+            if wc.status is not success and error is None:
                 error = wc
-                self.fail(f"protocol error: {exc}")
-                break
-            reposts.append(recv_wrs[index])
-            # A frame may end this path (a reset from the peer): the rest is not ours.
-            current = self.current
         if tx_events:
             counters.inc("ib_tx_cq_event", tx_events)
         if reposts:
@@ -406,8 +412,9 @@ class Path:
         if frames:
             self._post_frames(frames)
         scope = self._wait_scope
-        if scope is not None:
-            deadline = self._timer_deadline()
+        if scope is not None and self.up:
+            timer = engine.get_timer()
+            deadline = math.inf if timer is None else timer
             if deadline != scope.deadline:
                 scope.deadline = deadline
 

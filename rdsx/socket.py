@@ -117,7 +117,6 @@ class Socket:
         self._snd_bytes = 0
         self._rcv_bytes = 0
         self._congested = False
-        self._pending: dict[OutMessage, None] = {}
         self._recv_queue: deque[tuple[bytes, Address, int]] = deque()
         self._notifications: deque[RdmaNotification] = deque()
         self._cong_interest = 0
@@ -303,38 +302,41 @@ class Socket:
     def _try_send(
         self, data: BytesLike, dest: Address, rdma: RdmaArgs | None, *, blocking: bool
     ) -> int | trio.lowlevel.ParkingLot:
-        self._check_open()
+        # Runs once per message: locals, and no call that the common case can skip.
+        node = self._node
+        if self._closed or node._closed:
+            self._check_open()
         if self._port is None:
             raise NotBound("bind the socket before sending")
         dest = _check_dest(dest)
-        payload = bytes(data)
+        payload = data if type(data) is bytes else bytes(data)
+        size = nbytes = len(payload)
         if rdma is not None:
             rdma.validate()
-        size = max(len(payload), rdma.nbytes if rdma is not None else 0)
+            size = max(nbytes, rdma.nbytes)
         if size > MAX_MESSAGE_SIZE:
             raise MessageTooLarge(f"{size} bytes exceeds the {MAX_MESSAGE_SIZE}-byte maximum")
-        if len(payload) > self._sndbuf:
-            raise MessageTooLarge(f"{len(payload)} bytes exceeds sndbuf {self._sndbuf}")
-        counters = self._node._counters
-        if self._node._is_congested(dest):
+        sndbuf = self._sndbuf
+        if nbytes > sndbuf:
+            raise MessageTooLarge(f"{nbytes} bytes exceeds sndbuf {sndbuf}")
+        if node._is_congested(dest):
+            counters = node._counters
             if not blocking:
                 counters.inc("cong_send_error")
                 if self._cong_monitor:
                     self._cong_interest |= cong_monitor_mask(dest[1])
                 raise Congested(f"port {dest[1]} of {dest[0]} is congested", destination=dest)
             counters.inc("cong_send_blocked")
-            return self._node._cong_lot
+            return node._cong_lot
         # RDS accepts while snd_bytes < sndbuf *before* adding, so the last one may overshoot.
-        if self._snd_bytes >= self._sndbuf:
-            counters.inc("send_queue_full")
+        if self._snd_bytes >= sndbuf:
+            node._counters.inc("send_queue_full")
             if not blocking:
-                raise WouldBlock(f"send buffer full ({self._snd_bytes}/{self._sndbuf} bytes)")
+                raise WouldBlock(f"send buffer full ({self._snd_bytes}/{sndbuf} bytes)")
             return self._send_lot
-        msg = OutMessage(socket=self, dest=dest, payload=payload, rdma=rdma)
-        self._snd_bytes += len(payload)
-        self._pending[msg] = None
-        self._node._enqueue(msg)
-        return len(payload)
+        self._snd_bytes += nbytes
+        node._enqueue(OutMessage(self, dest, payload, rdma))
+        return nbytes
 
     def cancel_sent_to(self, dest: Address) -> int:
         """Drop this socket's queued and unacknowledged messages to ``dest``.
@@ -358,7 +360,6 @@ class Socket:
         if msg.ended is not None:
             return
         msg.ended = how
-        self._pending.pop(msg, None)
         self._snd_bytes -= msg.nbytes
         if self._send_lot:  # usually nobody waits: skip the unpark machinery
             self._send_lot.unpark_all()
@@ -382,8 +383,9 @@ class Socket:
     def _deliver(self, payload: bytes, source: Address, seq: int) -> None:
         """Called by the node: queue a received message (the receive side is a soft limit)."""
         self._recv_queue.append((payload, source, seq))
-        self._rcv_bytes += len(payload)
-        self._node._counters.inc("recv_bytes_added_to_sock", len(payload))
+        nbytes = len(payload)
+        self._rcv_bytes += nbytes
+        self._node._counters.values["recv_bytes_added_to_sock"] += nbytes
         if self._congested or self._rcv_bytes > self._rcvbuf:  # else nothing can change
             self._update_congestion()
         if self._recv_lot:
@@ -447,7 +449,8 @@ class Socket:
             NotBound: the socket is not bound.
             SocketClosed: the socket is closed.
         """
-        self._check_recv()
+        if self._closed or self._port is None or self._node._closed:
+            self._check_recv()
         return self._pop_data()
 
     async def recvfrom(self) -> tuple[bytes, Address]:
@@ -457,6 +460,8 @@ class Socket:
             NotBound, SocketClosed: as :meth:`recvfrom_nowait`.
         """
         while True:
+            if self._recv_queue and not self._closed and not self._node._closed:
+                return self._pop_data()  # the common case, without the checks' calls
             try:
                 return self.recvfrom_nowait()
             except WouldBlock:
@@ -531,10 +536,11 @@ class Socket:
         if not self._recv_queue:
             raise WouldBlock("no message waiting")
         payload, source, _seq = self._recv_queue.popleft()
-        self._rcv_bytes -= len(payload)
-        counters = self._node._counters
-        counters.inc("recv_bytes_freed_fromsock", len(payload))
-        counters.inc("copy_to_user")
+        nbytes = len(payload)
+        self._rcv_bytes -= nbytes
+        values = self._node._counters.values
+        values["recv_bytes_freed_fromsock"] += nbytes
+        values["copy_to_user"] += 1
         if self._congested or self._rcv_bytes > self._rcvbuf:
             self._update_congestion()
         return payload, source
