@@ -105,6 +105,8 @@ _RESPONDING = (S.RTR, S.RTS, S.SQD)  # a tuple: enum members hash in Python, slo
 _SUCCESS = WcStatus.SUCCESS
 _RECV = WcOpcode.RECV
 _SEND_OPS = (Opcode.SEND, Opcode.SEND_WITH_IMM)
+_OP_SEND = Opcode.SEND
+_OP_SEND_IMM = Opcode.SEND_WITH_IMM
 _WC_SEND = WcOpcode.SEND
 
 
@@ -405,6 +407,8 @@ class TcpQP(_Handle, QP):
         send = link is not None and not self._rnr_wait and not self._held
         pending = self._pending
         outstanding = self._outstanding
+        mrs = self.device.mrs
+        pd = self.pd
         # What this call transmits goes to the link as one list of parts.
         parts: list[bytes | memoryview] = []
         frames = size = 0
@@ -415,13 +419,30 @@ class TcpQP(_Handle, QP):
                 return
             wr = pending.popleft()
             psn = self._next_psn
-            try:
-                header, payload, length = self._encode(wr, psn)
-            except _LocalError as exc:
-                self._flush_parts(parts, frames, size)
-                self._complete_send(wr, exc.status, 0, message=str(exc))
-                self._enter_error(f"{exc.status.name}: {exc}")
-                return
+            opcode = wr.opcode
+            sges = wr.sg_list
+            # The data path inline: a SEND of one valid SGE (the rest, and every error,
+            # through _encode).
+            if (opcode is _OP_SEND or opcode is _OP_SEND_IMM) and len(sges) == 1:
+                sge = sges[0]
+                mr = mrs.get(sge.lkey)
+                length = sge.length
+                if mr is not None and mr.pd is pd and 0 <= sge.addr - mr.addr <= mr.length - length:
+                    start = sge.addr - mr.addr
+                    payload: bytes | memoryview = mr.buffer[start : start + length]
+                    header = encode_send_header(psn, wr.imm_data, length)
+                else:
+                    mr = None
+            else:
+                mr = None
+            if mr is None:
+                try:
+                    header, payload, length = self._encode(wr, psn)
+                except _LocalError as exc:
+                    self._flush_parts(parts, frames, size)
+                    self._complete_send(wr, exc.status, 0, message=str(exc))
+                    self._enter_error(f"{exc.status.name}: {exc}")
+                    return
             wire = len(header) + len(payload)
             if link is not None and wire - 4 > link.peer_max_frame:
                 # Never send what the peer said it would refuse: it would reset the stream.

@@ -37,7 +37,7 @@ class _Handle:
     _closed: bool
 
     def _check(self) -> None:
-        if self._ctx.device.removed:
+        if self._ctx.device._removed:  # the attribute, not the property: once per verb call
             raise DeviceRemoved(f"{self._ctx.device.name} was removed")
         if self._closed:
             raise InvalidHandle(f"{type(self).__name__} is closed")
