@@ -47,6 +47,7 @@ __all__ = [
     "NotAttached",
     "NotBound",
     "NotConnected",
+    "NotSupported",
     "PeerResumeTimeout",
     "ProtocolError",
     "QueueFull",
@@ -104,6 +105,14 @@ class InvalidArgument(VerbsError, ValueError):
 
 class InvalidHandle(VerbsError):
     """The handle was already destroyed, deregistered or closed by its owner."""
+
+
+class NotSupported(VerbsError):
+    """An optional part of the verbs contract this transport does not implement.
+
+    Example: :meth:`rdsx.verbs.CmId.send_message` on a CM that carries no
+    messages on established connections; the caller takes another way.
+    """
 
 
 class QueueFull(VerbsError):

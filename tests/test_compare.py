@@ -154,13 +154,16 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
         assert t["stack_met"] == (t["stack_s"] < t["target_s"])
         assert t["added_met"] == (t["added_s"] < t["target_s"])
     assert text.count("target transparent/late-detach/") == 2
-    # With the SA cache, only the shared port model's new LID costs path queries again.
+    # With the SA cache, only the shared port model's new LID costs path queries again;
+    # the query runs while the migrated side's QP is being created, so it costs no time.
     by = by_combo
     for mode in ("reconnect", "transparent"):
         for strategy in ("three-stage", "late-detach"):
             shared, vswitch = by[mode, strategy, "shared"], by[mode, strategy, "vswitch"]
             assert shared["sa_queries"] > vswitch["sa_queries"]
-            assert shared["downtime"]["resume_s"] > vswitch["downtime"]["resume_s"]
+            assert shared["downtime"]["resume_s"] == pytest.approx(
+                vswitch["downtime"]["resume_s"], abs=1e-5
+            )
 
 
 def test_the_plot_needs_matplotlib_or_says_so(

@@ -11,6 +11,7 @@ from rdsx.errors import AddressInUse, InvalidArgument, ResourceExhausted
 from rdsx.registry import load_transport
 from rdsx.verbs import PortState
 from transports.sim import PortModel, SimTransport, open_fabric
+from transports.sim.fabric import QP_CREATE_SHARE
 from transports.sim.harness import SimHarness
 from transports.sim.sm import UNICAST_LIDS, SubnetManager
 
@@ -163,7 +164,11 @@ async def test_profile_costs_are_charged_by_the_cm(autojump_clock: trio.testing.
             start = trio.current_time()
             await connect(da, db)
             elapsed[name] = trio.current_time() - start
-    # the active side's SA query and QP setup, then the passive side's QP setup
-    charged = profile["sa_query"] + 2 * profile["qp_create"]
+    # Both QPs are created together before the connect: their creations (half a setup
+    # each) overlap each other and the active side's SA query; then the passive side's
+    # RTR/RTS before its REP, and the active side's after it.
+    create = profile["qp_create"] * QP_CREATE_SHARE
+    rtr_rts = profile["qp_create"] - create
+    charged = max(profile["sa_query"], create) + 2 * rtr_rts
     assert elapsed["free"] < 1e-4
     assert elapsed["profiled"] - elapsed["free"] == pytest.approx(charged, rel=1e-6)

@@ -20,11 +20,12 @@ from ..errors import (
     ConnectionRejected,
     ConnectTimeout,
     DeviceRemoved,
+    NotSupported,
     RemoteProtocolError,
     Unreachable,
     VerbsError,
 )
-from ..verbs import CmListener, CmRequest, QpCap
+from ..verbs import CmId, CmListener, CmRequest, QpCap
 from .protocol import (
     KEYMAP_CHUNK,
     Ack,
@@ -40,7 +41,7 @@ from .protocol import (
     decode,
     encode,
 )
-from .qp import Hold, VirtualQP
+from .qp import Hold, PeerLink, VirtualQP
 
 if TYPE_CHECKING:
     from .recovery import Session
@@ -139,9 +140,90 @@ class ControlPlane:
         if qp is None:
             await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
             return
-        qp.quiesce_begin(Hold.SUSPENDED)
-        drained = await qp.quiesce_wait(trio.current_time() + message.budget)
+        drained = await self._suspend_here(qp, message)
         await request.reject(encode(Suspended(drained=drained)))
+
+    async def _suspend_here(self, qp: VirtualQP, message: Suspend) -> bool:
+        """Hold and drain our side of ``qp`` for the peer (its QP made ahead meanwhile)."""
+        qp.quiesce_begin(Hold.SUSPENDED)
+        return await qp.quiesce_wait(trio.current_time() + message.budget)
+
+    # ------------------------------------------------------------------ in band
+
+    async def suspend_peer(self, qp: VirtualQP, peer: PeerLink, budget_end: float) -> None:
+        """Ask the peer of ``qp`` to suspend, and wait for its answer (until ``budget_end``).
+
+        First over the connection's own CM id (a CM message: no QP is made, so
+        it costs a round trip plus the peer's drain), resent while unanswered;
+        through the peer's control port when that CM cannot carry messages, or
+        when half the budget went by without an answer.
+        """
+        now = trio.current_time()
+        remaining = max(budget_end - now, 0.0)
+        suspend = Suspend(src_vqpn=qp.qp_num, dst_vqpn=peer.vqpn, budget=remaining / 4)
+        answer = await self._suspend_in_band(qp, suspend, now + remaining / 2)
+        in_band = answer is not None
+        if answer is None:
+            remaining = max(budget_end - trio.current_time(), 0.0)
+            suspend = attrs.evolve(suspend, budget=remaining / 2)
+            answer = await self.call(peer.address, suspend, timeout=remaining)
+        if isinstance(answer, Suspended):
+            self._s.core.recorder.suspended(in_band=in_band)
+
+    async def _suspend_in_band(
+        self, qp: VirtualQP, message: Suspend, give_up_at: float
+    ) -> Message | None:
+        pcm = qp.physical_cm
+        if pcm is None:
+            return None
+        done, answer = qp.expect_answer()
+        data = encode(message)
+        pause = self._s.core.config.retry_interval
+        with trio.move_on_at(give_up_at):
+            while not done.is_set():
+                try:
+                    await pcm.send_message(data)
+                except NotSupported:
+                    return None  # e.g. tcp's CM: the control port it is
+                except DeviceRemoved:
+                    self._s.report_removal(None)
+                    return None
+                except VerbsError as exc:
+                    log.debug("QP %d: no in-band suspend: %s", qp.qp_num, exc)
+                    return None
+                # A CM message is a MAD: lost with its packet, so resent until answered.
+                with trio.move_on_after(message.budget + pause):
+                    await done.wait()
+                pause = min(pause * 2, self._s.core.config.max_retry_interval)
+        if not answer:
+            return None
+        found = answer[0]
+        return found if isinstance(found, Suspended) else None
+
+    def on_message(self, qp: VirtualQP, pcm: CmId, data: bytes) -> None:
+        """A CM message on ``qp``'s physical connection (only shims send them)."""
+        try:
+            message, _ = decode(data)
+        except RemoteProtocolError as exc:
+            log.info("QP %d: bad CM message: %s", qp.qp_num, exc)
+            return
+        peer = qp.peer
+        if isinstance(message, Suspended):
+            qp.answered(message)
+        elif isinstance(message, Suspend) and peer is not None:
+            if message.dst_vqpn != qp.qp_num or message.src_vqpn != peer.vqpn:
+                return
+            if not qp.serving_suspend:
+                self._s.spawn(self._serve_suspend_message, qp, pcm, message)
+
+    async def _serve_suspend_message(self, qp: VirtualQP, pcm: CmId, message: Suspend) -> None:
+        self._s.core.recorder.suspends_in_band += 1
+        qp.serving_suspend = True
+        try:
+            drained = await self._suspend_here(qp, message)
+            await pcm.send_message(encode(Suspended(drained=drained)))
+        finally:
+            qp.serving_suspend = False
 
     def _on_keymap(self, source: str, message: KeyMap) -> None:
         known = self._s.core.peer_keys.get(source)
@@ -226,7 +308,8 @@ class ControlPlane:
             answer = Resumed(received=qp.received, inc=self._s.inc)
             data = encode(answer)
         qp.prepare_rebind()
-        phys = qp.new_physical(self._s)
+        # Made when the peer said it was leaving (pre-setup): only RTR/RTS are left.
+        phys = qp.take_spare(self._s) or qp.new_physical(self._s)
         preposted = qp.prepost(self._s, phys)
         try:
             pcm = await request.accept(phys, data)

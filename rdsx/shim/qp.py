@@ -159,6 +159,12 @@ class VirtualQP(QP):
         self.failure: PeerResumeTimeout | None = None
         self.cm_id: VirtualCmId | None = None
         self._closed = False
+        #: A physical QP made ahead for the peer's reconnect (pre-setup), and its device.
+        self._spare: tuple[Session, QP] | None = None
+        #: A suspend message from the peer is being served (its resends are ignored).
+        self.serving_suspend = False
+        #: Set with the peer's answer to our in-band suspend.
+        self._answer: tuple[trio.Event, list[object]] | None = None
         self.qp_num = 0
         if ctx.session is not None:
             try:
@@ -352,6 +358,7 @@ class VirtualQP(QP):
         self._closed = True
         self.peer = None
         self._drop_phys()
+        self._drop_spare()
         self._sends.clear()
         self._recvs.clear()
         self._ctx.core.qpns.release(self.qp_num)
@@ -504,14 +511,20 @@ class VirtualQP(QP):
         if self._resumed.is_set():
             self._resumed = trio.Event()
 
-    def _hold_for(self, reason: Hold) -> None:
-        """Stop posting to the physical QP; posts queue until :meth:`bind`."""
+    def _hold_for(self, reason: Hold, *, ahead: bool = True) -> None:
+        """Stop posting to the physical QP; posts queue until :meth:`bind`.
+
+        Unless ``ahead`` is False (the peer is reconnecting right now), a hold
+        for the peer's sake makes its replacement QP at once (:meth:`presetup`).
+        """
         if self._hold is Hold.LOCAL and reason is not Hold.LOCAL:
             return
         first = self._hold is None
         self._hold = reason
         self._resume_fresh()
-        if reason is not Hold.LOCAL:
+        if reason is not Hold.LOCAL and ahead:
+            # The peer will reconnect to us: make its QP now, off its critical path.
+            self.presetup()
             timeout = self._ctx.core.config.resume_timeout
             self._resume_deadline = trio.current_time() + timeout
             if first and self._session is not None:
@@ -552,6 +565,79 @@ class VirtualQP(QP):
         self._session = session
         session.bind_qp(qp, self)
         return qp
+
+    def presetup(self) -> None:
+        """Make the physical QP the peer's reconnect will be accepted with, now.
+
+        MigrRDMA's pre-setup: while the peer is away (suspended for its
+        migration, or lost), its replacement QP is created and moved to INIT on
+        our device, so the accept only has RTR/RTS left to do. Its receives are
+        moved onto it at the reconnect (:meth:`prepost`; posting is local and
+        cheap, and they are still posted on the old QP until then). Dropped if
+        we give up, close, or lose our own device first.
+        """
+        session = self._session
+        if (
+            self._spare is not None
+            or session is None
+            or session.removal.is_set()
+            or session.closed
+            or self.peer is None
+            or self.failure is not None
+            or self._closed
+        ):
+            return
+        try:
+            qp = self.new_physical(session)
+        except VerbsError as exc:
+            if isinstance(exc, DeviceRemoved):
+                self._ctx.device_gone()
+            log.debug("QP %d: no pre-setup: %s", self.qp_num, exc)
+            return
+        try:
+            cm_init(qp)
+        except VerbsError as exc:
+            log.debug("QP %d: pre-setup QP not in INIT: %s", self.qp_num, exc)
+            with contextlib.suppress(VerbsError):
+                qp.close()
+            return
+        self._spare = (session, qp)
+        self._ctx.core.recorder.presetups += 1
+
+    def take_spare(self, session: Session) -> QP | None:
+        """The QP :meth:`presetup` made, if it lives on ``session``'s device."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare[0] is not session:
+            with contextlib.suppress(VerbsError):
+                spare[1].close()
+            return None
+        self._ctx.core.recorder.presetups_used += 1
+        return spare[1]
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(VerbsError):
+                spare[1].close()
+
+    @property
+    def spare(self) -> QP | None:
+        """The physical QP made ahead for the peer's reconnect (tests, diagnostics)."""
+        return self._spare[1] if self._spare is not None else None
+
+    def expect_answer(self) -> tuple[trio.Event, list[object]]:
+        """Wait for the peer's answer to our in-band suspend: (set when it came, [answer])."""
+        self._answer = (trio.Event(), [])
+        return self._answer
+
+    def answered(self, message: object) -> None:
+        """The peer answered our in-band suspend with ``message``."""
+        waiter = self._answer
+        if waiter is not None and not waiter[0].is_set():
+            waiter[1].append(message)
+            waiter[0].set()
 
     def new_physical(self, session: Session) -> QP:
         """A fresh physical QP in RESET on ``session``'s device, not yet bound."""
@@ -624,6 +710,7 @@ class VirtualQP(QP):
 
     def detach(self) -> None:
         """Our device is going: hold, and let go of the physical QP."""
+        self._drop_spare()
         if self.failure is not None or self._closed:
             self._drop_phys()
             self._session = None
@@ -674,8 +761,11 @@ class VirtualQP(QP):
         qp = self._phys
         if qp is None:
             return False
-        self._quiescing = True
-        self._drained = trio.Event()
+        if not self._quiescing:
+            # A second suspend (the CM fallback after an unanswered in-band one)
+            # waits on the same drain as the first.
+            self._quiescing = True
+            self._drained = trio.Event()
         try:
             if qp.state is S.RTS:
                 qp.modify(QpAttr(state=S.SQD, en_sqd_async_notify=True))
@@ -697,7 +787,7 @@ class VirtualQP(QP):
     def prepare_rebind(self) -> None:
         """The peer reconnects: settle and drop the old physical QP so ``received`` is final."""
         if self._hold is None:
-            self._hold_for(Hold.LOST)
+            self._hold_for(Hold.LOST, ahead=False)
         self.extend_resume_deadline()
         self._send_cq.drain_now()
         self._recv_cq.drain_now()
@@ -748,6 +838,7 @@ class VirtualQP(QP):
         recorder.duplicates_dropped(done)
         rest = pending[done:]
         recorder.resent(sum(1 for entry in rest if entry.tries))
+        self._drop_spare()  # made for a reconnect that came another way
         self._hold = None
         self._first_error = None
         unposted = [entry for entry in self._recvs.values() if not entry.posted]
@@ -769,6 +860,7 @@ class VirtualQP(QP):
     def _give_up(self, exc: PeerResumeTimeout | None) -> None:
         first = self._first_error
         self._drop_phys()
+        self._drop_spare()
         self.peer = None
         self._hold = None
         self._vstate = S.ERR

@@ -60,8 +60,6 @@ from .protocol import (
     Refused,
     RefuseReason,
     Resumed,
-    Suspend,
-    Suspended,
     decode,
     encode,
 )
@@ -225,6 +223,9 @@ class Session:
                 return
             if qp.physical_cm is not pcm:
                 return
+            if event.type is CmEventType.MESSAGE:
+                self.control.on_message(qp, pcm, event.private_data)
+                continue  # shim to shim: never the layer above's
             if event.type in (CmEventType.DEVICE_REMOVAL, CmEventType.ESTABLISHED):
                 continue
             if event.type is CmEventType.DISCONNECTED and not qp.on_disconnected():
@@ -334,15 +335,8 @@ class Session:
         qp.quiesce_begin(Hold.LOCAL)
         peer = qp.peer
         if peer is not None:
-            remaining = budget_end - trio.current_time()
             with trio.move_on_at(budget_end):
-                answer = await self.control.call(
-                    peer.address,
-                    Suspend(src_vqpn=qp.qp_num, dst_vqpn=peer.vqpn, budget=remaining / 2),
-                    timeout=remaining,
-                )
-                if isinstance(answer, Suspended):
-                    self.core.recorder.suspended()
+                await self.control.suspend_peer(qp, peer, budget_end)
         await qp.quiesce_wait(budget_end)
 
     def release(self) -> None:

@@ -19,6 +19,8 @@ class MigrationRecord:
         arrival_at: when the next device arrived (``None``: not yet).
         resumed_at: when the last peer was resumed on it (``None``: not yet).
         peers_suspended: peers told to suspend (and that answered in time).
+        suspended_in_band: of those, peers told over the connection's own CM id
+            (a CM message, no QP made); the rest through their control port.
         peers_resumed: virtual QPs bound to a new physical QP on the new device.
         peers_timed_out: virtual QPs given up with ``PeerResumeTimeout``.
         drained: sends that completed during the drain, before the release.
@@ -35,6 +37,7 @@ class MigrationRecord:
     arrival_at: float | None = None
     resumed_at: float | None = None
     peers_suspended: int = 0
+    suspended_in_band: int = 0
     peers_resumed: int = 0
     peers_timed_out: int = 0
     drained: int = 0
@@ -78,6 +81,12 @@ class ShimStatistics:
         lost: messages a peer acknowledged at the hardware level but whose receive
             completion died with its device before the shim polled it.
         control_requests: suspend/reconnect requests served for peers.
+        suspends_in_band: suspend messages served for peers over a connection's
+            CM id (not counted in ``control_requests``).
+        presetups: replacement physical QPs made ahead for a suspended or lost
+            peer (MigrRDMA's pre-setup), before it reconnects.
+        presetups_used: reconnects accepted with such a QP (its creation off the
+            critical path).
     """
 
     devices: int
@@ -88,6 +97,9 @@ class ShimStatistics:
     resume_timeouts: int
     lost: int
     control_requests: int
+    suspends_in_band: int = 0
+    presetups: int = 0
+    presetups_used: int = 0
 
 
 class Recorder:
@@ -100,6 +112,9 @@ class Recorder:
         self.resume_timeouts = 0
         self.lost_messages = 0
         self.control_requests = 0
+        self.suspends_in_band = 0
+        self.presetups = 0
+        self.presetups_used = 0
 
     def _bump(self, name: str, count: int) -> None:
         if name in self.totals:
@@ -135,9 +150,11 @@ class Recorder:
         """Sends that completed during a drain."""
         self._bump("drained", count)
 
-    def suspended(self) -> None:
-        """A peer answered our suspend."""
+    def suspended(self, *, in_band: bool) -> None:
+        """A peer answered our suspend (over the connection's CM id if ``in_band``)."""
         self._bump("peers_suspended", 1)
+        if in_band:
+            self._bump("suspended_in_band", 1)
 
     def resumed(self) -> None:
         """A virtual QP was bound to a new physical QP."""
@@ -163,4 +180,7 @@ class Recorder:
             resume_timeouts=self.resume_timeouts,
             lost=self.lost_messages,
             control_requests=self.control_requests,
+            suspends_in_band=self.suspends_in_band,
+            presetups=self.presetups,
+            presetups_used=self.presetups_used,
         )

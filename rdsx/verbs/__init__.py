@@ -20,6 +20,7 @@ from ._abc import Device as Device
 from ._abc import DeviceSource as DeviceSource
 from ._cm import CM_ACCESS as CM_ACCESS
 from ._cm import CM_QP_STATES as CM_QP_STATES
+from ._cm import MSG_PRIVATE_DATA as MSG_PRIVATE_DATA
 from ._cm import REJ_PRIVATE_DATA as REJ_PRIVATE_DATA
 from ._cm import REP_PRIVATE_DATA as REP_PRIVATE_DATA
 from ._cm import REQ_PRIVATE_DATA as REQ_PRIVATE_DATA

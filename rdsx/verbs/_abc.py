@@ -40,6 +40,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 
+from ..errors import NotSupported
 from ._types import (
     Access,
     AsyncEvent,
@@ -453,7 +454,27 @@ class CmId(abc.ABC):
 
     @abc.abstractmethod
     async def next_event(self) -> CmEvent:
-        """Wait for the next event: DISCONNECTED, DEVICE_REMOVAL or TIMEWAIT_EXIT."""
+        """Wait for the next event: DISCONNECTED, DEVICE_REMOVAL or TIMEWAIT_EXIT.
+
+        A CM that implements :meth:`send_message` also gives ``MESSAGE`` events.
+        """
+
+    async def send_message(self, private_data: bytes) -> None:
+        """Send ``private_data`` to the peer's id of this connection (optional).
+
+        Rides the CM's own channel (on IB a MAD to the peer's CM agent, as a
+        LAP or APR does), so no QP is created or touched; the peer's id gets a
+        ``MESSAGE`` event with ``private_data``. Like a MAD it may be lost; the
+        caller retries if it needs an answer. The default says the CM cannot.
+
+        Raises:
+            NotSupported: this transport's CM carries no such messages.
+            InvalidState: the connection is no longer established.
+            InvalidArgument: more than :data:`~rdsx.verbs.MSG_PRIVATE_DATA` bytes.
+            InvalidHandle: the id was closed.
+            DeviceRemoved: the device went away.
+        """
+        raise NotSupported(f"{type(self).__name__} carries no CM messages")
 
     @abc.abstractmethod
     async def disconnect(self) -> None:

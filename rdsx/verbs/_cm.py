@@ -19,6 +19,7 @@ from ._types import Access, QpAttr, QpDest, QpState
 __all__ = [
     "CM_ACCESS",
     "CM_QP_STATES",
+    "MSG_PRIVATE_DATA",
     "REJ_PRIVATE_DATA",
     "REP_PRIVATE_DATA",
     "REQ_PRIVATE_DATA",
@@ -34,6 +35,8 @@ CM_QP_STATES = frozenset({QpState.RESET, QpState.INIT})
 REQ_PRIVATE_DATA = 196
 REP_PRIVATE_DATA = 196
 REJ_PRIVATE_DATA = 148
+#: Bytes a CM message on an established connection carries at most (as an APR's).
+MSG_PRIVATE_DATA = 148
 #: librdmacm's retry counts (7 RNR retries = retry forever) and RDMA read depth.
 _RETRY = 7
 _RD_ATOMIC = 16

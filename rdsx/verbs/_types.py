@@ -127,6 +127,8 @@ class CmEventType(enum.Enum):
     DISCONNECTED = "disconnected"
     DEVICE_REMOVAL = "device_removal"
     TIMEWAIT_EXIT = "timewait_exit"
+    #: A peer's :meth:`~rdsx.verbs.CmId.send_message` (its bytes in ``private_data``).
+    MESSAGE = "message"
 
 
 @attrs.frozen(slots=True)

@@ -10,7 +10,15 @@ becomes :class:`~rdsx.errors.Unreachable`. DREQ/DREP tear down: both sides see
 connected id (or its context) while the device works sends a DREQ too, as
 ``rdma_destroy_id`` does: the peer sees ``DISCONNECTED``. A DREQ is resent
 every :data:`CM_RETRY` seconds until its DREP, at most :data:`DREQ_TRIES`
-times. A removed device or a crashed host sends nothing.
+times. A removed device or a crashed host sends nothing. An established id
+carries messages both ways (:meth:`SimCmId.send_message`, a MAD to the peer's
+comm id like a LAP; sent once, lost with the packet).
+
+Time (``Fabric.qp_setup_time``, ``sa_query_time``): a QP's creation takes its
+share from ``create_qp`` on; the active side's SA query (when the path is not
+cached) runs meanwhile, and the REQ leaves once both are done. Each side spends
+the rest of the setup (INIT -> RTR -> RTS) once it knows the other's QPN: the
+passive side before its REP, the active side after it, before the RTU.
 
 QPs are moved (RESET →) INIT → RTR → RTS, keeping receives posted in INIT,
 with librdmacm's defaults: retry_cnt 7, rnr_retry 7 (forever), local ACK
@@ -37,6 +45,7 @@ from rdsx.errors import (
 )
 from rdsx.verbs import (
     CM_QP_STATES,
+    MSG_PRIVATE_DATA,
     QP,
     REJ_PRIVATE_DATA,
     REP_PRIVATE_DATA,
@@ -53,10 +62,12 @@ from rdsx.verbs import (
     cm_to_rts,
 )
 
+from .fabric import QP_CREATE_SHARE
 from .mailbox import Mailbox
 from .packet import Kind, Packet
 
 if TYPE_CHECKING:
+    from .fabric import Fabric
     from .sm import PathRecord
     from .verbs import SimContext, SimDevice, SimQP
 
@@ -115,6 +126,14 @@ class Rtu:
     """Ready to use: the active side is established."""
 
     comm_id: int
+
+
+@attrs.frozen(slots=True)
+class Msg:
+    """A message on an established connection, to the receiver's comm id (no QP)."""
+
+    comm_id: int
+    private_data: bytes
 
 
 @attrs.frozen(slots=True)
@@ -196,6 +215,10 @@ class CmAgent:
                 waiter.set(msg)
         elif isinstance(msg, Drep):
             self._dreqs.pop(msg.comm_id, None)
+        elif isinstance(msg, Msg):
+            cm_id = self.ids.get(msg.comm_id)
+            if cm_id is not None and cm_id.connected:
+                cm_id.push(CmEvent(CmEventType.MESSAGE, msg.private_data))
         elif isinstance(msg, Dreq):
             cm_id = self.ids.get(msg.comm_id)
             qpn = cm_id.qp.qp_num if cm_id is not None else 1
@@ -288,7 +311,9 @@ class CmAgent:
         if target is None or target.removed:
             raise Unreachable(f"no device answers for {address}")
         path, asked = self._path(target)
-        await _charge((self.fabric.sa_query_time if asked else 0.0) + self.fabric.qp_setup_time)
+        # The SA query and the QP's creation overlap: the REQ waits for the later.
+        sa_done = trio.current_time() + (self.fabric.sa_query_time if asked else 0.0)
+        await _charge_until(max(sa_done, qp.ready_at))
         cm_init(qp)
         comm_id, start_psn = self.new_exchange(qp.qp_num)
         req = Req(
@@ -307,6 +332,7 @@ class CmAgent:
                 raise Unreachable(f"nothing listens on {address}:{port}")
             raise ConnectionRejected(f"{address}:{port} rejected", answer.private_data)
         assert isinstance(answer, Rep)
+        await _charge(_connect_time(self.fabric))
         _to_rts(qp, answer.src_lid, answer.src_qpn, answer.start_psn, start_psn)
         self.send(answer.src_lid, answer.src_guid, Rtu(answer.comm_id), qp.qp_num, answer.src_qpn)
         cm_id = SimCmId(
@@ -380,6 +406,17 @@ async def _charge(seconds: float) -> None:
     """Spend the modelled time of an SA query or a QP setup (nothing if free)."""
     if seconds > 0:
         await trio.sleep(seconds)
+
+
+async def _charge_until(when: float) -> None:
+    """Wait until ``when`` (a QP's creation done, an SA answer back); nothing if past."""
+    if when > trio.current_time():
+        await trio.sleep_until(when)
+
+
+def _connect_time(fabric: Fabric) -> float:
+    """What one side spends moving its QP INIT -> RTR -> RTS."""
+    return fabric.qp_setup_time * (1.0 - QP_CREATE_SHARE)
 
 
 def _to_rts(qp: SimQP, dlid: int, dqpn: int, rq_psn: int, sq_psn: int) -> None:
@@ -476,7 +513,8 @@ class SimCmRequest(CmRequest):
         if len(private_data) > REP_PRIVATE_DATA:
             raise InvalidArgument(f"private data is limited to {REP_PRIVATE_DATA} bytes")
         agent, req = self.agent, self.req
-        await _charge(agent.fabric.qp_setup_time)
+        # A QP made ahead (the shim's pre-setup) is already created: only RTR/RTS remain.
+        await _charge_until(max(trio.current_time(), qp.ready_at) + _connect_time(agent.fabric))
         if self.reply is not None:
             raise InvalidState("the request was already answered")
         comm_id, start_psn = agent.new_exchange(qp.qp_num)
@@ -600,6 +638,24 @@ class SimCmId(CmId):
             raise DeviceRemoved(f"{self.agent.device.name} was removed")
         if self._closed:
             raise InvalidHandle("CM id is closed")
+
+    async def send_message(self, private_data: bytes) -> None:
+        """Send ``private_data`` to the peer's id as one CM MAD (:meth:`CmId.send_message`).
+
+        Raises:
+            DeviceRemoved: the device is gone.
+            InvalidHandle: the id is closed.
+            InvalidState: the connection is over.
+            InvalidArgument: more than ``MSG_PRIVATE_DATA`` bytes.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check()
+        if not self.connected:
+            raise InvalidState("the connection is not established")
+        if len(private_data) > MSG_PRIVATE_DATA:
+            raise InvalidArgument(f"private data is limited to {MSG_PRIVATE_DATA} bytes")
+        message = Msg(self.remote_comm_id, bytes(private_data))
+        self.agent.send(self.peer_lid, self.peer_guid, message, self.qp.qp_num, self.qp.dest_qpn)
 
     async def disconnect(self) -> None:
         """Send a DREQ; both sides see DISCONNECTED and TIMEWAIT_EXIT, QPs go to ERR."""

@@ -52,10 +52,23 @@ if TYPE_CHECKING:
     from .verbs import SimDevice
     from .vm import Vm
 
-__all__ = ["REALTIME_SLACK", "Fabric", "FabricStatistics", "TraceRecord", "open_fabric"]
+__all__ = [
+    "QP_CREATE_SHARE",
+    "REALTIME_SLACK",
+    "Fabric",
+    "FabricStatistics",
+    "TraceRecord",
+    "open_fabric",
+]
 
 #: Under the real clock, a delay shorter than this is delivered in the same pass.
 REALTIME_SLACK = 20e-6
+#: The share of ``Fabric.qp_setup_time`` a QP's creation takes (the rest is the CM's
+#: INIT -> RTR -> RTS). The profiles' ``qp_create`` is "create QP plus three modify-QP
+#: firmware commands"; creating (with RESET -> INIT, as ``rdma_create_qp``) is two of
+#: those four, and this assumes the four cost the same. The split says what a QP made
+#: ahead of time saves: its creation, not the RTR/RTS that need the peer's new QPN.
+QP_CREATE_SHARE = 0.5
 
 RoutePolicy = Callable[[Packet], None]
 
@@ -103,8 +116,11 @@ class Fabric:
         trace: the event trace (a list of :class:`TraceRecord`), when tracing.
         route_packet: the routing policy; replace it to inject faults.
         sa_query_time: seconds the CM spends per SA path query (default 0).
-        qp_setup_time: seconds the CM spends moving a QP to RTS (default 0);
-            a timing profile's ``sa_query`` and ``qp_create`` figures go here.
+        qp_setup_time: seconds one QP's setup takes (default 0): its creation
+            (with RESET -> INIT, as ``rdma_create_qp``) takes
+            :data:`QP_CREATE_SHARE` of it, counted from ``create_qp``; the CM
+            spends the rest (INIT -> RTR -> RTS) when it connects or accepts
+            with it. A timing profile's ``sa_query`` and ``qp_create`` go here.
         path_cache: None (default: every ``cm_connect`` asks the SA), or a dict
             in which the CM keeps PathRecords per (source address, SLID, DLID,
             DGUID): SA path caching (Tasoulas et al., CCGrid 2015). Keyed by the
@@ -146,7 +162,7 @@ class Fabric:
         self.fast_lane = False
         #: Seconds one SA path query takes (charged by ``cm_connect``; 0 = free).
         self.sa_query_time = 0.0
-        #: Seconds to bring one QP to RTS (charged by ``cm_connect`` and ``accept``).
+        #: Seconds to set one QP up: created and in INIT, then RTR and RTS (see above).
         self.qp_setup_time = 0.0
         self.path_cache: dict[tuple[str, int, int, int], PathRecord] | None = None
         self._endpoints: dict[int, Endpoint] = {}

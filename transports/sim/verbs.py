@@ -55,6 +55,7 @@ from rdsx.verbs import (
     check_send_wrs,
 )
 
+from .fabric import QP_CREATE_SHARE
 from .mailbox import Mailbox
 from .rc import _ERR, _RESET, _RTR, _RTS, RcQp
 
@@ -356,6 +357,10 @@ class SimPD(_Handle, PD):
         qp_num = function.space.alloc_qpn()
         assert isinstance(send_cq, SimCQ) and isinstance(recv_cq, SimCQ)
         qp = SimQP(self, send_cq, recv_cq, cap, qp_num, sq_sig_all)
+        # The HCA's firmware works on it from now on; the CM waits for it when it
+        # connects or accepts with this QP, so one made ahead costs nothing then.
+        fabric = self._ctx.fabric
+        qp.ready_at = trio.current_time() + fabric.qp_setup_time * QP_CREATE_SHARE
         function.space.qps[qp_num] = qp
         self.qps.append(qp)
         return qp
@@ -510,6 +515,8 @@ class SimQP(_Handle, RcQp, QP):
         self._ctx = ctx
         self._closed = False
         self.cap = cap
+        #: When its creation (and INIT) is done, in trio time (``Fabric.qp_setup_time``).
+        self.ready_at = 0.0
         RcQp.__init__(
             self, ctx.fabric, ctx, pd, send_cq, recv_cq, ctx.device.function, qp_num, sq_sig_all
         )
