@@ -101,12 +101,18 @@ _NAK_STATUS = {
     NakCode.REM_INV_REQ: WcStatus.REM_INV_REQ_ERR,
     NakCode.REM_OP: WcStatus.REM_OP_ERR,
 }
-_RESPONDING = (S.RTR, S.RTS, S.SQD)  # a tuple: enum members hash in Python, slowly
+# The data path reads enum members from module constants: on Python 3.11 each
+# ``QpState.RTS``-style attribute access costs ~80 ns (as much as a small call),
+# and a frozenset lookup hashes the member in Python.
+_RESET, _INIT, _RTR, _RTS, _SQD, _ERR = S.RESET, S.INIT, S.RTR, S.RTS, S.SQD, S.ERR
+_RESPONDING = (S.RTR, S.RTS, S.SQD)
+_NO_SENDS = (S.RESET, S.INIT, S.RTR)
 _SUCCESS = WcStatus.SUCCESS
 _RECV = WcOpcode.RECV
 _SEND_OPS = (Opcode.SEND, Opcode.SEND_WITH_IMM)
 _OP_SEND = Opcode.SEND
 _OP_SEND_IMM = Opcode.SEND_WITH_IMM
+_OP_READ = Opcode.RDMA_READ
 _WC_SEND = WcOpcode.SEND
 
 
@@ -261,12 +267,12 @@ class TcpQP(_Handle, QP):
         """Post send WRs; never blocks (see :meth:`rdsx.verbs.QP.post_send`)."""
         self._check()
         batch = [wrs] if isinstance(wrs, SendWR) else list(wrs)
-        if self._state in (S.RESET, S.INIT, S.RTR):
+        if self._state in _NO_SENDS:
             raise InvalidState(f"post_send in {self._state.name}")
         if len(self._pending) + len(self._outstanding) + len(batch) > self.cap.max_send_wr:
             raise QueueFull(f"more than max_send_wr={self.cap.max_send_wr} outstanding")
         check_send_wrs(batch, self.cap.max_send_sge, self.device.max_msg_sz)
-        if self._state is S.ERR:
+        if self._state is _ERR:
             for wr in batch:
                 self._complete_send(wr, WcStatus.WR_FLUSH_ERR, 0, force=True)
             return
@@ -277,12 +283,12 @@ class TcpQP(_Handle, QP):
         """Post receive WRs; never blocks (see :meth:`rdsx.verbs.QP.post_recv`)."""
         self._check()
         batch = [wrs] if isinstance(wrs, RecvWR) else list(wrs)
-        if self._state is S.RESET:
+        if self._state is _RESET:
             raise InvalidState("post_recv in RESET")
         if len(self._rq) + len(batch) > self.cap.max_recv_wr:
             raise QueueFull(f"more than max_recv_wr={self.cap.max_recv_wr} outstanding")
         check_recv_wrs(batch, self.cap.max_recv_sge)
-        if self._state is S.ERR:
+        if self._state is _ERR:
             for wr in batch:
                 self._complete_recv(wr, WcStatus.WR_FLUSH_ERR, WcOpcode.RECV)
             return
@@ -351,7 +357,7 @@ class TcpQP(_Handle, QP):
         self._enter_error(f"{status.name}: {message}")
 
     def _maybe_drained(self) -> None:
-        if self._state is S.SQD and not self._outstanding and self.notify_drained:
+        if self._state is _SQD and not self._outstanding and self.notify_drained:
             self.notify_drained = False
             self._ctx.post_event(AsyncEventType.SQ_DRAINED, qp_num=self.qp_num)
 
@@ -401,7 +407,7 @@ class TcpQP(_Handle, QP):
 
     def _pump(self) -> None:
         """Transmit pending WRs (RTS only: SQD starts nothing new)."""
-        if self._state is not S.RTS:
+        if self._state is not _RTS:
             return
         link = self._link
         send = link is not None and not self._rnr_wait and not self._held
@@ -529,7 +535,7 @@ class TcpQP(_Handle, QP):
         wcs: list[WorkCompletion] = []
         append = wcs.append
         set_id, set_status, set_op, set_len, set_qp, set_imm, set_msg = WC_SETTERS
-        read = Opcode.RDMA_READ
+        read = _OP_READ
         # PSN arithmetic mod 2**24: "psn <= upto" is "upto - psn lands in the half behind".
         while outstanding and ((upto - outstanding[0].psn) & PSN_MASK) < _HALF:
             head = outstanding[0]
@@ -788,7 +794,7 @@ class TcpQP(_Handle, QP):
             if wcs:
                 self.recv_cq.push_many(wcs)
                 wcs = []
-            if self._state is S.ERR or link is not self._link:
+            if self._state is _ERR or link is not self._link:
                 return
             if isinstance(frame, (Send, Write, ReadReq)):
                 self._respond(link, frame)
