@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -113,6 +114,8 @@ def _ratio_line(name: str, base: Measurement, rdsx: Measurement, what: str) -> s
 
 async def _main(seconds: float, tasks: int, size: int, repeat: int) -> dict[str, Measurement]:
     best: dict[str, Measurement] = {}
+    # The machine may be shared: the load beside the figures says how much to trust them.
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     for i in range(repeat):
         for name, fn in _RUNS:
             m = await _measure(lambda fn=fn: fn(seconds, tasks, size))  # type: ignore[misc]
@@ -130,6 +133,7 @@ async def _main(seconds: float, tasks: int, size: int, repeat: int) -> dict[str,
             f"best {name + ':':11} {m.per_wall_s:.1f}/s wall, {m.per_cpu_s:.1f}/CPU-s, "
             f"{m.cpu_us:.1f} CPU us/exchange"
         )
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     r = best["rdsx"]
     print(_ratio_line("verbs", best["verbs"], r, "bare ping-pong, no tool"))
     print(_ratio_line("tool+verbs", best["tool+verbs"], r, "same tool over bare verbs: RDS alone"))
