@@ -16,9 +16,13 @@ from shim_world import migrate, ok, open_world, take
 from transports.sim import chaos
 
 
-async def _scenario(seed: int, lossy: bool) -> None:
+async def _scenario(seed: int, lossy: bool, profiled: bool = False) -> None:
     rng = random.Random(seed)
     async with open_world(seed=seed, recvs=64) as world:
+        if profiled:
+            # The seed profile's costs: QPs take time to set up, so the peer's QP made
+            # ahead (pre-setup) and the migrated side's new one race the reconnects.
+            world.fabric.sa_query_time, world.fabric.qp_setup_time = 0.0002, 0.001
         if lossy:
             world.fabric.route_packet = chaos(world.fabric, drop=0.01, duplicate=0.01, delay=0.05)
         a, b = world.a, world.b
@@ -64,3 +68,11 @@ async def test_random_migrations_on_a_lossy_fabric(
 ) -> None:
     with trio.fail_after(200):
         await _scenario(seed, lossy=True)
+
+
+@pytest.mark.parametrize("seed", range(200, 208))
+async def test_random_migrations_with_qp_setup_costs(
+    autojump_clock: trio.abc.Clock, seed: int
+) -> None:
+    with trio.fail_after(200):
+        await _scenario(seed, lossy=seed % 2 == 1, profiled=True)
