@@ -4,8 +4,10 @@ A :class:`Link` is created around an accepted or connected stream. During the
 handshake its owner drives it step by step (:meth:`Link.next_frame`,
 :meth:`Link.flush`); afterwards :meth:`Link.run` starts exactly one reader and
 one writer for it. Synchronous code (``post_send``, the responder) only calls
-:meth:`Link.send`, which appends to a buffer: the writer hands everything queued
-since its last call to one ``send_all``, so frames are batched for free.
+:meth:`Link.send` or :meth:`Link.send_parts`, which append to a list: the writer
+hands everything queued since its last call to one scatter-gather ``sendmsg``,
+so frames are batched for free and a SEND's payload (a view of registered
+memory) is copied only by the kernel.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger("rdsx.tcp.link")
 #: Frames before authentication are small control maps; refuse anything larger.
 PRE_AUTH_MAX_FRAME = 4096
 _RECV_CHUNK = 256 * 1024
+#: The most buffers one sendmsg takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
 #: Stop reading from a peer while this much of our answer to it is unsent: a peer
 #: that asks (RDMA READs) without reading the responses is slowed by TCP, not by
 #: our memory.
@@ -103,6 +107,9 @@ class Link:
         self._pending: list[Frame] = []
         self._out: list[bytes | memoryview] = []
         self._out_frames = 0
+        # The parts the writer is sending, and the prefix of them inside sendmsg.
+        self._sending: list[bytes | memoryview] | None = None
+        self._batch: list[bytes | memoryview] | None = None
         self._unsent = 0  # bytes queued or inside a send_all that has not returned
         self._drained = trio.Event()
         self._wake = trio.Event()
@@ -153,17 +160,17 @@ class Link:
         """Write everything queued (handshake phase only, before :meth:`run`)."""
         if self._out:
             await self._fault.wait_unblocked(self.local, self.peer)
-            data = self._take()
+            data = b"".join(self._take())
             await self.stream.send_all(data)
             self._unsent -= len(data)
 
-    def _take(self) -> bytes:
-        """Everything queued, as one buffer for one ``send_all``."""
+    def _take(self) -> list[bytes | memoryview]:
+        """Everything queued, as the parts of one send."""
         parts, self._out = self._out, []
         self.counters.tcp_frames_tx += self._out_frames
         self._out_frames = 0
         self.counters.tcp_send_batches += 1
-        return b"".join(parts)
+        return parts
 
     # ------------------------------------------------------------------ receiving
 
@@ -281,11 +288,42 @@ class Link:
                 continue
             if not self._lossy:
                 await self._fault.wait_unblocked(self.local, self.peer)
-            data = self._take()
-            await self.stream.send_all(data)
-            self._unsent -= len(data)
+            await self._send_parts(self._take())
             if self._unsent <= HIGH_WATER:
                 self._drained.set()
+
+    async def _send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send ``parts`` with scatter-gather ``sendmsg``: no joined copy of the payloads.
+
+        ``parts`` (and the prefix handed to the kernel) stay visible to
+        :meth:`close` while this runs, so a flushing close can copy the payload
+        views before their WRs complete and their memory is reused.
+        """
+        sock = self.stream.socket
+        self._sending = parts
+        try:
+            while parts:
+                batch = parts if len(parts) <= _IOV_MAX else parts[:_IOV_MAX]
+                self._batch = batch
+                sent = await sock.sendmsg(batch)
+                self._unsent -= sent
+                done = 0
+                while done < len(batch) and sent >= len(batch[done]):
+                    sent -= len(batch[done])
+                    done += 1
+                if sent:
+                    parts[done] = memoryview(parts[done])[sent:]
+                del parts[:done]
+        finally:
+            self._sending = self._batch = None
+
+    def _copy_views(self) -> None:
+        """Replace every payload view still to be sent by a copy of its bytes."""
+        for parts in (self._out, self._sending, self._batch):
+            if parts:
+                for index, part in enumerate(parts):
+                    if type(part) is memoryview:
+                        parts[index] = bytes(part)
 
     def close(self, *, flush: bool = False) -> None:
         """Close the link. With ``flush`` the frames already queued go out first.
@@ -297,10 +335,9 @@ class Link:
             return
         self._closing = True
         if flush:
-            # Copy what is queued now: its WRs complete (flushed) before the writer runs,
-            # and their owners may reuse the memory the payload views point into.
-            if len(self._out) > 1 or (self._out and not isinstance(self._out[0], bytes)):
-                self._out = [b"".join(self._out)]
+            # Copy what is not sent yet: its WRs complete (flushed) before the writer runs
+            # again, and their owners may then reuse the memory the payload views point into.
+            self._copy_views()
             self._wake.set()
             # The writer ends the run after its last send_all; bound how long that may take.
             self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + 1.0)

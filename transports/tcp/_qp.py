@@ -1,8 +1,10 @@
 """An RC queue pair over one TCP connection: requester, responder and retry logic.
 
 Theory of operation. Each transmitted request gets the next 24-bit PSN and
-stays on ``_outstanding`` (with its encoded frame, so a resend never re-reads
-memory) until the responder acknowledges it. The responder places a request in
+stays on ``_outstanding`` (its frame header, and a SEND's payload as a view of
+the registered memory, which the contract leaves untouched until the WR
+completes, so a resend re-reads it as an HCA would) until the responder
+acknowledges it. The responder places a request in
 a posted receive (or performs the RDMA) *before* it acknowledges, and its ACKs
 are cumulative: one per received batch, for the highest PSN done. A READ's
 response acknowledges every earlier PSN too. TCP's own acknowledgements prove

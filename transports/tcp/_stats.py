@@ -22,7 +22,8 @@ class _CounterFields:
         tcp_protocol_errors: malformed frames or messages that violate the protocol.
         tcp_frame_timeouts: peers that stalled in the middle of a frame.
         tcp_frames_tx / tcp_frames_rx: frames sent and received.
-        tcp_send_batches / tcp_recv_batches: ``send_all`` calls and receives that
+        tcp_send_batches / tcp_recv_batches: writer batches (one ``sendmsg`` of all
+            frames queued, unless the kernel takes only part) and receives that
             carried them (frames per batch = frames / batches).
         tcp_acks_tx: cumulative ACKs sent.
         tcp_retransmits: requests sent again after a timeout or RNR NAK.
