@@ -50,6 +50,7 @@ from ._wire import (
     FLAG_RETRANSMITTED,
     FLAG_TOMBSTONE,
     HEADER,
+    HEADER_FIXED,
     HEADER_SIZE,
     MAX_EXT,
     Handshake,
@@ -67,6 +68,10 @@ _UP = ConnState.UP
 _EMPTY = b""
 _RESEND_FLAGS = FLAG_RETRANSMITTED | FLAG_ACK_REQUIRED
 _TOMBSTONE_FLAGS = FLAG_TOMBSTONE | _RESEND_FLAGS
+#: Flags a data frame may carry and still take the receive fast path.
+_FAST_RX_FLAGS = FLAG_ACK_REQUIRED | FLAG_RETRANSMITTED
+_pack_header = HEADER.pack
+_unpack_fixed = HEADER_FIXED.unpack_from
 
 #: One frame to post: the 48-byte header and this fragment's payload. The node
 #: copies both, back to back, into one registered send buffer (one copy of the
@@ -135,6 +140,8 @@ class Connection:
         self._rx_discard = False
         # --- per transport (reset by _reset_transport)
         self._frag = self.config.frag_size
+        # the largest payload a single-fragment frame may carry (fast receive path)
+        self._rx_fast_max = min(self._frag, self.config.max_message_size)
         self._flow = False
         self._send_credits = 0
         self._grant_pending = 0  # receives posted but not yet advertised
@@ -436,6 +443,7 @@ class Connection:
             raise
         self._transition(_UP)
         self._frag = min(self.config.frag_size, hs.frag_size)
+        self._rx_fast_max = min(self._frag, self.config.max_message_size)
         self._flow = self._hs_credits > 0 and hs.credits > 0
         self._send_credits = hs.credits
         self._peer_credits = self._hs_credits
@@ -477,14 +485,123 @@ class Connection:
         if self._state is not _UP:
             return []
         budget = limit if limit is not None else 1 << 62
-        if self._cur is None and not self._send_queue and not self._cong_pending:
+        queue = self._send_queue
+        if self._cur is not None or self._cong_pending:
+            out: list[Frame] = []
+        elif not queue:
             # the common case on the receiving end: at most an ack to send
             if budget > 0 and self._explicit_ack_due():
                 ack_frame = self._ack_frame()
                 if ack_frame is not None:
                     return [ack_frame]
             return []
+        else:
+            out = self._new_single_frames(budget)
+            if not queue:
+                # what the general loop would do next: find nothing to send, then the ack
+                if len(out) < budget and self._explicit_ack_due():
+                    ack_frame = self._ack_frame()
+                    if ack_frame is not None:
+                        out.append(ack_frame)
+                return out
+        self._fill(out, budget)
+        return out
+
+    def _frames_to_send_general(self, now: float, limit: int | None = None) -> list[Frame]:
+        """:meth:`frames_to_send` without its fast path (the reference the tests compare to)."""
+        if self._state is not _UP:
+            return []
+        budget = limit if limit is not None else 1 << 62
+        if self._cur is None and not self._send_queue and not self._cong_pending:
+            if budget > 0 and self._explicit_ack_due():
+                ack_frame = self._ack_frame()
+                if ack_frame is not None:
+                    return [ack_frame]
+            return []
         out: list[Frame] = []
+        self._fill(out, budget)
+        return out
+
+    def _new_single_frames(self, budget: int) -> list[Frame]:
+        """The fast path: frames for the run of new single-fragment messages at the queue head.
+
+        Exactly what :meth:`_fill` emits for them (same seqs, flags, ack policy, credits,
+        counters), with the per-message state kept in locals. It stops, leaving the rest to
+        :meth:`_fill`, at a resend, a message needing several fragments, the budget, or the
+        last credit (which :meth:`_fill` accounts for as a throttle).
+        """
+        out: list[Frame] = []
+        queue = self._send_queue
+        retrans = self._retrans
+        counters = self._counters
+        frag = self._frag
+        flow = self._flow
+        credits = self._send_credits
+        grant_pending = self._grant_pending
+        packets = self._unacked_packets
+        unacked_bytes = self._unacked_bytes
+        config = self.config
+        seq = self._next_tx_seq
+        ack = self._next_rx_seq - 1 if self._next_rx_seq else 0
+        count = 0
+        while count < budget and queue:
+            msg = queue[0]
+            nbytes = msg.nbytes
+            if msg.seq or nbytes > frag:
+                break
+            grant = 0
+            if flow:
+                if credits < 1 or (credits == 1 and not grant_pending):
+                    break
+                credits -= 1
+                if grant_pending:
+                    grant = grant_pending if grant_pending <= 255 else 255
+                    grant_pending -= grant
+                    self._peer_credits += grant
+                    counters.ib_tx_credit_updates += 1
+            queue.popleft()
+            msg.seq = seq
+            flags = msg.flags
+            # Linux rds_send_xmit's ACK_REQUIRED every N packets or M bytes (_apply_ack_policy)
+            if flags & FLAG_ACK_REQUIRED:
+                counters.send_ack_required += 1
+            elif packets <= 0 or unacked_bytes < nbytes:
+                flags |= FLAG_ACK_REQUIRED
+                msg.flags = flags
+                packets = config.max_unacked_packets - 1
+                unacked_bytes = config.max_unacked_bytes - nbytes
+                counters.send_ack_required += 1
+            else:
+                packets -= 1
+                unacked_bytes -= nbytes
+            retrans.append(msg)
+            out.append(
+                (
+                    _pack_header(
+                        seq, ack, nbytes, msg.sport, msg.dport, flags, grant, 0, 1, 0, msg.ext
+                    ),
+                    msg.payload,
+                )
+            )
+            seq += 1
+            count += 1
+        if count:
+            if ack != self._last_ack_sent:
+                self._last_ack_sent = ack
+                counters.ib_ack_send_piggybacked += 1
+            self._next_tx_seq = seq
+            self._highest_sent = seq - 1
+            self._send_credits = credits
+            self._grant_pending = grant_pending
+            self._unacked_packets = packets
+            self._unacked_bytes = unacked_bytes
+            self._ack_needed = False
+            self._ack_deadline = None
+            self._throttled = False
+        return out
+
+    def _fill(self, out: list[Frame], budget: int) -> None:
+        """The general transmit loop: append frames to ``out``, then the explicit ack if due."""
         flow = self._flow
         while len(out) < budget:
             if flow:
@@ -520,7 +637,6 @@ class Connection:
             ack_frame = self._ack_frame()
             if ack_frame is not None:
                 out.append(ack_frame)
-        return out
 
     def _start_next_message(self) -> Message | None:
         if self._cong_pending:
@@ -655,6 +771,74 @@ class Connection:
                 the reset: ``recv_protocol_error`` is already counted here).
             LocalProtocolError: not UP.
         """
+        if self._state is not _UP:
+            raise LocalProtocolError(f"receive_frame in {self._state.name}")
+        # The fast path: a well-formed single-fragment frame that is the next in-order data
+        # message (ports non-zero, no ext) or an explicit ack, outside any reassembly, within
+        # credits. Every condition below is one the general path checks too, and the effects
+        # are the general path's for exactly these frames (tests/test_engine_fastpath.py
+        # compares the two on random frames); anything else takes the general path.
+        size = len(frame)
+        if size >= HEADER_SIZE and not self._rx_active:
+            seq, ack, length, sport, dport, flags, credit, index, count, csum = _unpack_fixed(frame)
+            if (
+                count == 1
+                and not index
+                and not csum
+                and ack <= self._highest_sent
+                and (self._peer_credits > 0 or not self._flow)
+            ):
+                if seq:
+                    fast = (
+                        seq == (self._next_rx_seq or 1)
+                        and not flags & ~_FAST_RX_FLAGS
+                        and length == size - HEADER_SIZE
+                        and length <= self._rx_fast_max
+                        and sport
+                        and dport
+                    )
+                else:
+                    fast = not (flags or length or sport or dport) and size == HEADER_SIZE
+                if fast:
+                    counters = self._counters
+                    if self._flow:
+                        self._peer_credits -= 1
+                        if credit:
+                            self._send_credits += credit
+                            counters.ib_rx_credit_updates += 1
+                            self._throttled = False
+                    if ack:
+                        retrans = self._retrans
+                        if retrans and retrans[0].seq <= ack:
+                            self._drop_acked(ack)
+                    if not seq:
+                        counters.ib_ack_received += 1
+                        return
+                    if flags & FLAG_ACK_REQUIRED:
+                        counters.recv_ack_required += 1
+                        self._ack_needed = True
+                    self._next_rx_seq = seq + 1
+                    if self._ack_deadline is None:
+                        self._ack_deadline = now + self.config.ack_delay
+                    self._events.append(
+                        MessageReceived(
+                            sport,
+                            dport,
+                            bytes(frame[HEADER_SIZE:]) if length else _EMPTY,
+                            _EMPTY,
+                            seq,
+                        )
+                    )
+                    return
+        try:
+            self._receive(frame, now)
+        except RemoteProtocolError:
+            self._counters.recv_protocol_error += 1
+            self._transition(_S.ERROR)
+            raise
+
+    def _receive_general(self, frame: bytes | bytearray | memoryview, now: float) -> None:
+        """:meth:`receive_frame` without its fast path (the reference the tests compare to)."""
         if self._state is not _UP:
             raise LocalProtocolError(f"receive_frame in {self._state.name}")
         try:
@@ -851,6 +1035,7 @@ class Connection:
 
     def _reset_transport(self) -> None:
         self._frag = self.config.frag_size
+        self._rx_fast_max = min(self._frag, self.config.max_message_size)
         self._flow = False
         self._send_credits = 0
         self._grant_pending = 0
