@@ -375,7 +375,7 @@ class Node:
             )
         path = conn.path
         if path is not None:
-            path.pump()
+            path.kick()
         else:
             conn.poke()
 
