@@ -6,9 +6,10 @@ frag_size`` bytes. It follows the call sequence of :mod:`rdsx.engine`:
 
 * **send**: a socket's message is queued in the engine and :meth:`Path.kick`
   posts it at once if no SEND is outstanding, else wakes the path's flusher,
-  which runs once per scheduler pass for all the messages of that pass. :meth:`Path.pump` pulls ``frames_to_send(limit=free
-  slots)``, copies each ``(header, payload)`` once into a free slot and posts
-  the batch with one ``post_send``, only its last SEND signaled (Linux RDS's
+  which runs once per scheduler pass for all the messages of that pass.
+  :meth:`Path.pump` pulls ``frames_to_send(limit=free slots)``, copies each
+  ``(header, payload)`` once into a free slot and posts the batch with one
+  ``post_send``, only its last SEND signaled (Linux RDS's
   unsignaled WRs): RC completes in order, so that completion frees every slot
   of the post. A message that carries RDMA is preceded by its
   RDMA WRITE/READ work request on the same QP, so the RC ordering performs the
