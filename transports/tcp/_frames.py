@@ -325,6 +325,9 @@ class FrameDecoder:
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
+        #: READ requests decoded since the owner last reset this to 0 (the link hands a
+        #: batch over whole while it is 0).
+        self.read_requests = 0
 
     @property
     def partial(self) -> bool:
@@ -379,27 +382,32 @@ class FrameDecoder:
         """Decode the whole frames of ``src[pos:end]``; return where the first partial starts."""
         limit = self.max_frame
         unpack_length = _LEN.unpack_from
-        unpack_send = _SEND.unpack_from
+        # Length, type and a SEND's header in one unpack (the hot path: SENDs in a row).
+        unpack_send_frame = _SEND_FRAME.unpack_from
+        head = _SEND_FRAME.size
         append = frames.append
         set_psn, set_imm, set_payload = _SEND_SETTERS
         while end - pos >= 4:
-            (length,) = unpack_length(src, pos)
+            if end - pos >= head:
+                length, kind, psn, flags, imm = unpack_send_frame(src, pos)
+            else:
+                (length,) = unpack_length(src, pos)
+                kind = -1
             if length < 1 or length > limit:
                 raise RemoteProtocolError(f"frame length {length} outside 1..{limit}")
             stop = pos + 4 + length
             if stop > end:
                 break
-            kind = src[pos + 4]
-            if kind == 16 and length >= 10:  # a well-formed SEND, inline (the hot path)
-                psn, flags, imm = unpack_send(src, pos + 5)
-                if psn <= PSN_MASK and (flags == 0 or flags == 1):
-                    frame = new(Send)
-                    set_psn(frame, psn)
-                    set_imm(frame, imm if flags else None)
-                    set_payload(frame, src[pos + 14 : stop])
-                    append(frame)
-                    pos = stop
-                    continue
-            append(decode_body(kind, src, pos + 5, stop))  # anything else, or the error
+            if kind == 16 and length >= 10 and psn <= PSN_MASK and (flags == 0 or flags == 1):
+                frame = new(Send)  # a well-formed SEND, inline
+                set_psn(frame, psn)
+                set_imm(frame, imm if flags else None)
+                set_payload(frame, src[pos + head : stop])
+                append(frame)
+            else:  # anything else, or the error
+                other = decode_body(src[pos + 4], src, pos + 5, stop)
+                if type(other) is ReadReq:
+                    self.read_requests += 1
+                append(other)
             pos = stop
         return pos

@@ -266,6 +266,13 @@ class Link:
                 return
             # A READ request is the one frame whose answer can be large: hand them over one
             # at a time and stop reading while the answers pile up unsent.
+            if not self.decoder.read_requests:  # none since the last look: the whole batch
+                handler.frames_received(self, frames)
+                while self._unsent > HIGH_WATER:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+                continue
+            self.decoder.read_requests = 0
             start, count = 0, len(frames)
             while start < count:
                 end = start
