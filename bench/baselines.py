@@ -17,10 +17,12 @@ so the only thing that differs from an rdsx run is what carries the messages:
   ledger, verification, trio scheduling).
 * ``verbs``: bare RC SENDs on the same sim fabric rdsx-stress uses, one QP
   per node pair, through the public verbs contract (:mod:`bench.verbs_baseline`):
-  what rdsx-stress over rdsx costs without the RDS layer.
+  what rdsx-stress over rdsx costs without the RDS layer. Every SEND signaled.
+* ``verbs-batch``: the same, posted as rdsx's path posts (while SENDs are
+  outstanding, one post per scheduler pass of up to 8, only the last signaled).
 
-Run ``python -m bench.baselines tcp|zmq|memory|verbs -q 4K -a 4K -t 7 -T 10 [--json FILE]``
-(any rdsx-stress option applies).
+Run ``python -m bench.baselines KIND -q 4K -a 4K -t 7 -T 10 [--json FILE]`` with KIND one
+of ``tcp``, ``zmq``, ``memory``, ``verbs``, ``verbs-batch`` (any rdsx-stress option applies).
 """
 
 from __future__ import annotations
@@ -280,18 +282,19 @@ async def open_memory_pair(a: str, b: str) -> AsyncIterator[tuple[BaselineNode, 
 
 _OPENERS = {"tcp": open_tcp_pair, "zmq": open_zmq_pair, "memory": open_memory_pair}
 #: Every kind ``python -m bench.baselines`` runs (``verbs`` is sized from the options).
-KINDS = (*_OPENERS, "verbs")
+KINDS = (*_OPENERS, "verbs", "verbs-batch")
 
 
 def _opener(kind: str, opts: Options) -> Any:
-    if kind != "verbs":
+    if kind not in ("verbs", "verbs-batch"):
         return _OPENERS[kind]
     # Imported here: bench.verbs_baseline builds on this module's BaselineNode.
-    from .verbs_baseline import open_verbs_pair
+    from .verbs_baseline import POST_MAX, open_verbs_pair
 
     return functools.partial(
         open_verbs_pair,
         max_message=max(opts.req_bytes, opts.ack_bytes),
+        post_max=POST_MAX if kind == "verbs-batch" else None,
         seed=opts.seed,
         port_model=opts.port_model,
     )
@@ -300,18 +303,18 @@ def _opener(kind: str, opts: Options) -> Any:
 async def run_baseline(
     kind: str, opts: Options, stop_on_sigint: bool = False, out: TextIO | None = None
 ) -> Outcome:
-    """Run rdsx-stress's traffic over the ``tcp``, ``zmq``, ``memory`` or ``verbs`` baseline."""
+    """Run rdsx-stress's traffic over one of the baselines (:data:`KINDS`)."""
     async with _opener(kind, opts)(opts.recv_addr, opts.send_addr) as (a, b):
         return await run_stress(opts, a, b, out=out, stop_on_sigint=stop_on_sigint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.baselines {tcp,zmq,memory,verbs} [options]``; returns the exit status."""
+    """``python -m bench.baselines KIND [rdsx-stress options]``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in KINDS:
+        kinds = ",".join(KINDS)
         print(
-            "usage: python -m bench.baselines {tcp,zmq,memory,verbs} [rdsx-stress options]",
-            file=sys.stderr,
+            f"usage: python -m bench.baselines {{{kinds}}} [rdsx-stress options]", file=sys.stderr
         )
         return 2
     kind, opts = args[0], parse_args(args[1:])

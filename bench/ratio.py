@@ -1,6 +1,6 @@
 """RDS layer versus the bare verbs exchange it rides on, measured back to back.
 
-``python -m bench.ratio [--seconds 10] [--tasks 7] [--size 4096] [--repeat 2]``
+``python -m bench.ratio [--seconds 10] [--tasks 7] [--size 4096] [--repeat 2] [--verbs-kind K]``
 
 Alternates, ``--repeat`` times, in one process under trio's real clock:
 
@@ -11,7 +11,9 @@ Alternates, ``--repeat`` times, in one process under trio's real clock:
 * **tool+verbs**: rdsx-stress's own tasks, ledger and verification over bare
   RC SENDs on the same sim fabric (``bench.baselines verbs``, see
   :mod:`bench.verbs_baseline`), ``-t tasks -q size -a size``: the same tool
-  and traffic as the rdsx run with the RDS layer taken out.
+  and traffic as the rdsx run with the RDS layer taken out. Every SEND is
+  signaled; ``--verbs-kind verbs-batch`` posts them in batches as rdsx's path
+  does (one signaled SEND per post).
 * **rdsx**: rdsx-stress over rdsx on the same sim fabric, ``-t tasks -q size
   -a size``, both sides sending; one exchange = a request and its ack. Counted
   over both sides (every acked request), as for tool+verbs.
@@ -27,6 +29,7 @@ layer) and against tool+verbs (what the RDS layer alone adds).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import time
@@ -88,21 +91,14 @@ def _stress_options(seconds: float, tasks: int, size: int) -> Options:
     return Options(tasks=tasks, req_bytes=size, ack_bytes=size, time=seconds, summary_only=True)
 
 
-async def _tool_verbs(seconds: float, tasks: int, size: int) -> int:
+async def _tool_verbs(seconds: float, tasks: int, size: int, kind: str = "verbs") -> int:
     opts = _stress_options(seconds, tasks, size)
-    return _exchanges(await run_baseline("verbs", opts, out=io.StringIO()), "bare verbs")
+    return _exchanges(await run_baseline(kind, opts, out=io.StringIO()), "bare verbs")
 
 
 async def _rdsx(seconds: float, tasks: int, size: int) -> int:
     opts = _stress_options(seconds, tasks, size)
     return _exchanges(await run_in_process(opts, out=io.StringIO()), "rdsx")
-
-
-_RUNS: tuple[tuple[str, Callable[[float, int, int], Awaitable[int]]], ...] = (
-    ("verbs", _verbs),
-    ("tool+verbs", _tool_verbs),
-    ("rdsx", _rdsx),
-)
 
 
 def _ratio_line(name: str, base: Measurement, rdsx: Measurement, what: str) -> str:
@@ -112,12 +108,19 @@ def _ratio_line(name: str, base: Measurement, rdsx: Measurement, what: str) -> s
     )
 
 
-async def _main(seconds: float, tasks: int, size: int, repeat: int) -> dict[str, Measurement]:
+async def _main(
+    seconds: float, tasks: int, size: int, repeat: int, verbs_kind: str = "verbs"
+) -> dict[str, Measurement]:
+    runs: tuple[tuple[str, Callable[[float, int, int], Awaitable[int]]], ...] = (
+        ("verbs", _verbs),
+        ("tool+verbs", functools.partial(_tool_verbs, kind=verbs_kind)),
+        ("rdsx", _rdsx),
+    )
     best: dict[str, Measurement] = {}
     # The machine may be shared: the load beside the figures says how much to trust them.
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     for i in range(repeat):
-        for name, fn in _RUNS:
+        for name, fn in runs:
             m = await _measure(lambda fn=fn: fn(seconds, tasks, size))  # type: ignore[misc]
             print(
                 f"run {i + 1} {name:>10}: {m.exchanges:8d} exchanges in {m.wall:6.2f} s wall, "
@@ -127,7 +130,7 @@ async def _main(seconds: float, tasks: int, size: int, repeat: int) -> dict[str,
             )
             if name not in best or m.per_cpu_s > best[name].per_cpu_s:
                 best[name] = m
-    for name, _ in _RUNS:
+    for name, _ in runs:
         m = best[name]
         print(
             f"best {name + ':':11} {m.per_wall_s:.1f}/s wall, {m.per_cpu_s:.1f}/CPU-s, "
@@ -136,7 +139,8 @@ async def _main(seconds: float, tasks: int, size: int, repeat: int) -> dict[str,
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     r = best["rdsx"]
     print(_ratio_line("verbs", best["verbs"], r, "bare ping-pong, no tool"))
-    print(_ratio_line("tool+verbs", best["tool+verbs"], r, "same tool over bare verbs: RDS alone"))
+    what = f"same tool over bare verbs ({verbs_kind}): RDS alone"
+    print(_ratio_line("tool+verbs", best["tool+verbs"], r, what))
     return best
 
 
@@ -147,8 +151,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--tasks", type=int, default=7)
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument(
+        "--verbs-kind",
+        choices=("verbs", "verbs-batch"),
+        default="verbs",
+        help="the tool+verbs baseline: every SEND signaled, or posted in batches as rdsx does",
+    )
     ns = p.parse_args(argv)
-    trio.run(_main, ns.seconds, ns.tasks, ns.size, ns.repeat)
+    trio.run(_main, ns.seconds, ns.tasks, ns.size, ns.repeat, ns.verbs_kind)
 
 
 if __name__ == "__main__":
