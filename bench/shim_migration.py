@@ -11,6 +11,9 @@ deliveries at each receiver, with the VM's own stop-and-copy pause beside it::
         [--profile seed-cx2-xen|modern ...] [--strategy three-stage|late-detach ...]
 
 Every run checks that each side received exactly what the other sent, in order.
+The profile's ``qp_create`` and ``sa_query`` are spent as ``open_network(profile=...)``
+spends them (see ``Fabric.qp_setup_time``), so ``resume`` is the shim's reconnect with
+its QP setups; ``presetup`` says whether the peer accepted with the QP it made ahead.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import trio.testing
 from rdsx.shim import ShimConfig, TransparentDeviceSource
 from rdsx.verbs import CQ, QP, Access, Context, Opcode, RecvWR, SendWR, Sge, WcStatus
 from transports.sim import open_fabric
+from transports.sim.profile import load_profile
 from transports.sim.vmm import VMM
 
 SLOT = 64
@@ -97,6 +101,8 @@ async def run_one(
     """One migration under load; returns the row's figures."""
     config = ShimConfig(resume_timeout=30.0)
     async with open_fabric(seed=seed) as fabric:
+        figures = load_profile(profile)
+        fabric.sa_query_time, fabric.qp_setup_time = figures["sa_query"], figures["qp_create"]
         hosts = [fabric.add_host(f"host{i}", num_vfs=2) for i in range(3)]
         vm_a = fabric.create_vm("vmA", address="127.0.0.1")
         vm_b = fabric.create_vm("vmB", address="127.0.0.2")
@@ -144,6 +150,7 @@ async def run_one(
                 "gap": max(_gap(a.times), _gap(b.times)),
                 "pause": pause,
                 "exact": exact,
+                "presetup": peer.presetups_used > 0,
             }
 
 
@@ -154,7 +161,7 @@ def _ms(value: object) -> str:
 async def _main(rate: float, seed: int, profiles: Sequence[str], strategies: Sequence[str]) -> None:
     print(
         f"{'profile':<13} {'strategy':<12} {'removal':<9} {'release':>8} {'resume':>8} "
-        f"{'gap':>9} {'pause':>7} {'held':>5} {'resent':>6} {'dups':>5}  exact"
+        f"{'gap':>9} {'pause':>7} {'held':>5} {'resent':>6} {'dups':>5}  exact  presetup"
     )
     for profile in profiles:
         for strategy in strategies:
@@ -164,7 +171,8 @@ async def _main(rate: float, seed: int, profiles: Sequence[str], strategies: Seq
                 print(
                     f"{profile:<13} {strategy:<12} {kind:<9} {_ms(row['release']):>8} "
                     f"{_ms(row['resume']):>8} {_ms(row['gap']):>9} {_ms(row['pause']):>7} "
-                    f"{row['held']:>5} {row['resent']:>6} {row['dups']:>5}  {row['exact']}"
+                    f"{row['held']:>5} {row['resent']:>6} {row['dups']:>5}  {row['exact']!s:<5}  "
+                    f"{row['presetup']}"
                 )
     print(
         f"ms; load {rate:g} SENDs/s each way (gap resolution {1000 / rate:.2f} ms); "

@@ -16,3 +16,7 @@ async def test_one_migration_row(autojump_clock: trio.abc.Clock) -> None:
     assert isinstance(resume, float) and resume >= 0
     assert isinstance(gap, float) and isinstance(pause, float) and gap >= pause > 0
     assert row["resent"] == 0  # graceful: everything drained before the detach
+    # The peer accepted with the QP it made ahead: the guest's QP (create, then RTR/RTS)
+    # and the peer's RTR/RTS are all that is left (the profile's qp_create is 0.3 ms).
+    assert row["presetup"] is True
+    assert 1.5 * 0.0003 <= resume < 1.5 * 0.0003 + 1e-4
