@@ -6,6 +6,11 @@ as they complete) and the same messages over a plain trio TCP connection
 (length-prefixed, one cumulative app-level ack per read), and prints the CPU time
 per message of each. CPU time, not wall time: the figure must not depend on what
 else the machine runs. No rdsx node is involved: this isolates the transport's cost.
+
+``--stages`` instead times the QP's Python alone, without sockets or tasks: a
+requester QP and a responder QP joined by stand-in links, ``--batch`` one-WR
+``post_send`` calls (rdsx's pattern), the frames decoded, delivered into posted
+receives, and the cumulative ACK completing the sends; CPU per message per stage.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import trio
 from rdsx.verbs import Access, Opcode, QpAttr, QpCap, QpDest, QpState, RecvWR, SendWR, Sge
 from transports.tcp import TcpDevice, TcpTransport
 
-__all__ = ["main", "plain_tcp", "tcp_verbs"]
+__all__ = ["main", "plain_tcp", "qp_stages", "tcp_verbs"]
 
 _SECRET = b"bench-only-secret-0123456789"
 _ALL = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
@@ -122,13 +127,100 @@ async def plain_tcp(size: int, count: int, window: int) -> dict[str, float]:
     return {"cpu_us_per_msg": cpu / count * 1e6}
 
 
+class _StandInLink:
+    """Collects what a QP queues on its link (the stages run without sockets)."""
+
+    peer_max_frame = 1 << 25
+    peer = "stand-in"
+    closed = False
+
+    def __init__(self) -> None:
+        self.out: list[bytes | memoryview] = []
+
+    def send(self, frame: bytes) -> None:
+        self.out.append(frame)
+
+    def send_parts(self, parts: list[bytes | memoryview], frames: int, size: int) -> None:
+        self.out += parts
+
+    def close(self, *, flush: bool = False) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.out = b"".join(self.out), []
+        return data
+
+
+async def qp_stages(size: int, rounds: int, batch: int) -> dict[str, float]:
+    """CPU microseconds per message of each stage of the QP's data path (no sockets)."""
+    from transports.tcp._frames import FrameDecoder
+
+    async with TcpTransport().open_network(secret=_SECRET, port=0) as net:
+        ends = []
+        for i, address in enumerate(("127.0.0.1", "127.0.0.2")):
+            node = await net.add_node(address)
+            assert node.device is not None
+            ctx = await node.device.open()
+            pd, cq = ctx.alloc_pd(), ctx.create_cq(1 << 16)
+            qp = pd.create_qp(cq, cq, QpCap(max_send_wr=batch, max_recv_wr=batch))
+            mr = pd.reg_mr(bytearray(size * batch), _ALL)
+            qp.modify(QpAttr(QpState.INIT, access_flags=_ALL))
+            # A peer that sorts after us and never answers: this QP never dials out.
+            dest = QpDest("zzz:1", i + 1)
+            qp.modify(QpAttr(QpState.RTR, dest=dest, path_mtu=4096, rq_psn=0, min_rnr_timer=0.001))
+            qp.modify(QpAttr(QpState.RTS, sq_psn=0, timeout=60.0, retry_cnt=7, rnr_retry=7))
+            link = _StandInLink()
+            qp.attach(link)  # type: ignore[attr-defined]
+            ends.append((qp, cq, mr, link))
+        (sqp, scq, smr, slink), (rqp, rcq, rmr, rlink) = ends
+        send_wrs = [
+            SendWR(i, Opcode.SEND, (Sge(smr.addr + i * size, size, smr.lkey),))
+            for i in range(batch)
+        ]
+        recv_wrs = [RecvWR(i, (Sge(rmr.addr + i * size, size, rmr.lkey),)) for i in range(batch)]
+        to_responder, to_requester = FrameDecoder(1 << 24), FrameDecoder(1 << 24)
+        clock = time.process_time
+        post = decode = deliver = complete = 0.0
+        for _ in range(rounds):
+            rqp.post_recv(recv_wrs)
+            t0 = clock()
+            for wr in send_wrs:
+                sqp.post_send([wr])
+            t1 = clock()
+            frames = to_responder.feed(slink.take())
+            t2 = clock()
+            rqp.frames_received(rlink, frames)  # type: ignore[attr-defined]
+            t3 = clock()
+            sqp.frames_received(slink, to_requester.feed(rlink.take()))  # type: ignore[attr-defined]
+            t4 = clock()
+            if len(scq.poll(batch)) != batch or len(rcq.poll(batch)) != batch:
+                raise RuntimeError("a stage lost a completion")
+            post, decode = post + t1 - t0, decode + t2 - t1
+            deliver, complete = deliver + t3 - t2, complete + t4 - t3
+        count = rounds * batch / 1e6
+        return {
+            "post_send": post / count,
+            "join+decode": decode / count,
+            "deliver": deliver / count,
+            "ack+complete": complete / count,
+            "cpu_us_per_msg": (post + decode + deliver + complete) / count,
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both and print CPU microseconds per message."""
     parser = argparse.ArgumentParser(prog="python -m bench.tcp_verbs", description=__doc__)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--stages", action="store_true", help="time the QP's stages alone")
+    parser.add_argument("--batch", type=int, default=32, help="--stages: messages per round")
     args = parser.parse_args(argv)
+    if args.stages:
+        result = trio.run(qp_stages, args.size, max(1, args.count // args.batch), args.batch)
+        stages = "  ".join(f"{k} {v:.2f}" for k, v in result.items() if k != "cpu_us_per_msg")
+        print(f"qp stages {args.size:>7} B: {result['cpu_us_per_msg']:6.2f} CPU us/msg  {stages}")
+        return 0
     runs: list[tuple[str, Callable[[int, int, int], Coroutine[Any, Any, dict[str, float]]]]] = [
         ("tcp verbs", tcp_verbs),
         ("plain trio TCP", plain_tcp),

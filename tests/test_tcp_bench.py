@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from bench.tcp_verbs import main, plain_tcp, tcp_verbs
+from bench.tcp_verbs import main, plain_tcp, qp_stages, tcp_verbs
 
 
 async def test_both_sides_move_every_message() -> None:
@@ -20,3 +20,14 @@ def test_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--size", "64", "--count", "100", "--window", "8"]) == 0
     out = capsys.readouterr().out
     assert "tcp verbs" in out and "plain trio TCP" in out and "CPU us/msg" in out
+
+
+async def test_the_stages_deliver_and_complete_every_message() -> None:
+    with trio.fail_after(10):
+        stages = await qp_stages(512, 5, 8)  # raises if a round loses a completion
+    assert set(stages) == {"post_send", "join+decode", "deliver", "ack+complete", "cpu_us_per_msg"}
+
+
+def test_stages_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--stages", "--size", "64", "--count", "64", "--batch", "8"]) == 0
+    assert "qp stages" in capsys.readouterr().out
