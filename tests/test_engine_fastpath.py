@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from engine_link import Link
@@ -43,6 +43,9 @@ def _normal(value: Any) -> Any:
 class Twin:
     """Stands in for a Connection in :class:`Link`; runs every call on both engines."""
 
+    #: for each method, the one the reference engine runs instead
+    reference: ClassVar[dict[str, str]] = _REFERENCE
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.fast = Connection(*args, **kwargs)
         self.ref = Connection(*args, **kwargs)
@@ -57,7 +60,7 @@ class Twin:
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             outcomes = []
-            for conn, method in ((self.fast, name), (self.ref, _REFERENCE.get(name, name))):
+            for conn, method in ((self.fast, name), (self.ref, self.reference.get(name, name))):
                 fresh = [bytearray(a) if isinstance(a, memoryview) else a for a in args]
                 try:
                     outcomes.append(("ok", _normal(getattr(conn, method)(*fresh, **kwargs))))
@@ -94,13 +97,13 @@ class Twin:
             assert getattr(fast, name) == getattr(ref, name), name
 
 
-def twin_link(config: EngineConfig, ring: int) -> Link:
+def twin_link(config: EngineConfig, ring: int, twin: type[Twin] = Twin) -> Link:
     link = Link(config, ring=ring)
     for side, (local, remote, gen) in (
         (link.a, ("127.0.0.1", "127.0.0.2", 11)),
         (link.b, ("127.0.0.2", "127.0.0.1", 22)),
     ):
-        side.conn = Twin(local, remote, generation=gen, config=config)  # type: ignore[assignment]
+        side.conn = twin(local, remote, generation=gen, config=config)  # type: ignore[assignment]
     link.strict_credits = False
     return link
 
@@ -146,8 +149,10 @@ def mangle_field(frame: bytes, field: int, delta: int, bit: int) -> bytes:
     return _HEADER.pack(*fields) + frame[_HEADER.size :]
 
 
-def run_program(program: list[tuple[Any, ...]], config: EngineConfig, ring: int) -> int:
-    link = twin_link(config, ring)
+def run_program(
+    program: list[tuple[Any, ...]], config: EngineConfig, ring: int, twin: type[Twin] = Twin
+) -> int:
+    link = twin_link(config, ring, twin)
     link.connect()
     counter = 0
     for op in program:

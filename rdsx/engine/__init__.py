@@ -82,6 +82,7 @@ from ._events import Event as Event
 from ._events import MessageAcked as MessageAcked
 from ._events import MessageDropped as MessageDropped
 from ._events import MessageReceived as MessageReceived
+from ._events import MessagesAcked as MessagesAcked
 from ._events import PeerRestarted as PeerRestarted
 from ._events import PongReceived as PongReceived
 from ._message import ConnectionInfo as ConnectionInfo

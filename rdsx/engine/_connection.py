@@ -17,6 +17,7 @@ RETRANSMITTED flag; the peer drops it if it already had it.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 from ..errors import AddressNotAvailable, LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from ._backoff import should_initiate
@@ -30,6 +31,7 @@ from ._events import (
     MessageAcked,
     MessageDropped,
     MessageReceived,
+    MessagesAcked,
     PeerRestarted,
     PongReceived,
 )
@@ -61,7 +63,7 @@ from ._wire import (
     parse_fragment,
 )
 
-__all__ = ["Connection", "ConnectionInfo", "Frame", "QueuedMessage"]
+__all__ = ["Connection", "ConnectionInfo", "Frame", "MessageCallback", "QueuedMessage"]
 
 _S = ConnState
 _UP = ConnState.UP
@@ -72,6 +74,9 @@ _TOMBSTONE_FLAGS = FLAG_TOMBSTONE | _RESEND_FLAGS
 _FAST_RX_FLAGS = FLAG_ACK_REQUIRED | FLAG_RETRANSMITTED
 _pack_header = HEADER.pack
 _unpack_fixed = HEADER_FIXED.unpack_from
+
+#: ``on_message(sport, dport, data, ext, seq)``: a received message, delivered at once.
+MessageCallback = Callable[[int, int, bytes, bytes, int], None]
 
 #: One frame to post: the 48-byte header and this fragment's payload. The node
 #: copies both, back to back, into one registered send buffer (one copy of the
@@ -97,6 +102,13 @@ class Connection:
         generation: this node incarnation's number, a random non-zero u32
             chosen once per node start (0 disables restart detection).
         config: protocol parameters.
+        batch_acks: report acknowledged messages as one :class:`MessagesAcked` per
+            ack instead of one :class:`MessageAcked` per message.
+        on_message: if given, called as ``on_message(sport, dport, data, ext, seq)``
+            for each received message in place of a :class:`MessageReceived` event,
+            and as ``on_message(0, port, b"", b"", seq)`` for each pong in place of
+            :class:`PongReceived` (so both keep their arrival order). It runs inside
+            :meth:`receive_frame`: it must not raise or call into this connection.
     """
 
     def __init__(
@@ -106,6 +118,8 @@ class Connection:
         *,
         generation: int = 0,
         config: EngineConfig | None = None,
+        batch_acks: bool = False,
+        on_message: MessageCallback | None = None,
     ) -> None:
         if not 0 <= generation <= 0xFFFFFFFF:
             raise ValueError("generation must be a u32")
@@ -117,6 +131,8 @@ class Connection:
         self._state = ConnState.DOWN
         self._counters = MutableCounters()
         self._events: collections.deque[Event] = collections.deque()
+        self._batch_acks = batch_acks
+        self._on_message = on_message
         # --- send side
         self._next_tx_seq = 1
         self._send_queue: collections.deque[Message] = collections.deque()
@@ -820,15 +836,12 @@ class Connection:
                     self._next_rx_seq = seq + 1
                     if self._ack_deadline is None:
                         self._ack_deadline = now + self.config.ack_delay
-                    self._events.append(
-                        MessageReceived(
-                            sport,
-                            dport,
-                            bytes(frame[HEADER_SIZE:]) if length else _EMPTY,
-                            _EMPTY,
-                            seq,
-                        )
-                    )
+                    data = bytes(frame[HEADER_SIZE:]) if length else _EMPTY
+                    on_message = self._on_message
+                    if on_message is None:
+                        self._events.append(MessageReceived(sport, dport, data, _EMPTY, seq))
+                    else:
+                        on_message(sport, dport, data, _EMPTY, seq)
                     return
         try:
             self._receive(frame, now)
@@ -936,10 +949,16 @@ class Connection:
                 self._send_queue.append(Message(0, sport, _EMPTY, INTERNAL, 0, _EMPTY, False))
                 counters.send_pong += 1
             return
-        if sport == 0:
+        on_message = self._on_message
+        if on_message is not None:
+            if sport == 0:
+                on_message(0, dport, _EMPTY, _EMPTY, seq)
+            else:
+                on_message(sport, dport, data, ext, seq)
+        elif sport == 0:
             self._events.append(PongReceived(dport, seq))
-            return
-        self._events.append(MessageReceived(sport, dport, data, ext, seq))
+        else:
+            self._events.append(MessageReceived(sport, dport, data, ext, seq))
 
     def _receive_cong_update(self, data: bytes) -> None:
         ports = decode_cong_update(data)
@@ -953,26 +972,56 @@ class Connection:
     def _drop_acked(self, ack: int) -> None:
         """Free every retransmit-queue message with ``seq <= ack`` (``rds_send_drop_acked``)."""
         retrans = self._retrans
-        events = self._events
-        counters = self._counters
-        while retrans:
-            msg = retrans[0]
-            if msg.seq > ack or msg is self._cur:
-                break
-            retrans.popleft()
-            counters.send_drop_acked += 1
-            if reports(msg):
-                events.append(MessageAcked(msg.token, msg.sport, msg.dport, msg.nbytes, msg.seq))
+        cur = self._cur
+        retired = 0
+        if self._batch_acks:
+            tokens: list[object] = []
+            nbytes = 0
+            while retrans:
+                msg = retrans[0]
+                if msg.seq > ack or msg is cur:
+                    break
+                retrans.popleft()
+                retired += 1
+                token = msg.token
+                if token is not INTERNAL and token is not CANCELED:
+                    tokens.append(token)
+                    nbytes += msg.nbytes
+            if tokens:
+                self._events.append(MessagesAcked(tuple(tokens), len(tokens), nbytes, ack))
+        else:
+            events = self._events
+            while retrans:
+                msg = retrans[0]
+                if msg.seq > ack or msg is cur:
+                    break
+                retrans.popleft()
+                retired += 1
+                if reports(msg):
+                    events.append(
+                        MessageAcked(msg.token, msg.sport, msg.dport, msg.nbytes, msg.seq)
+                    )
+        self._counters.send_drop_acked += retired
 
     def _purge_resends(self, ack: int) -> None:
         """The handshake's ``dp_ack_seq``: drop what the peer has before resending."""
         if ack > self._highest_sent:
             raise RemoteProtocolError(f"handshake acks seq {ack}, never sent")
         queue = self._send_queue
+        acked: list[Message] = []
         while queue and queue[0].seq and queue[0].seq <= ack:
             msg = queue.popleft()
             self._counters.send_drop_acked += 1
             if reports(msg):
+                acked.append(msg)
+        if not acked:
+            return
+        if self._batch_acks:
+            tokens = tuple(msg.token for msg in acked)
+            nbytes = sum(msg.nbytes for msg in acked)
+            self._events.append(MessagesAcked(tokens, len(tokens), nbytes, ack))
+        else:
+            for msg in acked:
                 self._events.append(
                     MessageAcked(msg.token, msg.sport, msg.dport, msg.nbytes, msg.seq)
                 )

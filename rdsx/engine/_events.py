@@ -13,6 +13,7 @@ __all__ = [
     "MessageAcked",
     "MessageDropped",
     "MessageReceived",
+    "MessagesAcked",
     "PeerRestarted",
     "PongReceived",
 ]
@@ -65,6 +66,28 @@ class MessageAcked:
     dport: int
     nbytes: int
     seq: int
+
+
+@attrs.frozen(slots=True)
+class MessagesAcked:
+    """One ack retired messages: release their send-buffer bytes.
+
+    Emitted instead of one :class:`MessageAcked` per message by connections created
+    with ``batch_acks=True``: one event per ack that retired at least one message
+    the node hears about (internal and canceled messages are left out, as they are
+    from :class:`MessageAcked`).
+
+    Attributes:
+        tokens: what the node passed to ``send`` for each retired message, in send order.
+        count: ``len(tokens)``.
+        nbytes: their payload bytes, together.
+        up_to: the cumulative ack that retired them (every seq up to it is acked).
+    """
+
+    tokens: tuple[object, ...]
+    count: int
+    nbytes: int
+    up_to: int
 
 
 @attrs.frozen(slots=True)
@@ -140,6 +163,7 @@ class PeerRestarted:
 Event = (
     MessageReceived
     | MessageAcked
+    | MessagesAcked
     | MessageDropped
     | CongestionUpdated
     | PongReceived
