@@ -164,3 +164,26 @@ async def test_the_presetup_qp_dies_with_the_peers_own_device(
             await world.fabric.attach(a.vm, world.hosts["C"])
             await exchange(world, 5, b"after")
             assert b.shim.statistics().presetups_used == 0
+
+
+async def test_a_suspended_peer_that_crashes_is_given_up_in_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """B's host dies while A is away (B holding A's QP made ahead): A times out, typed."""
+    with trio.fail_after(60):
+        async with open_world(seed=26, config=ShimConfig(resume_timeout=2.0)) as world:
+            a, b = world.a, world.b
+            await world.fabric.detach(a.vm, grace=1.0)
+            spare = vqp(b.qp).spare
+            assert spare is not None
+            world.fabric.crash_host(world.hosts["B"])
+            await trio.testing.wait_all_tasks_blocked()
+            assert vqp(b.qp).spare is None and gone(spare)
+            await world.fabric.attach(a.vm, world.hosts["C"])
+            start = trio.current_time()
+            assert a.cm is not None
+            with pytest.raises(PeerResumeTimeout):
+                await a.cm.next_event()
+            assert trio.current_time() - start <= 2.0 + 0.1
+            assert a.qp.state is QpState.ERR
+            assert a.shim.statistics().migrations[0].peers_timed_out == 1
