@@ -11,4 +11,4 @@ def test_engine_codec_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert engine_codec.main(["--number", "20", "--messages", "20"]) == 0
     out = capsys.readouterr().out
     assert "struct" in out and "msgpack" in out
-    assert out.count("us/msg") == 3
+    assert out.count("us/msg") == 5

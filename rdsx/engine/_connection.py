@@ -132,6 +132,7 @@ class Connection:
         self._counters = MutableCounters()
         self._events: collections.deque[Event] = collections.deque()
         self._batch_acks = batch_acks
+        self._max_message_size = self.config.max_message_size
         self._on_message = on_message
         # --- send side
         self._next_tx_seq = 1
@@ -271,7 +272,7 @@ class Connection:
             raise AddressNotAvailable(f"port out of range: {sport} -> {dport}")
         if type(payload) is memoryview and (payload.format != "B" or payload.ndim != 1):
             payload = payload.cast("B")
-        if len(payload) > self.config.max_message_size:
+        if len(payload) > self._max_message_size:
             raise MessageTooLarge(
                 f"{len(payload)} bytes exceed the {self.config.max_message_size}-byte maximum"
             )
@@ -505,8 +506,13 @@ class Connection:
         if self._cur is not None or self._cong_pending:
             out: list[Frame] = []
         elif not queue:
-            # the common case on the receiving end: at most an ack to send
-            if budget > 0 and self._explicit_ack_due():
+            # the common case on the receiving end: at most an ack to send (nothing is due
+            # unless an ack was asked for or receives were posted: skip the call then)
+            if (
+                budget > 0
+                and (self._ack_needed or self._grant_pending)
+                and self._explicit_ack_due()
+            ):
                 ack_frame = self._ack_frame()
                 if ack_frame is not None:
                     return [ack_frame]
@@ -514,8 +520,10 @@ class Connection:
         else:
             out = self._new_single_frames(budget)
             if not queue:
-                # what the general loop would do next: find nothing to send, then the ack
-                if len(out) < budget and self._explicit_ack_due():
+                # What the general loop would do next: find nothing to send, then the ack.
+                # The frames just built carry the ack and every pending grant up to 255, so
+                # only more than that can still be due.
+                if self._grant_pending and len(out) < budget and self._explicit_ack_due():
                     ack_frame = self._ack_frame()
                     if ack_frame is not None:
                         out.append(ack_frame)
