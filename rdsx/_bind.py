@@ -7,6 +7,7 @@ a free port: start at a random port >= 2 and probe linearly, skipping 0 and 1.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from .errors import AddressInUse, AddressNotAvailable
@@ -65,6 +66,13 @@ class BindTable(Generic[T]):
     def lookup(self, port: int) -> T | None:
         """Return the socket bound to ``port``, or ``None``."""
         return self._by_port.get(port)
+
+    def table(self) -> Mapping[int, T]:
+        """The live port -> socket mapping (read only; it follows every bind and unbind).
+
+        For per-message lookups that cannot afford a method call each.
+        """
+        return self._by_port
 
     def __len__(self) -> int:
         return len(self._by_port)

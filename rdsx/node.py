@@ -57,6 +57,7 @@ from .engine import (
     MessageAcked,
     MessageDropped,
     MessageReceived,
+    MessagesAcked,
     PeerRestarted,
     PongReceived,
     should_initiate,
@@ -95,8 +96,15 @@ class _Conn:
     def __init__(self, node: Node, remote: str) -> None:
         cfg = node.config
         self.remote = remote
+        # Received messages go straight to the sockets and acks come one event per ack,
+        # not one per message: the per-message events cost more than the delivery.
         self.engine = Connection(
-            node.address, remote, generation=node._generation, config=cfg.engine
+            node.address,
+            remote,
+            generation=node._generation,
+            config=cfg.engine,
+            batch_acks=True,
+            on_message=node._receiver(remote),
         )
         self.initiator = should_initiate(node.address, remote)
         self.backoff = Backoff()
@@ -152,6 +160,8 @@ class Node:
         self._dev: DeviceState | None = None
         self._dev_nursery: trio.Nursery | None = None
         self._rdma = RdmaBook(address, self._counters)
+        #: Sockets a delivery inside ``receive_frame`` may have congested (see _dispatch).
+        self._cong_recheck: list[Socket] = []
         self._closed = False
         self._device_lot = trio.lowlevel.ParkingLot()
 
@@ -477,6 +487,29 @@ class Node:
         values["recv_queued"] += 1
         sock._deliver(data, source, seq)
 
+    def _receiver(self, remote: str) -> Callable[[int, int, bytes, bytes, int], None]:
+        """The engine's ``on_message`` for the connection to ``remote``: deliver at once.
+
+        It runs inside ``receive_frame``, so it never calls into the engine: a
+        congestion change waits in ``_cong_recheck`` for the dispatch that follows.
+        A pong comes as ``(0, port, b"", b"", seq)``: from ``(remote, 0)``, as RDS has it.
+        """
+        ports = self._binds.table()
+        values = self._counters.values
+
+        def on_message(sport: int, dport: int, data: bytes, ext: bytes, seq: int) -> None:
+            if ext and len(ext) >= 13 and ext[0] == RDMA_EXT_TAG:
+                values["recv_rdma_bytes"] += int.from_bytes(ext[9:13], "big")
+            sock = ports.get(dport)
+            if sock is None or sock._closed:
+                values["recv_drop_no_sock"] += 1
+                return
+            values["recv_delivered"] += 1
+            values["recv_queued"] += 1
+            sock._deliver_received(data, (remote, sport), seq)
+
+        return on_message
+
     def _dispatch(self, conn: _Conn) -> None:
         """Drain the engine's events into sockets (called after every engine input)."""
         engine = conn.engine
@@ -491,6 +524,13 @@ class Node:
                 if ext and len(ext) >= 13 and ext[0] == RDMA_EXT_TAG:
                     self._counters.inc("recv_rdma_bytes", int.from_bytes(ext[9:13], "big"))
                 deliver(event.dport, (remote, event.sport), event.data, event.seq)
+            elif type(event) is MessagesAcked:
+                for token in event.tokens:
+                    if type(token) is OutMessage:
+                        if token.handle is None:
+                            token.socket._message_ended(token, acked)
+                        else:
+                            self._end(token, acked)
             elif type(event) is MessageAcked:
                 token = event.token
                 if type(token) is OutMessage:
@@ -517,6 +557,10 @@ class Node:
                     event.old_generation,
                     event.new_generation,
                 )
+        if self._cong_recheck:
+            recheck, self._cong_recheck = self._cong_recheck, []
+            for sock in recheck:
+                sock._update_congestion()
         dev = self._dev
         if dev is not None and dev.draining:
             dev.changed.unpark_all()

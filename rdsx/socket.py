@@ -391,6 +391,23 @@ class Socket:
         if self._recv_lot:
             self._recv_lot.unpark_all()
 
+    def _deliver_received(self, payload: bytes, source: Address, seq: int) -> None:
+        """As :meth:`_deliver`, from inside the engine's ``receive_frame``.
+
+        That must not call back into the engine, so a congestion change it
+        causes is left to the node's next dispatch (``Node._cong_recheck``).
+        """
+        self._recv_queue.append((payload, source, seq))
+        nbytes = len(payload)
+        self._rcv_bytes += nbytes
+        node = self._node
+        node._counters.values["recv_bytes_added_to_sock"] += nbytes
+        # A delivery can only congest the port (freeing needs a receive).
+        if self._rcv_bytes > self._rcvbuf and not self._congested:
+            node._cong_recheck.append(self)
+        if self._recv_lot:
+            self._recv_lot.unpark_all()
+
     def _update_congestion(self) -> None:
         # Hysteresis as recv.c: congested above rcvbuf, free only below half of it.
         if self._port is None or self._closed:
