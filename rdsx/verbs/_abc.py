@@ -371,6 +371,11 @@ class QP(abc.ABC):
         """Post one or more send WRs; never blocks.
 
         Completions go to the send CQ. In ERR the WRs are accepted and flushed.
+        As with ``ibv_post_send``, the memory a WR's SGEs name belongs to the
+        transport until the WR has completed (an unsignaled WR: until a later
+        WR's completion is in): a transport may read it then, or again for a
+        retransmission (``tcp`` sends it from there), so changing it earlier
+        sends undefined bytes.
 
         Raises:
             InvalidState: the QP is in RESET, INIT or RTR (SQD: queued until RTS).
