@@ -4,6 +4,9 @@ A request is a CM connect to the peer shim's control port carrying a
 :mod:`~rdsx.shim.protocol` message; the answer comes back in the reject's
 private data (``SUSPEND`` -> ``SUSPENDED``, ``KeyMap``/``CLOSE`` -> ``Ack``), or,
 for ``RECONNECT``, in the accept that connects the two new physical QPs.
+``SUSPEND`` goes first in band, as a CM message on the connection's own CM id
+(no QP is made for it), and through the control port only when that CM
+carries no messages or stays silent.
 Nothing here touches the layer above's QPs or receive buffers.
 """
 
@@ -184,7 +187,7 @@ class ControlPlane:
                 try:
                     await pcm.send_message(data)
                 except NotSupported:
-                    return None  # e.g. tcp's CM: the control port it is
+                    return None  # tcp's CM, for one: the control port then
                 except DeviceRemoved:
                     self._s.report_removal(None)
                     return None

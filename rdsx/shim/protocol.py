@@ -8,14 +8,17 @@ no receive buffer of the layer above is ever consumed by shim traffic:
 * ``CONNECT``/``ACCEPT`` headers ride in front of the user's private data of
   every CM exchange the layer above makes; they tell each side the other's
   *virtual* QPN, the stable name of the connection across migrations.
-* ``SUSPEND`` is a connect request to the peer shim's control port that the
-  peer answers with a reject carrying ``SUSPENDED``: a one-round-trip RPC. The
-  peer stops starting sends and drains its send queue (SQD) before it answers,
-  so when the migrating side releases its device nothing is in flight towards
-  it and the peer QP has no reason to go to ERR (seed problems 3 and 4).
-* ``RECONNECT`` is a connect request, to the same control port, with the new
-  physical QP of the side whose device was replaced; the peer accepts with a
-  fresh physical QP of its own and ``RESUMED``. Both carry the number of
+* ``SUSPEND`` is a CM message on the connection's own CM id that the peer
+  answers with a ``SUSPENDED`` message (or, where the CM carries no messages, a
+  connect request to the peer shim's control port answered by a reject carrying
+  ``SUSPENDED``): a one-round-trip RPC. The peer stops starting sends and
+  drains its send queue (SQD) before it answers, so when the migrating side
+  releases its device nothing is in flight towards it and the peer QP has no
+  reason to go to ERR (seed problems 3 and 4).
+* ``RECONNECT`` is a connect request to the peer shim's control port, with the
+  new physical QP of the side whose device was replaced; the peer accepts with
+  a fresh physical QP of its own (made when it was told to suspend) and
+  ``RESUMED``. Both carry the number of
   messages their side has *received* on the virtual QP, which is all the
   resequencing needs (:func:`plan_resend`). When the sender's remote-key map
   fits, it rides along (``keys``), so a migrated node resumes in one round trip
