@@ -110,7 +110,7 @@ class Link:
         # The parts the writer is sending, and the prefix of them inside sendmsg.
         self._sending: list[bytes | memoryview] | None = None
         self._batch: list[bytes | memoryview] | None = None
-        self._unsent = 0  # bytes queued or inside a send_all that has not returned
+        self._unsent = 0  # bytes queued or not yet taken by the kernel
         self._drained = trio.Event()
         self._wake = trio.Event()
         self._cancel = trio.CancelScope()
@@ -144,7 +144,8 @@ class Link:
         """Queue ``frames`` encoded frames given as consecutive ``parts`` of ``size`` bytes.
 
         A frame may span parts (a SEND's header, then a view of its payload): the
-        writer's ``join`` copies each payload once. Like :meth:`send`, never blocks.
+        writer's ``sendmsg`` gathers them, so the kernel's is the one copy. Like
+        :meth:`send`, never blocks.
         """
         if self.closed or self._closing:
             return
