@@ -143,8 +143,13 @@ class Path:
             RecvWR(i << 2 | KIND_RECV, (Sge(base + i * size, size, lkey),))
             for i in range(self.recv_slots)
         ]
-        self._send_wrs: list[SendWR | None] = [None] * self.send_slots
-        self._quiet_wrs: list[SendWR | None] = [None] * self.send_slots
+        # A slot's cached signaled and unsignaled WR, valid for the frame length beside it
+        # (-1: none yet).
+        unused = SendWR(0, Opcode.SEND)
+        self._send_wrs = [unused] * self.send_slots
+        self._send_lens = [-1] * self.send_slots
+        self._quiet_wrs = [unused] * self.send_slots
+        self._quiet_lens = [-1] * self.send_slots
         #: slot of a post's last (signaled) SEND -> the post's unsignaled slots it retires.
         self._covers: list[list[int] | None] = [None] * self.send_slots
         self._flush_lot = trio.lowlevel.ParkingLot()
@@ -479,8 +484,8 @@ class Path:
         buf = self.send_buf
         base, lkey, size = self.send_mr.addr, self.send_mr.lkey, self.slot_size
         free = self.free_send
-        send_wrs = self._send_wrs
-        quiet_wrs = self._quiet_wrs
+        send_wrs, send_lens = self._send_wrs, self._send_lens
+        quiet_wrs, quiet_lens = self._quiet_wrs, self._quiet_lens
         wrs: list[SendWR] = []
         # Only the post's last SEND asks for a completion (RDS's unsignaled WRs): it
         # retires the others, and the ring is known empty once it is in.
@@ -504,20 +509,24 @@ class Path:
             buf[offset : offset + hlen] = header
             buf[offset + hlen : offset + length] = payload
             if i == last:
-                wr = send_wrs[slot]
-                if wr is None or wr.sg_list[0].length != length:
+                if send_lens[slot] == length:
+                    wr = send_wrs[slot]
+                else:
                     sge = Sge(base + offset, length, lkey)
                     wr = send_wrs[slot] = SendWR(slot << 2 | KIND_SEND, Opcode.SEND, (sge,))
+                    send_lens[slot] = length
                 if quiet:
                     self._covers[slot] = quiet
             else:
                 quiet.append(slot)
-                wr = quiet_wrs[slot]
-                if wr is None or wr.sg_list[0].length != length:
+                if quiet_lens[slot] == length:
+                    wr = quiet_wrs[slot]
+                else:
                     sge = Sge(base + offset, length, lkey)
                     wr = quiet_wrs[slot] = SendWR(
                         slot << 2 | KIND_SEND, Opcode.SEND, (sge,), signaled=False
                     )
+                    quiet_lens[slot] = length
             wrs.append(wr)
         try:
             self.qp.post_send(wrs)

@@ -319,7 +319,14 @@ class Socket:
         sndbuf = self._sndbuf
         if nbytes > sndbuf:
             raise MessageTooLarge(f"{nbytes} bytes exceeds sndbuf {sndbuf}")
-        if node._is_congested(dest):
+        # Node._is_congested, inline: one call less per message.
+        addr = dest[0]
+        if addr == node.address:
+            congested = node._local_cong.test(dest[1])
+        else:
+            conn = node._conns.get(addr)
+            congested = conn is not None and conn.engine.peer_congested(dest[1])
+        if congested:
             counters = node._counters
             if not blocking:
                 counters.inc("cong_send_error")
