@@ -132,3 +132,19 @@ def test_messages_and_pongs_reach_the_callback_in_arrival_order() -> None:
     assert got == [(1, 5, b"one", b"", 1), (1, 5, b"two", b"e", 2), (0, 5, b"", b"", 3)]
     assert not [e for s in (link.a, link.b) for e in s.events if isinstance(e, MessageReceived)]
     assert not [e for e in link.b.events if isinstance(e, PongReceived)]
+
+
+def test_the_handshake_ack_retires_a_batch_too() -> None:
+    """Messages the peer got before a reset, but whose ack was lost with the transport, are
+    retired by the next handshake's ack: one MessagesAcked, before anything is resent."""
+    link = _pair(batch_acks=True)
+    for i in range(3):
+        link.a.conn.send(1, 2, b"y" * (10 + i), token=i)
+    assert link.deliver(link.b, link.pull(link.a))  # b has all three; its ack never leaves
+    link.reset()
+    assert len(link.a.conn.info().send_queue) == 3  # requeued for a resend
+    link.connect()
+    link.drain()
+    acked = [e for e in link.a.events if isinstance(e, MessagesAcked)]
+    assert [(e.tokens, e.count, e.nbytes, e.up_to) for e in acked] == [((0, 1, 2), 3, 33, 3)]
+    assert link.a.conn.info().send_queue == ()  # nothing left to resend
