@@ -150,10 +150,16 @@ class _Context(_Proxy):
         return _CQ(self._inner.create_cq(*args, **kwargs), self._fault)
 
     async def cm_connect(self, qp: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self._inner.cm_connect(_cm_takes(qp, self._fault), *args, **kwargs)
+        cm_id = await self._inner.cm_connect(_cm_takes(qp, self._fault), *args, **kwargs)
+        return _CmId(cm_id, self._fault) if self._fault == "cm-message-lost" else cm_id
 
     async def cm_listen(self, *args: Any, **kwargs: Any) -> Any:
         return _Listener(await self._inner.cm_listen(*args, **kwargs), self._fault)
+
+
+class _CmId(_Proxy):
+    async def send_message(self, private_data: bytes) -> None:
+        await trio.lowlevel.checkpoint()  # says it sent, sends nothing
 
 
 class _Listener(_Proxy):
@@ -221,6 +227,7 @@ class BrokenSim(Harness):
         ("no-qp-fatal", "qp-fatal-event", "no QP_FATAL event"),
         ("lossy-cancelled-wait", "cq-wait-cancellation", "a cancelled wait lost"),
         ("cm-drops-init-receives", "cm-preposted-receives", "right after .* of 1 completions"),
+        ("cm-message-lost", "cm-messages", "no MESSAGE CM event"),
     ],
 )
 async def test_suite_catches(fault: str, check: str, rule: str, autojump_clock: object) -> None:

@@ -1,6 +1,6 @@
 """Checks of the connection manager: listen/connect/accept with private data both ways,
-reject, unreachable ports, argument checks, disconnect, and what closing an id or its
-context tells the peer."""
+reject, unreachable ports, argument checks, disconnect, what closing an id or its
+context tells the peer, and the optional messages on an established id."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from ..errors import (
     ConnectTimeout,
     InvalidArgument,
     InvalidState,
+    NotSupported,
     Unreachable,
 )
 from ..verbs import (
+    MSG_PRIVATE_DATA,
     REQ_PRIVATE_DATA,
     CmEvent,
     CmEventType,
@@ -45,6 +47,8 @@ from ._registry import check
 
 #: How long accepting an abandoned request may take to fail (the CM's own RTU timeout).
 ABANDONED_ACCEPT_BOUND = 20.0
+#: Seconds between resends of an unseen CM message (the sim CM's own REQ retry).
+MESSAGE_RESEND = 0.25
 #: IB REQ private data limit the contract enforces (librdmacm's 196 bytes for RC).
 MAX_PRIVATE_DATA = REQ_PRIVATE_DATA
 
@@ -282,6 +286,43 @@ async def check_cm_disconnect(harness: Harness, rng: random.Random) -> None:
         active.close()
         passive.close()
         active.close()  # idempotent
+
+
+@check("cm-messages")
+async def check_cm_messages(harness: Harness, rng: random.Random) -> None:
+    """``CmId.send_message`` is optional: it raises NotSupported, or the bytes reach the
+    peer's id as a MESSAGE event, both ways (resent while unseen: like a MAD it may be
+    lost), and more than MSG_PRIVATE_DATA are refused."""
+    async with open_nodes(harness) as (a, b):
+        active, passive, _, _, _, _ = await cm_pair(a, b, rng)
+        for sender, receiver, what in ((active, passive, "active"), (passive, active, "passive")):
+            data = rng.randbytes(rng.randrange(1, MSG_PRIVATE_DATA + 1))
+            try:
+                await sender.send_message(data)
+            except NotSupported:
+                return  # the transport's CM carries none: callers take another way
+            event = await _next_message(sender, receiver, data, f"{what} side's message")
+            if event.private_data != data:
+                raise AssertionError(f"{what} side's CM message arrived changed")
+        with expect_raises(InvalidArgument, f"a CM message over {MSG_PRIVATE_DATA} bytes"):
+            await active.send_message(bytes(MSG_PRIVATE_DATA + 1))
+        active.close()
+        passive.close()
+
+
+async def _next_message(sender: CmId, receiver: CmId, data: bytes, what: str) -> CmEvent:
+    """The MESSAGE ``receiver`` gets, ``data`` resent by ``sender`` every quarter second."""
+    with trio.move_on_after(WAIT):
+        while True:
+            with trio.move_on_after(MESSAGE_RESEND):
+                while True:
+                    event = await receiver.next_event()
+                    if event.type is CmEventType.MESSAGE:
+                        return event
+                    if event.type is not CmEventType.ESTABLISHED:
+                        raise AssertionError(f"{what}: expected a MESSAGE CM event, got {event}")
+            await sender.send_message(data)
+    raise AssertionError(f"{what}: no MESSAGE CM event within {WAIT}s")
 
 
 async def _peer_sees_close(cm_id: CmId, end: End, wr_id: int, what: str) -> None:
