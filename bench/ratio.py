@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,17 +58,18 @@ class Measurement:
     @property
     def per_wall_s(self) -> float:
         """Exchanges per wall-clock second."""
-        return self.exchanges / self.wall
+        return self.exchanges / self.wall if self.wall > 0 else 0.0
 
     @property
     def per_cpu_s(self) -> float:
         """Exchanges per CPU second of this process."""
-        return self.exchanges / self.cpu
+        return self.exchanges / self.cpu if self.cpu > 0 else 0.0
 
     @property
     def cpu_us(self) -> float:
-        """CPU microseconds of this process per exchange."""
-        return self.cpu / self.exchanges * 1e6
+        """CPU microseconds of this process per exchange (infinite if none completed)."""
+        # A starved run (a loaded machine, a very short --seconds) must print, not crash.
+        return self.cpu / self.exchanges * 1e6 if self.exchanges else math.inf
 
 
 async def _measure(run: Callable[[], Awaitable[int]]) -> Measurement:
@@ -102,6 +104,8 @@ async def _rdsx(seconds: float, tasks: int, size: int) -> int:
 
 
 def _ratio_line(name: str, base: Measurement, rdsx: Measurement, what: str) -> str:
+    if not (rdsx.per_wall_s and rdsx.per_cpu_s):
+        return f"ratio {name}/rdsx: n/a, rdsx completed no exchange  ({what})"
     return (
         f"ratio {name}/rdsx: {base.per_wall_s / rdsx.per_wall_s:.2f}x wall, "
         f"{base.per_cpu_s / rdsx.per_cpu_s:.2f}x CPU  ({what})"
