@@ -192,8 +192,8 @@ def encode_send(psn: int, imm: int | None, payload: bytes | memoryview) -> bytes
 def encode_send_header(psn: int, imm: int | None, length: int) -> bytes:
     """Encode the first :data:`SEND_HEADER_SIZE` bytes of a SEND of ``length`` bytes.
 
-    The payload follows as its own buffer, so the link's one ``join`` per
-    ``send_all`` is the only copy of it on the way out.
+    The payload follows as its own buffer, so the kernel's copy in the link's
+    scatter-gather ``sendmsg`` is the only one on the way out.
     """
     flags = 0 if imm is None else _FLAG_IMM
     return _SEND_FRAME.pack(1 + _SEND.size + length, 16, psn, flags, imm or 0)
