@@ -133,6 +133,7 @@ class Connection:
         self._events: collections.deque[Event] = collections.deque()
         self._batch_acks = batch_acks
         self._max_message_size = self.config.max_message_size
+        self._ack_delay = self.config.ack_delay
         self._on_message = on_message
         # --- send side
         self._next_tx_seq = 1
@@ -843,7 +844,7 @@ class Connection:
                         self._ack_needed = True
                     self._next_rx_seq = seq + 1
                     if self._ack_deadline is None:
-                        self._ack_deadline = now + self.config.ack_delay
+                        self._ack_deadline = now + self._ack_delay
                     data = bytes(frame[HEADER_SIZE:]) if length else _EMPTY
                     on_message = self._on_message
                     if on_message is None:
