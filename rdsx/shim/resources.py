@@ -36,6 +36,10 @@ from ..verbs import (
     QpCap,
     QpState,
     WorkCompletion,
+    check_cqe,
+    check_iova,
+    check_mr_buffer,
+    check_qp_cap,
 )
 from .qp import VirtualQP
 
@@ -144,8 +148,7 @@ class VirtualContext(Context):
             InvalidArgument: ``cqe`` < 1 or above ``max_cqe``.
         """
         self._check_open()
-        if not 1 <= cqe <= self.core.device_attr.max_cqe:
-            raise InvalidArgument(f"cqe {cqe} outside 1..{self.core.device_attr.max_cqe}")
+        check_cqe(cqe, self.core.device_attr.max_cqe)
         cq = VirtualCQ(self, cqe)
         self._cqs.append(cq)
         return cq
@@ -294,7 +297,7 @@ class VirtualPD(PD):
         """Create a virtual RC QP in RESET.
 
         Raises:
-            InvalidArgument: a capacity above the device limits, a CQ of another context.
+            InvalidArgument: a capacity outside the device limits, a CQ of another context.
         """
         self._check_open()
         for cq in (send_cq, recv_cq):
@@ -304,10 +307,7 @@ class VirtualPD(PD):
         assert isinstance(send_cq, VirtualCQ) and isinstance(recv_cq, VirtualCQ)
         cap = cap if cap is not None else QpCap()
         limits = self.ctx.core.device_attr
-        if max(cap.max_send_wr, cap.max_recv_wr) > limits.max_qp_wr:
-            raise InvalidArgument(f"work queue depth above max_qp_wr {limits.max_qp_wr}")
-        if max(cap.max_send_sge, cap.max_recv_sge) > limits.max_sge:
-            raise InvalidArgument(f"SGE count above max_sge {limits.max_sge}")
+        check_qp_cap(cap, limits.max_qp_wr, limits.max_sge)
         qp = VirtualQP(self.ctx, self, send_cq, recv_cq, cap, sq_sig_all)
         self.qps.append(qp)
         self.ctx.add_qp(qp)
@@ -352,7 +352,8 @@ class VirtualMR(MR):
         self, pd: VirtualPD, buffer: bytearray | memoryview, access: Access, iova: int | None
     ) -> None:
         self.pd = pd
-        self.buffer = memoryview(buffer)
+        # Checked here too: with no device under the shim there is no physical reg_mr to refuse.
+        self.buffer = check_mr_buffer(buffer, access)
         self.length = len(self.buffer)
         self.access = access
         self.physical: MR | None = None
@@ -368,11 +369,11 @@ class VirtualMR(MR):
             prefer_l: int | None = self.physical.lkey
             prefer_r: int | None = self.physical.rkey
         else:
-            if self.length == 0 or self.buffer.readonly:
-                raise InvalidArgument("an MR needs a non-empty writable buffer")
-            if Access.REMOTE_WRITE in access and Access.LOCAL_WRITE not in access:
-                raise InvalidArgument("REMOTE_WRITE needs LOCAL_WRITE")
-            self.addr = iova if iova is not None else pd.next_iova(self.length)
+            if iova is None:
+                iova = pd.next_iova(self.length)
+            else:
+                check_iova(iova, self.length, pd.mrs)
+            self.addr = iova
             prefer_l = prefer_r = None
         self.lkey = core.lkeys.allocate(self, prefer_l)
         self.rkey = core.rkeys.allocate(self, prefer_r)
