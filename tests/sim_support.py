@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -70,3 +72,17 @@ async def connect(
         a.cm_id = await a.ctx.cm_connect(a.qp, dev_b.address, port, b"hello")
     listener.close()
     return a, b
+
+
+def small_profile(tmp_path: Path) -> str:
+    """The seed timing profile with an 8 MiB VM, written under ``tmp_path``; returns its path.
+
+    A short pre-copy keeps migration runs fast; every other figure is the seed's.
+    """
+    source = Path(__file__).parents[1] / "transports/sim/profiles/seed-cx2-xen.json"
+    data = json.loads(source.read_text())
+    data["name"] = "small"
+    data["figures"]["vm_memory"]["value"] = 8 * 2**20
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(data))
+    return str(path)

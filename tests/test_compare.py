@@ -8,21 +8,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from sim_support import small_profile
 
 from bench.compare import COLUMNS, RunResult, format_results, main, parse, plot_results
 from bench.compare import run_migration as run_one
 from bench.downtime import downtime, receiver_downtime
 from transports.sim.timeline import Stage, Strategy, Timeline
-
-
-def _small_profile(tmp_path: Path) -> str:
-    source = Path(__file__).parents[1] / "transports/sim/profiles/seed-cx2-xen.json"
-    data = json.loads(source.read_text())
-    data["name"] = "small"
-    data["figures"]["vm_memory"]["value"] = 8 * 2**20  # a short pre-copy keeps the runs fast
-    path = tmp_path / "small.json"
-    path.write_text(json.dumps(data))
-    return str(path)
 
 
 def _late_detach() -> Timeline:
@@ -89,7 +80,7 @@ async def test_two_migrations_in_one_run_each_get_a_timeline_and_a_downtime(
 ) -> None:
     opts, mig = parse(
         f"--rate 40 -T 0 --mode transparent -z --migrate-at 0.5 --migrate-at 1 "
-        f"--profile {_small_profile(tmp_path)}".split()
+        f"--profile {small_profile(tmp_path)}".split()
     )
     with trio.fail_after(60):
         result = await run_one(opts, mig, out=_Sink())
@@ -108,7 +99,7 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
     out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
     argv = (
         f"--compare -q 4K -a 4K -t 2 -T 4 --rate 40 --migrate-at 0.5 --jobs 1 "
-        f"--profile {_small_profile(tmp_path)} --json {out} --plot {png}"
+        f"--profile {small_profile(tmp_path)} --json {out} --plot {png}"
     ).split()
     assert main(argv) == 0
     text = capsys.readouterr().out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from sim_support import small_profile
 
 from bench.compare import (
     DEFAULT_RATE,
@@ -51,16 +52,6 @@ def test_only_migration_flags_select_the_experiment() -> None:
     assert not wants_migration(["-T", "5", "--rate", "10", "--port-model", "shared"])
 
 
-def _small_profile(tmp_path: Path) -> str:
-    source = Path(__file__).parents[1] / "transports/sim/profiles/seed-cx2-xen.json"
-    data = json.loads(source.read_text())
-    data["name"] = "small"
-    data["figures"]["vm_memory"]["value"] = 8 * 2**20  # a short pre-copy keeps the test fast
-    path = tmp_path / "small.json"
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
 @pytest.mark.parametrize(
     ("mode", "strategy"), [("reconnect", "three-stage"), ("transparent", "late-detach")]
 )
@@ -69,7 +60,7 @@ async def test_a_migration_under_load_loses_nothing_and_is_measured(
 ) -> None:
     opts, mig = parse(
         _argv(f"--rate 100 -T 3 --mode {mode} --grace 1 -z --migrate-at 0.5")
-        + _argv(f"--migration {strategy} --profile {_small_profile(tmp_path)}")
+        + _argv(f"--migration {strategy} --profile {small_profile(tmp_path)}")
     )
     with trio.fail_after(60):
         result = await run_migration(opts, mig, out=_Sink())
