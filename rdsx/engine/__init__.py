@@ -39,6 +39,11 @@ How a path drives a Connection
    (wake blocked senders), :class:`PongReceived`, :class:`PeerRestarted`.
    A :class:`~rdsx.errors.RemoteProtocolError` from ``receive_frame`` leaves the
    connection in ERROR: tear the transport down (step 6) and count it.
+   Cheaper, opt-in (the node uses both): ``Connection(..., on_message=cb)``
+   calls ``cb(sport, dport, data, ext, seq)`` inside ``receive_frame`` instead of
+   queueing :class:`MessageReceived` (and ``cb(0, port, b"", b"", seq)`` for a
+   pong); ``batch_acks=True`` gives one :class:`MessagesAcked` per ack instead
+   of a :class:`MessageAcked` per message.
 5. **Timers.** Sleep until ``conn.get_timer()`` (``None`` = no timer); then
    ``conn.handle_timer(now)`` and ``frames_to_send`` (the delayed ack).
 6. **Transport down** (CM DISCONNECTED, DEVICE_REMOVAL, QP error, a protocol
@@ -48,6 +53,11 @@ How a path drives a Connection
    Completions of the old QP are not fed to the engine any more (nor after
    ``incoming_connect`` returned True while UP: that replaced the old
    transport). Reconnect as in step 2.
+
+The common case is short: an in-order single-fragment data frame (or an ack)
+takes one inline pass through ``receive_frame``, and a run of new
+single-fragment messages one loop in ``frames_to_send``; anything else takes
+the general code, which ``tests/test_engine_fastpath.py`` checks them against.
 
 Acks: every frame carries the cumulative ack; an explicit ack-only frame is
 built when ``frames_to_send`` is called and something new must be said (a
