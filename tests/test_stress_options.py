@@ -94,3 +94,18 @@ def test_chaos_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_help_names_the_migration_flags_its_parser_leaves_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.compare import parse as parse_migration
+    from bench.options import build_parser
+
+    epilog = build_parser().epilog or ""
+    with pytest.raises(SystemExit):
+        parse_migration(["--help"])
+    migration_help = capsys.readouterr().out.split("usage: rdsx-stress [-h]")[0]
+    flags = {word.strip(",;") for word in epilog.split() if word.startswith("--")} - {"--help"}
+    assert flags and all(flag in migration_help for flag in flags)
+    assert {"--compare", "--migrate-at", "--profile", "--clock"} <= flags
