@@ -151,3 +151,22 @@ async def migrate(world: World, vm: Vm, host: str, grace: float | None = 1.0) ->
 def ok(wcs: list[WorkCompletion]) -> bool:
     """Every completion succeeded."""
     return all(wc.status is WcStatus.SUCCESS for wc in wcs)
+
+
+async def rdma_write_with_old_rkey(world: World, rkey: int, addr: int, payload: bytes) -> None:
+    """B RDMA-writes ``payload`` into A's MR at ``addr + 4096``, named by A's pre-migration
+    (virtual) ``rkey`` and ``addr``; the write succeeds and lands."""
+    a, b = world.a, world.b
+    b.buf[0 : len(payload)] = payload
+    b.qp.post_send(
+        SendWR(
+            99,
+            Opcode.RDMA_WRITE,
+            (Sge(b.mr.addr, len(payload), b.mr.lkey),),
+            remote_addr=addr + 4096,
+            rkey=rkey,
+        )
+    )
+    (wc,) = await take(b.scq, 1)
+    assert wc.status is WcStatus.SUCCESS, wc
+    assert bytes(a.buf[4096 : 4096 + len(payload)]) == payload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from shim_world import ACCESS, migrate, ok, open_world, take
+from shim_world import ACCESS, migrate, ok, open_world, rdma_write_with_old_rkey, take
 
 from rdsx.errors import DeviceBusy
 from rdsx.shim.qp import Hold, VirtualQP
@@ -84,20 +84,7 @@ async def test_problem2_virtual_handles_survive_a_host_that_uses_them(
             assert (a.mr.physical.lkey, a.mr.physical.rkey) != (lkey, rkey)
 
             # The peer still names our memory with the old (virtual) rkey and address.
-            payload = b"rdma-written-after-migration"
-            b.buf[0 : len(payload)] = payload
-            b.qp.post_send(
-                SendWR(
-                    99,
-                    Opcode.RDMA_WRITE,
-                    (Sge(b.mr.addr, len(payload), b.mr.lkey),),
-                    remote_addr=addr + 4096,
-                    rkey=rkey,
-                )
-            )
-            (wc,) = await take(b.scq, 1)
-            assert wc.status is WcStatus.SUCCESS, wc
-            assert bytes(a.buf[4096 : 4096 + len(payload)]) == payload
+            await rdma_write_with_old_rkey(world, rkey, addr, b"rdma-written-after-migration")
             ctx.close()
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from shim_world import ACCESS, World, migrate, ok, open_world, take
+from shim_world import ACCESS, World, migrate, ok, open_world, rdma_write_with_old_rkey, take
 
 from rdsx.shim.control import ControlPlane
 from rdsx.shim.protocol import Reconnect, Resumed, decode, encode
 from rdsx.shim.resources import VirtualCQ, VirtualMR
-from rdsx.verbs import Opcode, SendWR, Sge, WcStatus
+from rdsx.verbs import WcStatus
 
 
 def test_key_map_rides_in_reconnect_and_resumed() -> None:
@@ -57,24 +57,6 @@ async def _squat_keys(world: World) -> None:
         pd.reg_mr(bytearray(64), ACCESS)
 
 
-async def _rdma_write_with_old_rkey(world: World, rkey: int, addr: int) -> None:
-    a, b = world.a, world.b
-    payload = b"written-with-the-old-rkey"
-    b.buf[0 : len(payload)] = payload
-    b.qp.post_send(
-        SendWR(
-            99,
-            Opcode.RDMA_WRITE,
-            (Sge(b.mr.addr, len(payload), b.mr.lkey),),
-            remote_addr=addr + 4096,
-            rkey=rkey,
-        )
-    )
-    (wc,) = await take(b.scq, 1)
-    assert wc.status is WcStatus.SUCCESS, wc
-    assert bytes(a.buf[4096 : 4096 + len(payload)]) == payload
-
-
 async def test_surprise_resume_is_one_control_request(autojump_clock: trio.abc.Clock) -> None:
     """A's rkey moved, yet B's shim serves only the RECONNECT (no KeyMap push first)."""
     with trio.fail_after(60):
@@ -89,7 +71,7 @@ async def test_surprise_resume_is_one_control_request(autojump_clock: trio.abc.C
             assert isinstance(a.mr, VirtualMR) and a.mr.physical is not None
             assert a.mr.physical.rkey != rkey  # the map had something to carry
             assert b.shim.statistics().control_requests - before == 1
-            await _rdma_write_with_old_rkey(world, rkey, addr)
+            await rdma_write_with_old_rkey(world, rkey, addr, b"written-with-the-old-rkey")
 
 
 async def test_a_map_too_big_to_ride_along_is_pushed_first(
@@ -111,7 +93,7 @@ async def test_a_map_too_big_to_ride_along_is_pushed_first(
             a.send(b"hello after")
             assert ok(await take(b.rcq, 1))
             assert b.shim.statistics().control_requests - before == 2  # KeyMap, RECONNECT
-            await _rdma_write_with_old_rkey(world, rkey, addr)
+            await rdma_write_with_old_rkey(world, rkey, addr, b"written-with-the-old-rkey")
 
 
 async def test_a_cq_wait_with_completions_ready_is_still_a_checkpoint(
