@@ -94,3 +94,32 @@ async def send_numbered(sock: Any, n: int, dest: tuple[str, int], interval: floa
     for k in range(n):
         await sock.sendto(b"%d" % k, dest)
         await trio.sleep(interval)
+
+
+async def numbered_across_a_move(
+    w: World,
+    n: int,
+    *,
+    interval: float,
+    move_at: float,
+    vm: int,
+    grace: float | None,
+    away: float = 0.0,
+    timeout: float = 30.0,
+) -> list[int]:
+    """Stream ``n`` numbered datagrams from node 0 (port 11) to node 1 (port 22), one per
+    ``interval``; ``move_at`` seconds in, move ``w.vms[vm]`` to the spare host (removal
+    with ``grace``, ``away`` seconds without a VF). Returns the numbers node 1 received,
+    in arrival order."""
+    sa, sb = w.nodes[0].socket(), w.nodes[1].socket()
+    sa.bind(11)
+    sb.bind(22)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_numbered, sa, n, ("127.0.0.2", 22), interval)
+        await trio.sleep(move_at)
+        await w.fabric.detach(w.vms[vm], grace=grace)
+        if away:
+            await trio.sleep(away)
+        await w.fabric.attach(w.vms[vm], w.spare[0])
+        got = await recv_n(sb, n, timeout=timeout)
+    return [int(data) for data, _ in got]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import trio
-from node_world import mode_pair, recv_n, send_numbered
+from node_world import mode_pair, numbered_across_a_move, recv_n
 
 import rdsx
 
@@ -17,20 +17,10 @@ async def test_migration_in_each_mode(
     autojump_clock: trio.abc.Clock, mode: str, grace: float | None
 ) -> None:
     async with mode_pair(mode, seed=5) as w:
-        fabric, vms, spare = w.fabric, w.vms, w.spare
-        a, b = w.nodes
-        sa, sb = a.socket(), b.socket()
-        sa.bind(11)
-        sb.bind(22)
         n = 100
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_numbered, sa, n, ("127.0.0.2", 22), 0.001)
-            await trio.sleep(0.03)
-            await fabric.detach(vms[0], grace=grace)
-            await fabric.attach(vms[0], spare[0])
-            got = await recv_n(sb, n)
-        assert [int(d) for d, _ in got] == list(range(n))
-        stats = a.statistics()
+        got = await numbered_across_a_move(w, n, interval=0.001, move_at=0.03, vm=0, grace=grace)
+        assert got == list(range(n))
+        stats = w.nodes[0].statistics()
         if mode == "reconnect":
             assert stats.device_removal == 1 and stats.conn_reset >= 1
         else:

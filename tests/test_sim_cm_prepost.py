@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from node_world import mode_pair, recv_n, send_numbered
+from node_world import mode_pair, numbered_across_a_move
 
 from rdsx.testing._check_cm import cm_port
 from rdsx.testing._fixture import End, expect_wc, init_attr, open_nodes, take_one
@@ -92,19 +92,9 @@ async def test_no_rnr_wait_on_connect_or_after_a_migration(
     autojump_clock: trio.abc.Clock, rnr_naks: list[int], mode: str
 ) -> None:
     async with mode_pair(mode, seed=5) as w:
-        fabric, vms, spare = w.fabric, w.vms, w.spare
-        a, b = w.nodes
-        sa, sb = a.socket(), b.socket()
-        sa.bind(11)
-        sb.bind(22)
         n = 60
         with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_numbered, sa, n, ("127.0.0.2", 22), 0.001)
-                await trio.sleep(0.02)
-                await fabric.detach(vms[0], grace=2.0)
-                await fabric.attach(vms[0], spare[0])
-                got = await recv_n(sb, n)
-        assert [int(d) for d, _ in got] == list(range(n))
-        assert a.statistics().conn_reset == (1 if mode == "reconnect" else 0)
+            got = await numbered_across_a_move(w, n, interval=0.001, move_at=0.02, vm=0, grace=2.0)
+        assert got == list(range(n))
+        assert w.nodes[0].statistics().conn_reset == (1 if mode == "reconnect" else 0)
     assert rnr_naks == [], f"{len(rnr_naks)} RNR NAKs in {mode} mode"
