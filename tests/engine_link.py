@@ -159,3 +159,31 @@ class Link:
 
 def seeded(seed: int) -> random.Random:
     return random.Random(seed)
+
+
+def perturb(
+    frames: list[bytes], plan: list[int], rewrite: Callable[[int, bytes], bytes] | None = None
+) -> list[bytes]:
+    """Frames as a faulty network delivers them, one ``plan`` action per frame.
+
+    Actions: 0 deliver, 1 drop, 2 duplicate, 3 swap with the next frame (deliver if
+    last), 4 deliver ``rewrite(i, frame)`` (deliver as is without ``rewrite``); frames
+    past the end of ``plan`` are delivered.
+    """
+    out: list[bytes] = []
+    i = 0
+    while i < len(frames):
+        action = plan[i] if i < len(plan) else 0
+        if action == 1:
+            pass
+        elif action == 2:
+            out += [frames[i], frames[i]]
+        elif action == 3 and i + 1 < len(frames):
+            out += [frames[i + 1], frames[i]]
+            i += 1
+        elif action == 4 and rewrite is not None:
+            out.append(rewrite(i, frames[i]))
+        else:
+            out.append(frames[i])
+        i += 1
+    return out

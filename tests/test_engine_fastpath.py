@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
-from engine_link import Link
+from engine_link import Link, perturb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,6 +149,15 @@ def mangle_field(frame: bytes, field: int, delta: int, bit: int) -> bytes:
     return _HEADER.pack(*fields) + frame[_HEADER.size :]
 
 
+def _field_mangler(
+    mangles: list[tuple[int, int, int]],
+) -> Callable[[int, bytes], bytes] | None:
+    """Action 4's rewrite: frame ``i`` gets ``mangles[i % len(mangles)]``; None without any."""
+    if not mangles:
+        return None
+    return lambda i, frame: mangle_field(frame, *mangles[i % len(mangles)])
+
+
 def run_program(
     program: list[tuple[Any, ...]], config: EngineConfig, ring: int, twin: type[Twin] = Twin
 ) -> int:
@@ -186,23 +195,7 @@ def run_program(
             side = link.a if from_a else link.b
             pairs = side.conn.frames_to_send(link.now, budget)
             frames = [h + bytes(p) for h, p in pairs]
-            out: list[bytes] = []
-            i = 0
-            while i < len(frames):
-                action = plan[i] if i < len(plan) else 0
-                if action == 0:
-                    out.append(frames[i])
-                elif action == 2:
-                    out += [frames[i], frames[i]]
-                elif action == 3 and i + 1 < len(frames):
-                    out += [frames[i + 1], frames[i]]
-                    i += 1
-                elif action == 4 and mangles:
-                    out.append(mangle_field(frames[i], *mangles[i % len(mangles)]))
-                elif action != 1:
-                    out.append(frames[i])
-                i += 1
-            link.deliver(link.peer(side), out)
+            link.deliver(link.peer(side), perturb(frames, plan, _field_mangler(mangles)))
         elif kind == "reset":
             link.reset()
             link.connect()

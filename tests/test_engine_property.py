@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from engine_link import Link, Side
+from engine_link import Link, Side, perturb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
@@ -56,24 +56,6 @@ cancel_op = st.tuples(st.just("cancel"), st.booleans(), st.sampled_from(PORTS))
 timer_op = st.tuples(st.just("timer"))
 
 Op = tuple[object, ...]
-
-
-def mangle(frames: list[bytes], plan: list[int]) -> list[bytes]:
-    out: list[bytes] = []
-    i = 0
-    while i < len(frames):
-        action = plan[i] if i < len(plan) else 0
-        if action == 0:
-            out.append(frames[i])
-        elif action == 2:
-            out += [frames[i], frames[i]]
-        elif action == 3 and i + 1 < len(frames):
-            out += [frames[i + 1], frames[i]]
-            i += 1
-        elif action == 3:
-            out.append(frames[i])
-        i += 1
-    return out
 
 
 def is_subsequence(small: list[bytes], big: list[bytes]) -> bool:
@@ -136,7 +118,7 @@ class Driver:
                 side = self.side(from_a)
                 frames = self.held(side) + link.pull(side)
                 self.damaged = self.damaged or any(plan[: len(frames)])
-                link.deliver(link.peer(side), mangle(frames, plan))
+                link.deliver(link.peer(side), perturb(frames, plan))
             elif kind == "post":
                 self.ensure_up()
                 side = self.side(op[1])
