@@ -5,34 +5,18 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 import trio
+from _ports import free_port
 
 import rdsx
 from bench.ping import PingOptions, parse_args, parse_interval, ping, run_ping
 from transports.tcp.harness import TEST_SECRET
 
 REPLY = re.compile(r"^ +(\d+): (\d+) usec$")
-
-
-def _free_port(*addrs: str) -> int:
-    """A TCP port free on every address (the two ends share it, as hosts would)."""
-    for _ in range(20):
-        with socket.socket() as probe:
-            probe.bind((addrs[0], 0))
-            port = int(probe.getsockname()[1])
-            try:
-                for addr in addrs[1:]:
-                    with socket.socket() as other:
-                        other.bind((addr, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no common free port")
 
 
 @pytest.mark.parametrize(
@@ -94,7 +78,7 @@ async def test_sim_ping_is_answered_by_pongs_and_counted(
 async def test_tcp_ping_between_two_networks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tool's own node (its own network, as another process would be) pings a node."""
     here, there = "127.0.0.61", "127.0.0.62"
-    port = _free_port(here, there)
+    port = free_port(here, there)
     out = io.StringIO()
     tcp = rdsx.load_transport("tcp")
     with trio.fail_after(30):
@@ -112,7 +96,7 @@ async def test_tcp_ping_between_two_networks(monkeypatch: pytest.MonkeyPatch) ->
 
 async def test_no_reply_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     here, nobody = "127.0.0.63", "127.0.0.64"
-    port = _free_port(here, nobody)
+    port = free_port(here, nobody)
     out = io.StringIO()
     monkeypatch.setenv("RDSX_SECRET", TEST_SECRET.decode())
     with trio.fail_after(30):
@@ -127,7 +111,7 @@ async def test_no_reply_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_console_script_over_tcp() -> None:
     """``python -m bench.ping`` in its own process against a node in another one."""
     here, there = "127.0.0.65", "127.0.0.66"
-    port = _free_port(here, there)
+    port = free_port(here, there)
     responder = (
         "import sys, trio, rdsx\n"
         "async def main():\n"

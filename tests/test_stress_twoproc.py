@@ -5,24 +5,18 @@ connection is real loopback TCP.
 """
 
 import io
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import attrs
 import pytest
 import trio
+from _ports import free_port
 from _stress_fake import FakeNet
 
 from bench.options import Options, parse_args
 from bench.stress import Outcome
 from bench.twoproc import run_two_process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _pair(net: FakeNet, active: Options, passive: Options) -> tuple[Outcome, str, str]:
@@ -61,7 +55,7 @@ def test_roles_from_the_command_line() -> None:
 
 
 async def test_two_sides_negotiate_run_and_agree() -> None:
-    active, passive = _options(_free_port())
+    active, passive = _options(free_port())
     outcome, a_text, p_text = await _pair(FakeNet(latency=1e-4), active, passive)
     assert outcome.tally.ok and outcome.tally.requests_sent > 0
     assert a_text.startswith(f"connecting to 127.0.0.2:{active.port}\n")
@@ -87,7 +81,7 @@ async def test_loss_on_one_side_is_reported_by_both() -> None:
         return [data]
 
     net.route = drop_fifth_from_passive
-    active, passive = _options(_free_port())
+    active, passive = _options(free_port())
     active = attrs.evolve(active, drain_timeout=0.3)
     outcome, a_text, p_text = await _pair(net, active, passive)
     assert outcome.tally.lost == 1 and outcome.exit_status == 1

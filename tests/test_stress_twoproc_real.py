@@ -1,22 +1,17 @@
 """Two real rdsx-stress processes over the tcp transport on loopback (passive, then active)."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from _ports import free_port
 
 
 def test_two_processes_over_tcp(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(os.urandom(24).hex().encode())
-    control, devices = _free_port("127.0.0.2"), _free_port("127.0.0.1")
+    control, devices = free_port("127.0.0.2"), free_port("127.0.0.1", "127.0.0.2")
     common = [
         sys.executable,
         "-m",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
 
 import trio
+from _ports import free_port
 from _tcp_helpers import make_end
 
 from transports.tcp import TcpTransport
@@ -45,23 +45,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    """A port free on both addresses (the two processes share it, as real hosts would)."""
-    for _ in range(20):
-        with socket.socket() as probe:
-            probe.bind((HERE, 0))
-            port = probe.getsockname()[1]
-            try:
-                with socket.socket() as other:
-                    other.bind((THERE, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no common free port")
-
-
 async def test_two_processes_connect_and_exchange_in_order() -> None:
-    port = _free_port()
+    port = free_port(HERE, THERE)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             child = await nursery.start(
