@@ -34,6 +34,21 @@ def _sends(node: Node, off: int, first: int, count: int) -> list[SendWR]:
     ]
 
 
+def _numbered(a: Node, b: Node, count: int) -> tuple[int, int]:
+    """Slots at ``a`` holding the numbers ``0..count-1`` (8 bytes each, big-endian) and as
+    many receive slots at ``b``; returns both offsets."""
+    off, roff = a.alloc(8 * count), b.alloc(8 * count)
+    for i in range(count):
+        a.put(off + 8 * i, i.to_bytes(8, "big"))
+    return off, roff
+
+
+def _expect_numbered(b: Node, roff: int, numbers: range, what: str) -> None:
+    for i in numbers:
+        if b.get(roff + 8 * i, 8) != i.to_bytes(8, "big"):
+            raise AssertionError(f"message {i} {what} is corrupt")
+
+
 async def _drained(end: End, rule: str) -> None:
     await wait_event(end.node.ctx, AsyncEventType.SQ_DRAINED, rule, qp_num=end.qp.qp_num)
     if end.qp.sq_draining:
@@ -46,9 +61,7 @@ async def check_sqd_drain(harness: Harness, rng: random.Random) -> None:
     async with open_nodes(harness) as (a, b):
         ea, eb = link(a, b)
         k, m = rng.randrange(3, 9), rng.randrange(1, 4)
-        off, roff = a.alloc(8 * (k + m)), b.alloc(8 * (k + m))
-        for i in range(k + m):
-            a.put(off + 8 * i, i.to_bytes(8, "big"))
+        off, roff = _numbered(a, b, k + m)
         eb.qp.post_recv([RecvWR(i, (b.sge(roff + 8 * i, 8),)) for i in range(k + m)])
         ea.qp.post_send(_sends(a, off, 0, k))
         ea.qp.modify(QpAttr(state=S.SQD, en_sqd_async_notify=True))
@@ -78,9 +91,7 @@ async def check_sqd_drain(harness: Harness, rng: random.Random) -> None:
             expect_wc(wc, "sends queued in SQD run after SQD -> RTS", wr_id=i)
         for i, wc in enumerate(await take(eb.rcq, m, "their receives"), k):
             expect_wc(wc, "queued sends arrive in order", wr_id=i, byte_len=8)
-        for i in range(k + m):
-            if b.get(roff + 8 * i, 8) != i.to_bytes(8, "big"):
-                raise AssertionError(f"message {i} across SQD is corrupt")
+        _expect_numbered(b, roff, range(k + m), "across SQD")
 
 
 @check("sqd-path-change")
@@ -89,9 +100,7 @@ async def check_sqd_path_change(harness: Harness, rng: random.Random) -> None:
     async with open_nodes(harness) as (a, b):
         ea, eb = link(a, b)
         m, j = rng.randrange(1, 4), rng.randrange(1, 4)
-        off, roff = a.alloc(8 * (1 + m + j)), b.alloc(8 * (1 + m + j))
-        for i in range(1 + m + j):
-            a.put(off + 8 * i, i.to_bytes(8, "big"))
+        off, roff = _numbered(a, b, 1 + m + j)
         eb.qp.post_recv(RecvWR(0, (b.sge(roff, 8),)))
         ea.qp.post_send(_sends(a, off, 0, 1))
         await take(ea.scq, 1, "a send before the path change")
@@ -116,9 +125,7 @@ async def check_sqd_path_change(harness: Harness, rng: random.Random) -> None:
             expect_wc(wc, "sends after SQD -> SQD -> RTS succeed", wr_id=i)
         for i, wc in enumerate(await take(nb.rcq, m + j, "receives at the new peer"), 1):
             expect_wc(wc, "after a path change the new peer QP gets the sends", wr_id=i)
-        for i in range(1, 1 + m + j):
-            if b.get(roff + 8 * i, 8) != i.to_bytes(8, "big"):
-                raise AssertionError(f"message {i} after the path change is corrupt")
+        _expect_numbered(b, roff, range(1, 1 + m + j), "after the path change")
         await quiet([eb.rcq], "after a path change the old peer QP gets nothing")
         # And the new peer reaches the retargeted QP.
         back = a.alloc(8)
