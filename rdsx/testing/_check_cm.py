@@ -35,6 +35,7 @@ from ._fixture import (
     End,
     Node,
     close_quietly,
+    exchange,
     expect_raises,
     expect_state,
     expect_wc,
@@ -103,19 +104,6 @@ async def next_cm_event(cm_id: CmId, kind: CmEventType, what: str) -> CmEvent:
                 raise AssertionError(f"{what}: expected a {kind.name} CM event, got {event}")
             return event
     raise AssertionError(f"{what}: no {kind.name} CM event within {WAIT}s")
-
-
-async def exchange(src: End, dst: End, rng: random.Random, what: str) -> None:
-    """One SEND from ``src`` to ``dst`` must arrive intact."""
-    off, roff = src.node.alloc(32), dst.node.alloc(32)
-    data = rng.randbytes(32)
-    src.node.put(off, data)
-    dst.qp.post_recv(RecvWR(1, (dst.node.sge(roff, 32),)))
-    src.qp.post_send(SendWR(2, Opcode.SEND, (src.node.sge(off, 32),)))
-    expect_wc(await take_one(src.scq, what), f"{what} (send)", wr_id=2)
-    expect_wc(await take_one(dst.rcq, what), f"{what} (receive)", wr_id=1, byte_len=32)
-    if dst.node.get(roff, 32) != data:
-        raise AssertionError(f"{what}: the data arrived corrupt")
 
 
 @check("cm-connect-accept")

@@ -30,9 +30,9 @@ from ._fixture import (
     End,
     Node,
     close_quietly,
+    exchange,
     expect_raises,
     expect_state,
-    expect_wc,
     init_attr,
     link,
     open_nodes,
@@ -40,7 +40,6 @@ from ._fixture import (
     rtr_attr,
     rts_attr,
     take,
-    take_one,
     wait_event,
 )
 from ._harness import Harness
@@ -233,13 +232,5 @@ async def check_reset_reuse(harness: Harness, rng: random.Random) -> None:
         nb.qp.modify(rtr_attr(b, ea.dest()))
         ea.qp.modify(rts_attr())
         nb.qp.modify(rts_attr())
-        data = rng.randbytes(16)
-        a.put(off, data)
-        roff = b.alloc(16)
-        nb.qp.post_recv(RecvWR(3, (b.sge(roff, 16),)))
-        ea.qp.post_send(SendWR(4, Opcode.SEND, (a.sge(off, 16),)))
-        expect_wc(await take_one(ea.scq, "send after RESET"), "a reused QP sends", wr_id=4)
-        expect_wc(await take_one(nb.rcq, "send after RESET"), "a reused QP's message", wr_id=3)
-        if b.get(roff, 16) != data:
-            raise AssertionError("the first message of a reused QP arrived corrupt")
+        await exchange(ea, nb, rng, "a reused QP's first SEND", size=16, wr_ids=(3, 4))
         await quiet([ea.scq, ea.rcq, eb.rcq, nb.rcq], "nothing of a QP's first life reappears")

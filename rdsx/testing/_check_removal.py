@@ -21,9 +21,10 @@ from ..verbs import (
     SendWR,
     WcStatus,
 )
-from ._check_cm import cm_pair, cm_port, exchange, next_cm_event
+from ._check_cm import cm_pair, cm_port, next_cm_event
 from ._fixture import (
     WAIT,
+    exchange,
     expect_raises,
     expect_wc,
     link,

@@ -9,6 +9,7 @@ Everything here uses the verbs contract only. Waits are bounded by
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import attrs
@@ -26,11 +27,14 @@ from ..verbs import (
     Context,
     Device,
     DeviceAttr,
+    Opcode,
     PortAttr,
     QpAttr,
     QpCap,
     QpDest,
     QpState,
+    RecvWR,
+    SendWR,
     Sge,
     WcOpcode,
     WcStatus,
@@ -264,6 +268,33 @@ def expect_wc(
         raise AssertionError(f"{what}: expected opcode {opcode.name}, got {wc}")
     if byte_len is not None and wc.byte_len != byte_len:
         raise AssertionError(f"{what}: expected byte_len {byte_len}, got {wc}")
+
+
+async def exchange(
+    src: End,
+    dst: End,
+    rng: random.Random,
+    what: str,
+    *,
+    size: int = 32,
+    wr_ids: tuple[int, int] = (1, 2),
+) -> None:
+    """One SEND of ``size`` random bytes from ``src`` to ``dst`` must arrive intact.
+
+    Args:
+        wr_ids: the receive's and the send's ``wr_id``; on a QP with a past, ones it
+            never used, so a stale completion cannot pass for the new one.
+    """
+    recv_id, send_id = wr_ids
+    off, roff = src.node.alloc(size), dst.node.alloc(size)
+    data = rng.randbytes(size)
+    src.node.put(off, data)
+    dst.qp.post_recv(RecvWR(recv_id, (dst.node.sge(roff, size),)))
+    src.qp.post_send(SendWR(send_id, Opcode.SEND, (src.node.sge(off, size),)))
+    expect_wc(await take_one(src.scq, what), f"{what} (send)", wr_id=send_id)
+    expect_wc(await take_one(dst.rcq, what), f"{what} (receive)", wr_id=recv_id, byte_len=size)
+    if dst.node.get(roff, size) != data:
+        raise AssertionError(f"{what}: the data arrived corrupt")
 
 
 @contextlib.contextmanager
