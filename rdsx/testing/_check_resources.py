@@ -23,12 +23,12 @@ from ..verbs import (
     RecvWR,
     SendWR,
     Sge,
-    WcOpcode,
     WcStatus,
 )
 from ._fixture import (
     FULL_ACCESS,
     close_quietly,
+    exchange,
     expect_raises,
     expect_state,
     expect_wc,
@@ -193,21 +193,7 @@ async def check_wr_validation(harness: Harness, rng: random.Random) -> None:
         with expect_raises(InvalidArgument, "post_recv of 3 SGEs with max_recv_sge=2"):
             eb.qp.post_recv(RecvWR(7, tuple(b.sge(8 * i, 8) for i in range(3))))
         expect_state(ea.qp, QpState.RTS, "a refused post must not break the QP")
-        payload = rng.randbytes(32)
-        a.put(off, payload)
-        roff = b.alloc(64)
-        eb.qp.post_recv(RecvWR(8, (b.sge(roff, 64),)))
-        ea.qp.post_send(SendWR(9, Opcode.SEND, (a.sge(off, 32),)))
-        expect_wc(await take_one(ea.scq, "send after refusals"), "send after refusals", wr_id=9)
-        expect_wc(
-            await take_one(eb.rcq, "receive after refusals"),
-            "receive after refusals",
-            wr_id=8,
-            opcode=WcOpcode.RECV,
-            byte_len=32,
-        )
-        if b.get(roff, 32) != payload:
-            raise AssertionError("data of the send after refused posts is corrupt")
+        await exchange(ea, eb, rng, "a send after refused posts", room=64, wr_ids=(8, 9))
 
 
 @check("queue-full")

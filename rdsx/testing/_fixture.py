@@ -277,22 +277,31 @@ async def exchange(
     what: str,
     *,
     size: int = 32,
+    room: int | None = None,
     wr_ids: tuple[int, int] = (1, 2),
 ) -> None:
     """One SEND of ``size`` random bytes from ``src`` to ``dst`` must arrive intact.
 
     Args:
+        room: the receive buffer's size (default ``size``); a larger one checks
+            that the completion reports the message's length, not the buffer's.
         wr_ids: the receive's and the send's ``wr_id``; on a QP with a past, ones it
             never used, so a stale completion cannot pass for the new one.
     """
     recv_id, send_id = wr_ids
-    off, roff = src.node.alloc(size), dst.node.alloc(size)
+    off, roff = src.node.alloc(size), dst.node.alloc(room or size)
     data = rng.randbytes(size)
     src.node.put(off, data)
-    dst.qp.post_recv(RecvWR(recv_id, (dst.node.sge(roff, size),)))
+    dst.qp.post_recv(RecvWR(recv_id, (dst.node.sge(roff, room or size),)))
     src.qp.post_send(SendWR(send_id, Opcode.SEND, (src.node.sge(off, size),)))
     expect_wc(await take_one(src.scq, what), f"{what} (send)", wr_id=send_id)
-    expect_wc(await take_one(dst.rcq, what), f"{what} (receive)", wr_id=recv_id, byte_len=size)
+    expect_wc(
+        await take_one(dst.rcq, what),
+        f"{what} (receive)",
+        wr_id=recv_id,
+        opcode=WcOpcode.RECV,
+        byte_len=size,
+    )
     if dst.node.get(roff, size) != data:
         raise AssertionError(f"{what}: the data arrived corrupt")
 
