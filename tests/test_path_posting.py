@@ -1,7 +1,7 @@
 """How a path posts: at once when idle, coalesced while SENDs are outstanding.
 
 While a SEND is outstanding, the messages of one scheduler pass go out in posts
-of up to eight frames with only each post's last SEND signaled; that completion
+of up to ``_POST_MAX`` frames with only each post's last SEND signaled; that completion
 must retire the whole post, so the ring is seen empty again (the drain waits on
 it) and a graceful removal in the middle of a burst drains in time.
 """
@@ -45,7 +45,7 @@ async def test_a_burst_is_posted_in_batches_and_the_ring_empties(
         await until(lambda: not a.info().retransmit_queue)
         await until(lambda: not _path(a).sending)
         assert "s" not in a.info().connections[0].flags
-        # 1 + ceil(19 / 8) posts, one signaled SEND each (plus any ack-only posts).
+        # 1 + ceil(19 / _POST_MAX) posts, one signaled SEND each (plus any ack-only posts).
         assert a.statistics().ib_tx_cq_event - events0 < 10
 
 
