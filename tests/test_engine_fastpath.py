@@ -21,7 +21,7 @@ from engine_link import Link, perturb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rdsx.engine import Connection, ConnState, EngineConfig
+from rdsx.engine import HEADER_SIZE, CongestionMap, Connection, ConnState, EngineConfig
 from rdsx.errors import MessageTooLarge, RemoteProtocolError
 
 _HEADER = struct.Struct(">QQIHHBBHHH")
@@ -92,6 +92,10 @@ class Twin:
             "_unacked_packets",
             "_unacked_bytes",
             "_rx_active",
+            "_rx_key",
+            "_rx_next",
+            "_rx_buf",
+            "_rx_discard",
             "_peer_cong",
         ):
             assert getattr(fast, name) == getattr(ref, name), name
@@ -456,3 +460,94 @@ def test_a_throttled_sender_resumes_on_its_last_credit_alike() -> None:
     assert _HEADER.unpack_from(frames[0][0])[6] == 255
     for frame in _frames(b):  # b grants a its credits back
         a.receive_frame(memoryview(bytearray(frame)), 0.0)
+
+
+def perturb_frame(frame: bytes, perturbations: list[tuple[int, str]]) -> bytes:
+    """``frame`` (a header with its ext area, then the payload) with header fields moved as
+    :func:`craft` moves them; field 10 grows or shrinks the payload, 11 sets the ext length."""
+    fields = list(_HEADER.unpack_from(frame))
+    ext = frame[32]
+    payload = frame[HEADER_SIZE:]
+    for field, how in perturbations:
+        if field == 10:
+            payload = payload + b"q" if how in ("+1", "one") else payload[:-1]
+            continue
+        old = ext if field == 11 else fields[field]
+        if how.startswith("bit"):
+            new = old ^ (1 << int(how[3:]))
+        else:
+            new = {"+1": old + 1, "-1": old - 1, "zero": 0, "one": 1}[how]
+        if field == 11:
+            ext = new % 256
+        else:
+            fields[field] = new % _LIMITS[field]
+    return _HEADER.pack(*fields) + bytes((ext,)) + frame[33:HEADER_SIZE] + payload
+
+
+@pytest.mark.parametrize(
+    ("flow", "ext", "before"),
+    [
+        (True, b"", "fresh"),
+        (True, b"e", "fresh"),
+        (False, b"", "fresh"),
+        (False, b"e", "fresh"),
+        (True, b"", "exhausted"),
+        (True, b"", "throttled"),
+    ],
+)
+@pytest.mark.parametrize("which", [1, 2])  # the middle or the last of three fragments
+def test_every_single_perturbation_of_the_next_fragment_takes_the_same_fate(
+    flow: bool, ext: bytes, before: str, which: int
+) -> None:
+    """The continuation fast path: the next fragment of a message being reassembled, valid
+    and with each single field moved, meets the same fate on both paths. Each fragment
+    carries a newer ack than the one before (a gets another message of b's between them);
+    ``exhausted``: the fragment arrives with a out of credits; ``throttled``: b waits for
+    credits."""
+    config = EngineConfig(frag_size=256, flow_control=flow)
+    for perturbations in _SINGLE:
+        a, b = _up_twins(config, ring=8)
+        if before == "throttled":
+            for i in range(9):
+                b.send(2, 1, b"early %d" % i, token=i)
+            for frame in _frames(b):
+                a.receive_frame(memoryview(bytearray(frame)), 0.0)
+            assert b.fast._throttled
+        a.send(1, 2, bytes(range(200)) * 3, token=0, ext=ext)
+        fragments: list[bytes] = []
+        for i in range(3):
+            b.send(2, 1, b"reply %d" % i, token=f"r{i}")
+            for frame in _frames(b):
+                a.receive_frame(memoryview(bytearray(frame)), 0.0)
+            fragments += [h + bytes(p) for h, p in a.frames_to_send(0.0, 1)]
+        assert [_HEADER.unpack_from(f)[7] for f in fragments] == [0, 1, 2]
+        if before == "exhausted":
+            while b.fast._peer_credits > which:
+                frame = craft("ack", 0, 0, [], 0, b.fast._highest_sent)
+                b.receive_frame(memoryview(bytearray(frame)), 0.0)
+        for frame in fragments[:which]:
+            b.receive_frame(memoryview(bytearray(frame)), 0.0)
+        frame = perturb_frame(fragments[which], perturbations)
+        with contextlib.suppress(RemoteProtocolError):
+            b.receive_frame(memoryview(bytearray(frame)), 0.0)
+        b.frames_to_send(0.0, 2)
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_a_congestion_update_in_fragments_takes_the_general_path_alike(flow: bool) -> None:
+    """A congestion map too big for one fragment (seq 0) is reassembled by the general code,
+    and each single perturbation of its second fragment meets the same fate."""
+    config = EngineConfig(frag_size=256, flow_control=flow)
+    for perturbations in _SINGLE:
+        a, b = _up_twins(config, ring=8)
+        a.queue_cong_update(CongestionMap(range(1000, 1300)))  # ~900 bytes of msgpack
+        fragments = _frames(a)
+        assert len(fragments) >= 3 and _HEADER.unpack_from(fragments[1])[:1] == (0,)
+        b.receive_frame(memoryview(bytearray(fragments[0])), 0.0)
+        frame = perturb_frame(fragments[1], perturbations)
+        with contextlib.suppress(RemoteProtocolError):
+            b.receive_frame(memoryview(bytearray(frame)), 0.0)
+        if not perturbations:
+            for frame in fragments[2:]:
+                b.receive_frame(memoryview(bytearray(frame)), 0.0)
+            assert b.fast.peer_congested(1299) and b.ref.peer_congested(1299)

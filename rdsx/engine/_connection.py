@@ -804,7 +804,10 @@ class Connection:
         # are the general path's for exactly these frames (tests/test_engine_fastpath.py
         # compares the two on random frames); anything else takes the general path.
         size = len(frame)
-        if size >= HEADER_SIZE and not self._rx_active:
+        if size >= HEADER_SIZE and self._rx_active:
+            if self._continue_fragment(frame, size, now):
+                return
+        elif size >= HEADER_SIZE:
             seq, ack, length, sport, dport, flags, credit, index, count, csum = _unpack_fixed(frame)
             if (
                 count == 1
@@ -858,6 +861,54 @@ class Connection:
             self._counters.recv_protocol_error += 1
             self._transition(_S.ERROR)
             raise
+
+    def _continue_fragment(
+        self, frame: bytes | bytearray | memoryview, size: int, now: float
+    ) -> bool:
+        """The fast path for the next fragment of the sequenced message being reassembled.
+
+        Takes a frame only if the general path would accept it (the message's header
+        again, the next index, the right size, a known ack, within credits; a message with
+        ext bytes never matches the ``b""`` compared here, a congestion update is seq 0) and
+        then has the general path's effects; returns False, doing nothing, for any other.
+        """
+        seq, ack, length, sport, dport, flags, credit, index, count, csum = _unpack_fixed(frame)
+        frag = self._frag
+        expected = length - index * frag
+        if expected > frag:
+            expected = frag
+        if not (
+            index == self._rx_next
+            and seq
+            and not csum
+            and size - HEADER_SIZE == expected
+            and ack <= self._highest_sent
+            and (self._peer_credits > 0 or not self._flow)
+            and (seq, length, sport, dport, flags, count, _EMPTY) == self._rx_key
+        ):
+            return False
+        if self._flow:
+            self._peer_credits -= 1
+            if credit:
+                self._send_credits += credit
+                self._counters.ib_rx_credit_updates += 1
+                self._throttled = False
+        if ack:
+            retrans = self._retrans
+            if retrans and retrans[0].seq <= ack:
+                self._drop_acked(ack)
+        discard = self._rx_discard
+        if not discard:
+            start = index * frag
+            self._rx_buf[start : start + expected] = frame[HEADER_SIZE:]
+        if index + 1 < count:
+            self._rx_next = index + 1
+            return True
+        self._rx_active = False
+        data = _EMPTY if discard else bytes(self._rx_buf)
+        self._rx_buf = bytearray()
+        self._receive_message(seq, sport, dport, flags, data, _EMPTY, discard, now)
+        return True
 
     def _receive_general(self, frame: bytes | bytearray | memoryview, now: float) -> None:
         """:meth:`receive_frame` without its fast path (the reference the tests compare to)."""
