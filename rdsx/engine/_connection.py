@@ -519,8 +519,8 @@ class Connection:
                     return [ack_frame]
             return []
         else:
-            out = self._new_single_frames(budget)
-            if not queue:
+            out = self._new_frames(budget)
+            if not queue and self._cur is None:
                 # What the general loop would do next: find nothing to send, then the ack.
                 # The frames just built carry the ack and every pending grant up to 255, so
                 # only more than that can still be due.
@@ -547,13 +547,14 @@ class Connection:
         self._fill(out, budget)
         return out
 
-    def _new_single_frames(self, budget: int) -> list[Frame]:
-        """The fast path: frames for the run of new single-fragment messages at the queue head.
+    def _new_frames(self, budget: int) -> list[Frame]:
+        """The fast path: frames for the run of new (never transmitted) messages at the queue head.
 
         Exactly what :meth:`_fill` emits for them (same seqs, flags, ack policy, credits,
-        counters), with the per-message state kept in locals. It stops, leaving the rest to
-        :meth:`_fill`, at a resend, a message needing several fragments, the budget, or the
-        last credit (which :meth:`_fill` accounts for as a throttle).
+        fragments, counters), with the per-message state kept in locals. It stops, leaving
+        the rest to :meth:`_fill`, at a resend, the budget, or the last credit (which
+        :meth:`_fill` accounts for as a throttle); a message stopped in the middle is left
+        in ``_cur`` as :meth:`_fill` would leave it.
         """
         out: list[Frame] = []
         queue = self._send_queue
@@ -568,11 +569,12 @@ class Connection:
         config = self.config
         seq = self._next_tx_seq
         ack = self._next_rx_seq - 1 if self._next_rx_seq else 0
+        highest = self._highest_sent
         count = 0
         while count < budget and queue:
             msg = queue[0]
             nbytes = msg.nbytes
-            if msg.seq or nbytes > frag:
+            if msg.seq:
                 break
             grant = 0
             if flow:
@@ -600,22 +602,62 @@ class Connection:
                 packets -= 1
                 unacked_bytes -= nbytes
             retrans.append(msg)
-            out.append(
-                (
-                    _pack_header(
-                        seq, ack, nbytes, msg.sport, msg.dport, flags, grant, 0, 1, 0, msg.ext
-                    ),
-                    msg.payload,
+            if nbytes <= frag:
+                out.append(
+                    (
+                        _pack_header(
+                            seq, ack, nbytes, msg.sport, msg.dport, flags, grant, 0, 1, 0, msg.ext
+                        ),
+                        msg.payload,
+                    )
                 )
-            )
+                count += 1
+            else:
+                # the fragments of one message: one header each, slices of one view
+                nfrags = -(-nbytes // frag)
+                view = memoryview(msg.payload)
+                sport, dport, ext = msg.sport, msg.dport, msg.ext
+                index = 0
+                while True:
+                    start = index * frag
+                    out.append(
+                        (
+                            _pack_header(
+                                seq, ack, nbytes, sport, dport, flags, grant, index, nfrags, 0, ext
+                            ),
+                            view[start : start + frag],
+                        )
+                    )
+                    count += 1
+                    index += 1
+                    if index == nfrags or count >= budget:
+                        break
+                    grant = 0
+                    if flow:
+                        if credits < 1 or (credits == 1 and not grant_pending):
+                            break
+                        credits -= 1
+                        if grant_pending:
+                            grant = grant_pending if grant_pending <= 255 else 255
+                            grant_pending -= grant
+                            self._peer_credits += grant
+                            counters.ib_tx_credit_updates += 1
+                if index < nfrags:
+                    # out of budget or credits mid-message: _fill goes on from here
+                    self._cur = msg
+                    self._cur_view = view
+                    self._cur_index = index
+                    self._cur_count = nfrags
+                    seq += 1
+                    break
+            highest = seq
             seq += 1
-            count += 1
         if count:
             if ack != self._last_ack_sent:
                 self._last_ack_sent = ack
                 counters.ib_ack_send_piggybacked += 1
             self._next_tx_seq = seq
-            self._highest_sent = seq - 1
+            self._highest_sent = highest
             self._send_credits = credits
             self._grant_pending = grant_pending
             self._unacked_packets = packets
