@@ -19,7 +19,7 @@ so the only thing that differs from an rdsx run is what carries the messages:
   per node pair, through the public verbs contract (:mod:`bench.verbs_baseline`):
   what rdsx-stress over rdsx costs without the RDS layer. Every SEND signaled.
 * ``verbs-batch``: the same, posted as rdsx's path posts (while SENDs are
-  outstanding, one post per scheduler pass of up to 8, only the last signaled).
+  outstanding, one post per scheduler pass of up to 12, only the last signaled).
 
 Run ``python -m bench.baselines KIND -q 4K -a 4K -t 7 -T 10 [--json FILE]`` with KIND one
 of ``tcp``, ``zmq``, ``memory``, ``verbs``, ``verbs-batch`` (any rdsx-stress option applies).

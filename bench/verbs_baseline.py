@@ -66,8 +66,8 @@ DEMUX = struct.Struct(">HH")
 #: The CM port the passive node listens on for the one connection.
 CM_PORT = 18515
 _SLOTS = 256
-#: SENDs per post in the ``verbs-batch`` kind: rdsx's path's ``_POST_MAX``.
-POST_MAX = 8
+#: SENDs per post in the ``verbs-batch`` kind: the ``_POST_MAX`` of rdsx/path.py (12 since 5315ce7).
+POST_MAX = 12
 _BATCH = 64
 _RECV = 1
 
