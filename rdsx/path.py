@@ -135,6 +135,9 @@ class Path:
             self.close()
             raise
         self._recv_view = memoryview(self.recv_buf)
+        # Slice assignment through a memoryview copies in half a bytearray's time (timeit:
+        # 131 against 266 ns for 4 KiB, 95 against 164 for a header), twice per frame.
+        self._send_view = memoryview(self.send_buf)
         self.free_send = list(range(self.send_slots - 1, -1, -1))
         # WRs are immutable values: a slot's receive WR is reposted as is, and a send
         # slot's last WR is reused while the frame length repeats (no allocation).
@@ -481,7 +484,7 @@ class Path:
                 scope.deadline = deadline
 
     def _post_frames(self, frames: list[tuple[bytes, bytes | memoryview]]) -> None:
-        buf = self.send_buf
+        buf = self._send_view
         base, lkey, size = self.send_mr.addr, self.send_mr.lkey, self.slot_size
         free = self.free_send
         send_wrs, send_lens = self._send_wrs, self._send_lens
