@@ -8,6 +8,8 @@ it) and a graceful removal in the middle of a burst drains in time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from node_world import move, recv_n, until, world
 
@@ -22,17 +24,23 @@ def _path(node: object) -> Path:
     return conn.path  # type: ignore[no-any-return]
 
 
+async def _warm_pair(w: object) -> tuple[Any, Any, Any]:
+    """Node 0, its socket bound to port 10, node 1's socket on DST; one message through."""
+    a, b = w.nodes  # type: ignore[attr-defined]
+    sa = a.socket()
+    sa.bind(10)
+    sb = b.socket()
+    sb.bind(DST[1])
+    sa.sendto_nowait(b"warm-up", DST)
+    await recv_n(sb, 1)
+    return a, sa, sb
+
+
 async def test_a_burst_is_posted_in_batches_and_the_ring_empties(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with world(2) as w:
-        a, b = w.nodes
-        sa = a.socket()
-        sa.bind(10)
-        sb = b.socket()
-        sb.bind(DST[1])
-        sa.sendto_nowait(b"warm-up", DST)
-        await recv_n(sb, 1)
+        a, sa, sb = await _warm_pair(w)
         await until(lambda: not _path(a).sending and not a.info().retransmit_queue)
         events0 = a.statistics().ib_tx_cq_event
         for k in range(20):
@@ -53,13 +61,7 @@ async def test_graceful_removal_during_a_coalesced_burst_drains_in_time(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with world(2) as w:
-        a, b = w.nodes
-        sa = a.socket()
-        sa.bind(10)
-        sb = b.socket()
-        sb.bind(DST[1])
-        sa.sendto_nowait(b"warm-up", DST)
-        await recv_n(sb, 1)
+        a, sa, sb = await _warm_pair(w)
         for k in range(30):
             sa.sendto_nowait(b"m%d" % k, DST)
         await trio.sleep(0)  # the flusher posts the rest, partly unsignaled
