@@ -321,6 +321,13 @@ crafted_frame = st.tuples(
 _LIMITS = (1 << 64, 1 << 64, 1 << 32, 1 << 16, 1 << 16, 256, 256, 1 << 16, 1 << 16, 1 << 16)
 
 
+def _moved(old: int, how: str) -> int:
+    """One header field moved by ``how``: ``bitN`` flips bit N, else +1, -1, zero or one."""
+    if how.startswith("bit"):
+        return old ^ (1 << int(how[3:]))
+    return {"+1": old + 1, "-1": old - 1, "zero": 0, "one": 1}[how]
+
+
 def craft(
     kind: str, flags: int, size: int, perturbations: list[tuple[int, str]], seq: int, ack: int
 ) -> bytes:
@@ -335,11 +342,7 @@ def craft(
         if field == 10:
             size = max(0, size + (1 if how in ("+1", "one") else -1))
             continue
-        old = ext if field == 11 else fields[field]
-        if how.startswith("bit"):
-            new = old ^ (1 << int(how[3:]))
-        else:
-            new = {"+1": old + 1, "-1": old - 1, "zero": 0, "one": 1}[how]
+        new = _moved(ext if field == 11 else fields[field], how)
         if field == 11:
             ext = new % 256
         else:
@@ -472,11 +475,7 @@ def perturb_frame(frame: bytes, perturbations: list[tuple[int, str]]) -> bytes:
         if field == 10:
             payload = payload + b"q" if how in ("+1", "one") else payload[:-1]
             continue
-        old = ext if field == 11 else fields[field]
-        if how.startswith("bit"):
-            new = old ^ (1 << int(how[3:]))
-        else:
-            new = {"+1": old + 1, "-1": old - 1, "zero": 0, "one": 1}[how]
+        new = _moved(ext if field == 11 else fields[field], how)
         if field == 11:
             ext = new % 256
         else:
