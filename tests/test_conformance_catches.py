@@ -55,6 +55,8 @@ class _CQ(_Proxy):
                 continue
             if self._fault in _REWRITES and wc.status is _REWRITES[self._fault][0]:
                 wc = attrs.evolve(wc, status=_REWRITES[self._fault][1])
+            if self._fault == "byte-len-on-failure" and wc.status is not WcStatus.SUCCESS:
+                wc = attrs.evolve(wc, byte_len=wc.byte_len or 16)
             if self._fault == "lose-imm-data":
                 wc = attrs.evolve(wc, imm_data=None)
             if self._fault == "swap-two-completions" and self.seen == 5:
@@ -219,6 +221,7 @@ class BrokenSim(Harness):
         ("rem-access-as-success", "rdma-remote-access-errors", "expected status REM_ACCESS"),
         ("flush-as-general-error", "flush-on-err", "expected status WR_FLUSH_ERR"),
         ("rnr-as-retry-exceeded", "rnr-retry-exhausted", "expected status RNR_RETRY_EXC"),
+        ("byte-len-on-failure", "failed-completion-byte-len", "byte_len 0, got"),
         ("lose-imm-data", "immediate-data", "imm_data"),
         ("no-sq-drained", "sqd-drain", "no SQ_DRAINED event"),
         ("removal-without-deadline", "remove-grace-released", "must carry deadline"),

@@ -449,7 +449,8 @@ class VirtualQP(QP):
 
     def _send_wc(self, wr: SendWR | RecvWR, status: WcStatus, message: str = "") -> WorkCompletion:
         assert isinstance(wr, SendWR)
-        length = sum(sge.length for sge in wr.sg_list)
+        # byte_len is the contract's only for a SUCCESS; a failure or a flush reports 0.
+        length = sum(sge.length for sge in wr.sg_list) if status is WcStatus.SUCCESS else 0
         return WorkCompletion(
             wr.wr_id, status, WC_OPCODE[wr.opcode], length, self.qp_num, None, message
         )

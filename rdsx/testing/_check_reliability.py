@@ -150,6 +150,45 @@ async def check_flush(harness: Harness, rng: random.Random) -> None:
         await _expect_flushing(ea, a, "after modify(ERR)")
 
 
+@check("failed-completion-byte-len")
+async def check_failed_byte_len(harness: Harness, rng: random.Random) -> None:
+    """``byte_len`` means something only for a SUCCESS: a failed send (RNR exhaustion),
+    the WRs flushed behind it or by a move to ERR, and WRs posted in ERR all report 0,
+    whatever their length (ibverbs leaves it undefined; the contract pins it)."""
+    async with open_nodes(harness) as (a, b):
+        size = rng.randrange(1, 256)
+        off = a.alloc(size)
+        opcodes = [Opcode.SEND, Opcode.RDMA_WRITE, Opcode.SEND, Opcode.RDMA_READ]
+
+        def sends(base: int) -> list[SendWR]:
+            return [
+                SendWR(base + i, op, (a.sge(off, size),), remote_addr=b.mr.addr, rkey=b.mr.rkey)
+                for i, op in enumerate(opcodes)
+            ]
+
+        # The peer never posts a receive: rnr_retry=0 fails the first SEND, the rest flush.
+        failed, _ = link(a, b, rnr_retry=0)
+        # Left outstanding until the move to ERR: the peer's first SEND waits forever (RNR).
+        stuck, _ = link(a, b, rnr_retry=7)
+        for end, base in ((failed, 10), (stuck, 20)):
+            end.qp.post_recv([RecvWR(base + 100 + i, (a.sge(off, size),)) for i in range(2)])
+            end.qp.post_send(sends(base))
+        await quiet([stuck.scq, stuck.rcq], "RC completes in order: nothing passes a stuck SEND")
+        stuck.qp.modify(QpAttr(state=QpState.ERR))
+        for end, what in ((failed, "after RNR_RETRY_EXC_ERR"), (stuck, "after modify(ERR)")):
+            expect_state(end.qp, QpState.ERR, what)
+            end.qp.post_send(SendWR(90, Opcode.SEND, (a.sge(off, size),)))
+            end.qp.post_recv(RecvWR(190, (a.sge(off, size),)))
+            wcs = await take(end.scq, len(opcodes) + 1, f"{what}: every send completes")
+            wcs += await take(end.rcq, 3, f"{what}: every receive completes")
+            for wc in wcs:
+                if wc.status is WcStatus.SUCCESS or wc.byte_len != 0:
+                    raise AssertionError(
+                        f"{what}: a failed or flushed WR of {size} bytes must complete with an "
+                        f"error status and byte_len 0, got {wc}"
+                    )
+
+
 @check("partition-heals")
 async def check_partition_heals(harness: Harness, rng: random.Random) -> None:
     """Loss shorter than the retry budget is repaired: every send completes, exactly once,

@@ -230,7 +230,10 @@ class WorkCompletion:
         wr_id: the work request's id.
         status: ``SUCCESS`` or why it failed.
         opcode: what completed.
-        byte_len: bytes received (receives) or transferred.
+        byte_len: for a ``SUCCESS``, the bytes received (receives) or transferred
+            (sends, RDMA). Any other status (a failure, a flush) reports 0:
+            ibverbs leaves it undefined then, the contract pins it so that
+            every transport and the shim agree.
         qp_num: the local QP.
         imm_data: immediate data, for receives of ``*_WITH_IMM``.
         message: for an error status, what was wrong, in words.
