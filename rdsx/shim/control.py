@@ -230,6 +230,8 @@ class ControlPlane:
 
     def _on_keymap(self, source: str, message: KeyMap) -> None:
         known = self._s.core.peer_keys.get(source)
+        if known is not None and message.inc < known[0]:
+            return  # a late push from a device the peer has left since
         if message.first or known is None or known[0] != message.inc:
             known = (message.inc, {})
             self._s.core.peer_keys[source] = known
@@ -265,13 +267,30 @@ class ControlPlane:
                 return True
             return False
 
-    async def push_pairs(self, address: str, pairs: list[int]) -> None:
-        """Add ``pairs`` to the peer's copy of our key map (a key registered since)."""
-        await self.call(
-            address,
-            KeyMap(inc=self._s.inc, pairs=pairs, first=False),
-            timeout=self._s.core.config.connect_timeout,
-        )
+    async def push_pairs(
+        self, address: str, pairs: list[int], fences: list[tuple[VirtualQP, object]]
+    ) -> None:
+        """Add ``pairs`` to the peer's copy of our key map (a key registered since).
+
+        Retried until the peer acknowledges, a reconnect carried the whole map
+        (it lifts every fence), or ``resume_timeout`` passes; then the sends
+        ``fences`` held on the QPs towards that peer go out.
+        """
+        config = self._s.core.config
+        deadline = trio.current_time() + config.resume_timeout
+        pause = config.retry_interval
+        message = KeyMap(inc=self._s.inc, pairs=pairs, first=False)
+        try:
+            while any(qp.fenced_by(token) for qp, token in fences):
+                answer = await self.call(address, message, timeout=config.connect_timeout)
+                if isinstance(answer, Ack) or trio.current_time() >= deadline:
+                    return
+                with trio.move_on_at(deadline):
+                    await trio.sleep(pause)
+                pause = min(pause * 2, config.max_retry_interval)
+        finally:
+            for qp, token in fences:
+                qp.unfence(token)
 
     async def _push_keys(self, address: str) -> bool:
         pairs = self._s.core.key_pairs()

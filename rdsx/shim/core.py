@@ -132,13 +132,22 @@ class Core:
         return known[1].get(rkey, rkey)
 
     def rkey_moved(self, virtual: int, physical: int) -> None:
-        """A new MR's rkey could not keep its physical number: tell connected peers."""
+        """A new MR's rkey could not keep its physical number: tell connected peers.
+
+        Each peer's QPs hold their sends until that peer acknowledged the pair
+        (:meth:`VirtualQP.fence`), so a message that carries the new rkey can
+        never reach the peer before its shim knows how to translate it.
+        """
         session = self.session
-        if session is None:
+        if session is None or session.closed:
             return  # pushed with the whole map when the next device reconnects
-        peers = {qp.peer.address for qp in self.all_qps() if qp.peer is not None}
-        for address in sorted(peers):
-            session.spawn(session.control.push_pairs, address, [virtual, physical])
+        by_peer: dict[str, list[VirtualQP]] = {}
+        for qp in self.all_qps():
+            if qp.peer is not None:
+                by_peer.setdefault(qp.peer.address, []).append(qp)
+        for address in sorted(by_peer):
+            fences = [(qp, qp.fence()) for qp in by_peer[address]]
+            session.spawn(session.control.push_pairs, address, [virtual, physical], fences)
 
     def key_pairs(self) -> list[int]:
         """Our remote keys whose physical value differs from the virtual one, flattened."""

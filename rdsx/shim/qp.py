@@ -165,6 +165,8 @@ class VirtualQP(QP):
         self.serving_suspend = False
         #: Set with the peer's answer to our in-band suspend.
         self._answer: tuple[trio.Event, list[object]] | None = None
+        #: Key pushes the peer has not acknowledged yet: sends wait (see :meth:`fence`).
+        self._fences: set[object] = set()
         self.qp_num = 0
         if ctx.session is not None:
             try:
@@ -281,8 +283,13 @@ class VirtualQP(QP):
             self._replay.clear()
             self._sends.clear()
             self._recvs.clear()
+            self._fences.clear()
         else:
             self._replay.append(attr)
+        if target is S.ERR and self._fences:
+            # Nothing more reaches the peer: what a key push held flushes now, in order.
+            for token in list(self._fences):
+                self.unfence(token)
 
     def post_send(self, wrs: SendWR | Sequence[SendWR]) -> None:
         """Post send WRs; during a migration they are held, never refused.
@@ -310,15 +317,15 @@ class VirtualQP(QP):
         entries = [_Entry(next(self._seq), wr) for wr in batch]
         for entry in entries:
             self._sends[entry.seq] = entry
-        if self._can_post():
+        if not self._can_post():
+            self._ctx.core.recorder.held(len(entries))
+        elif not self._fences:
             try:
                 self._post_sends(entries, from_user=True)
             except VerbsError:
                 for entry in entries:
                     del self._sends[entry.seq]
                 raise
-        else:
-            self._ctx.core.recorder.held(len(entries))
 
     def post_recv(self, wrs: RecvWR | Sequence[RecvWR]) -> None:
         """Post receive WRs; during a migration they are kept and posted later.
@@ -531,6 +538,40 @@ class VirtualQP(QP):
             if first and self._session is not None:
                 self._session.spawn(self._watchdog)
 
+    def fence(self) -> object:
+        """Hold new sends until the peer has a key pair we are pushing to it.
+
+        A memory region registered after a migration may not keep its physical
+        rkey as its virtual one (:meth:`~rdsx.shim.core.Core.rkey_moved`). The
+        layer above learns the virtual rkey from ``reg_mr`` and may tell the peer
+        at once, in the next send on this very connection; the peer's shim must
+        already translate it by then, or the peer's RDMA names a key the device
+        does not know (or someone else's). So sends queue here (receives do not)
+        until the push is acknowledged (:meth:`unfence`), or until a reconnect
+        carries the whole key map anyway (:meth:`bind`, :meth:`detach`).
+
+        Returns:
+            The token to hand to :meth:`unfence`.
+        """
+        token = object()
+        self._fences.add(token)
+        return token
+
+    def fenced_by(self, token: object) -> bool:
+        """Whether ``token`` (from :meth:`fence`) still holds this QP's sends."""
+        return token in self._fences
+
+    def unfence(self, token: object) -> None:
+        """The key push behind ``token`` is over: post what it held, in order."""
+        if token not in self._fences:
+            return  # lifted already by a reconnect, which carried the key map
+        self._fences.discard(token)
+        if self._fences or not self._can_post() or self._closed:
+            return
+        waiting = [entry for entry in self._sends.values() if not entry.posted]
+        if waiting:
+            self._post_sends(waiting, from_user=False)
+
     def extend_resume_deadline(self) -> None:
         """The peer is alive and trying: restart the resume bound."""
         self._resume_deadline = trio.current_time() + self._ctx.core.config.resume_timeout
@@ -712,6 +753,8 @@ class VirtualQP(QP):
     def detach(self) -> None:
         """Our device is going: hold, and let go of the physical QP."""
         self._drop_spare()
+        # The reconnect on the next device carries our whole key map: no push to wait for.
+        self._fences.clear()
         if self.failure is not None or self._closed:
             self._drop_phys()
             self._session = None
@@ -842,6 +885,8 @@ class VirtualQP(QP):
         self._drop_spare()  # made for a reconnect that came another way
         self._hold = None
         self._first_error = None
+        # The RECONNECT/RESUMED exchange carried both sides' whole key maps.
+        self._fences.clear()
         unposted = [entry for entry in self._recvs.values() if not entry.posted]
         if unposted:
             self._post_recvs(unposted, from_user=False)
@@ -875,6 +920,7 @@ class VirtualQP(QP):
             self._recv_cq.push(self._recv_wc(entry.wr, WcStatus.WR_FLUSH_ERR))
         self._sends.clear()
         self._recvs.clear()
+        self._fences.clear()
         if exc is not None:
             if self.cm_id is not None:
                 self.cm_id.push_error(exc)
