@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.downtime import downtime, receiver_downtime
+from bench.downtime import DELIVERY, NOTICE, REMOVAL, SENT, downtime, receiver_downtime
 from transports.sim.timeline import Stage, Strategy, Timeline
 
 
@@ -70,7 +70,7 @@ def test_overall_is_the_worst_receiver_and_order_does_not_matter() -> None:
     assert report.pause == pytest.approx(0.5)
     assert report.receivers[0].service_downtime == pytest.approx(0.6)
     assert report.recovered
-    assert "service downtime 5000.000 ms" in report.format_table()
+    assert "measured gap 5000.000 ms" in report.format_table()
 
 
 def test_a_receiver_that_never_recovers_has_infinite_downtime() -> None:
@@ -102,3 +102,161 @@ def test_a_gap_starting_before_the_migration_splits_into_before() -> None:
     assert (r.gap_start, r.gap_end) == (9.0, 11.0)
     assert r.breakdown["before"] == pytest.approx(1.0)
     assert r.breakdown["pre-copy"] == pytest.approx(1.0)
+
+
+# Edge-exact figures. Timeline: notice 10.0 (detach), VF released 10.2, paused 10.7..12.5,
+# new VF ready 12.6; deliveries every 50 ms until 9.95, each sent LAT earlier.
+LAT = 0.001
+
+
+def _vf_timeline(*, surprise: bool = False) -> Timeline:
+    detach = Stage(name="detach", start=10.0, end=10.0 if surprise else 10.7)
+    stages = (
+        Stage(name="pre-copy", round=1, start=5.0, end=10.0),
+        detach,
+        Stage(name="stop-and-copy", start=10.7, end=10.9),
+        Stage(name="restore", start=10.9, end=11.0),
+        Stage(name="attach", start=11.0, end=12.5, paused=True),
+        Stage(name="sm-update", start=12.5, end=12.7),
+    )
+    return Timeline(
+        vm="vm",
+        source="a",
+        destination="b",
+        strategy=Strategy.LATE_DETACH,
+        port_model="vswitch",
+        profile="p",
+        stages=stages,
+        start=5.0,
+        end=12.7,
+        device_ready=12.6,
+        released=10.0 if surprise else 10.2,
+        surprise=surprise,
+    )
+
+
+def _steady() -> tuple[list[float], list[float]]:
+    delivered = [round(4.0 + 0.05 * k, 3) for k in range(120)]  # 4.0 .. 9.95
+    return delivered, [d - LAT for d in delivered]
+
+
+def _with(after: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    # Then the gap, ``after``, and one delivery after the migration's end.
+    delivered, sent = _steady()
+    after = [*after, (13.0, 13.0 - LAT)]
+    return delivered + [d for d, _ in after], sent + [s for _, s in after]
+
+
+def test_a_gap_before_the_notice_starts_at_the_notice_and_ends_on_the_backlog() -> None:
+    tl = _vf_timeline()
+    # The first delivery after the gap was sent at 10.05 (queued through the outage).
+    delivered, sent = _with([(12.603, 10.05), (12.604, 10.1)])
+    r = receiver_downtime("x", delivered, tl, sent)
+    e = r.edge
+    assert e is not None
+    assert (r.gap_start, r.gap_end) == (9.95, 12.603)
+    assert r.service_downtime == pytest.approx(2.653)  # the measured gap, pacing and all
+    assert (e.start, e.start_by, e.end) == (10.0, NOTICE, 12.603)
+    assert e.service == pytest.approx(2.603)
+    assert e.added == pytest.approx(2.603 - tl.pause)
+    assert e.backlog and e.exact and e.first_sent == 10.05
+    assert e.latency == pytest.approx(LAT)
+    # One latency, plus the notice-to-release span the stack might still have delivered in.
+    assert e.resolution == pytest.approx(LAT + 0.2)
+    # Edge-exact service = device gap + stack cost, the same outage.
+    assert e.service == pytest.approx(r.device_gap + r.stack)
+
+
+def test_a_gap_that_starts_after_the_notice_starts_at_its_last_delivery() -> None:
+    tl = _vf_timeline()
+    delivered, sent = _with([(10.1, 10.1 - LAT), (12.603, 10.15)])
+    e = receiver_downtime("y", delivered, tl, sent).edge
+    assert e is not None
+    assert (e.start, e.start_by) == (10.1, DELIVERY)
+    assert e.service == pytest.approx(2.503)
+    assert e.resolution == pytest.approx(LAT + 0.1)
+    assert e.exact
+
+
+def test_a_surprise_removal_starts_at_the_removal_or_at_a_message_it_caught() -> None:
+    tl = _vf_timeline(surprise=True)
+    delivered, sent = _with([(12.603, 10.05)])
+    e = receiver_downtime("z", delivered, tl, sent).edge
+    assert e is not None
+    assert (e.start, e.start_by) == (10.0, REMOVAL)
+    assert e.service == pytest.approx(2.603)
+    assert e.resolution == pytest.approx(LAT)  # no notice: nothing more to deliver after it
+    # A message sent just before the removal was lost on the wire and resent after it:
+    # the outage began when it was due, before the removal.
+    delivered, sent = _with([(12.603, 9.9995), (12.604, 10.05)])
+    e = receiver_downtime("z", delivered, tl, sent).edge
+    assert e is not None
+    assert (e.start, e.start_by) == (9.9995, SENT)
+    assert e.service == pytest.approx(12.603 - 9.9995)
+    assert e.resolution == pytest.approx(LAT)
+
+
+def test_without_backlog_the_end_is_pacing_limited_and_says_so() -> None:
+    tl = _vf_timeline()
+    # Nothing was queued: the first delivery after the gap was sent after the new VF came.
+    delivered, sent = _with([(12.651, 12.65)])
+    r = receiver_downtime("p", delivered, tl, sent)
+    e = r.edge
+    assert e is not None
+    assert not e.backlog and not e.exact and e.first_sent == 12.65
+    assert e.service == pytest.approx(2.651)
+    # The path may have been back any time from 12.6: 51 ms of the figure are unknown.
+    assert e.resolution == pytest.approx(LAT + 0.2 + 0.051)
+    report = downtime({"p": delivered, "q": _with([(12.603, 10.05)])[0]}, tl, {"p": sent})
+    assert not report.edge_exact
+    assert report.edge_resolution == pytest.approx(e.resolution)
+    assert "pacing-limited" in report.format_table()
+
+
+def test_without_send_times_nothing_is_backlog() -> None:
+    tl = _vf_timeline()
+    delivered, _ = _with([(12.603, 10.05)])
+    e = receiver_downtime("n", delivered, tl).edge
+    assert e is not None
+    assert (e.start, e.start_by) == (10.0, NOTICE)
+    assert not e.backlog and e.first_sent is None and math.isnan(e.latency)
+    assert e.resolution == pytest.approx(0.2 + 0.003)
+    with pytest.raises(ValueError, match="send times"):
+        receiver_downtime("n", delivered, tl, [0.0])
+
+
+def test_without_a_vf_loss_the_edge_is_the_measured_gap() -> None:
+    tl = _timeline()  # no VF released: no event to anchor the start on
+    ts = _paced(0.0, 19.9) + _paced(24.0, 30.0)
+    r = receiver_downtime("g", ts, tl, [t - LAT for t in ts])
+    assert r.edge is not None
+    assert (r.edge.start, r.edge.start_by, r.edge.service) == (
+        r.gap_start,
+        DELIVERY,
+        r.service_downtime,
+    )
+    assert not r.edge.exact and r.edge.resolution == r.resolution
+
+
+def test_the_latency_leaves_out_the_connection_set_up_and_the_backlog() -> None:
+    tl = _vf_timeline()
+    delivered, sent = _steady()
+    # The first messages waited 2 ms for the connection; they are not the steady latency.
+    sent[:5] = [delivered[0] - 0.002] * 5
+    delivered += [12.603 + 1e-5 * k for k in range(50)] + [13.0]
+    sent += [10.0 + 0.05 * k for k in range(50)] + [13.0 - LAT]
+    e = receiver_downtime("l", delivered, tl, sent).edge
+    assert e is not None and e.latency == pytest.approx(LAT)
+
+
+def test_the_overall_edge_is_the_longest_receivers() -> None:
+    tl = _vf_timeline()
+    early, early_sent = _with([(12.603, 10.05)])
+    late, late_sent = _with([(12.61, 10.06)])
+    report = downtime({"a": early, "b": late}, tl, {"a": early_sent, "b": late_sent})
+    assert report.edge_worst == "b" and report.edge is not None
+    assert report.edge_service == pytest.approx(2.61)
+    assert report.edge_added == pytest.approx(2.61 - tl.pause)
+    assert report.edge_exact
+    # The measured gap is the same for both (pacing), so it cannot tell them apart.
+    assert report.service_downtime == pytest.approx(2.66)
