@@ -31,11 +31,15 @@ table. Options of its own (the rest are rdsx-stress's):
 With ``-T 0`` the run lasts until the last migration is over plus 3 s.
 
 The table gives, per combination: delivered messages per second before,
-during and after the migration; the VM's own pause; the service downtime (the
-longest delivery gap at any receiving socket, DESIGN §6) and the added
-downtime (minus the pause); the device gap (no VF at all) and the stack's own
-cost beyond it, split into quiesce (removal notice to release) and resume (new
-VF to first delivery) (:mod:`bench.downtime`); the RDS layer's reconnects
+during and after the migration; the VM's own pause; the longest delivery gap
+measured at any receiving socket (``gap``) and its pacing resolution
+(``pace``); the service downtime (DESIGN §6) edge-exact, i.e. that gap with its
+pacing taken off both ends (from the removal notice to the first delivery of
+the backlog queued through the outage, each socket's send times recorded to
+check it), the added downtime (minus the pause) and their resolution
+(``res``); the device gap (no VF at all) and the stack's own cost beyond it,
+split into quiesce (removal notice to release) and resume (new VF to first
+delivery) (:mod:`bench.downtime`); the RDS layer's reconnects
 (``conn_reset`` over both nodes: the transparent shim must keep them at 0);
 SMPs and SA queries; lost, duplicated and reordered messages.
 """
@@ -96,8 +100,8 @@ STRATEGIES = ("three-stage", "late-detach")
 PORT_MODELS = ("shared", "vswitch")
 #: Requests per second per task when a virtual-time run was given no --rate: the
 #: whole 8-run comparison of the issue's command (-t 7, -T 20) then fits in two
-#: minutes on 2 cores; the stack cost's resolution does not depend on it (see
-#: :mod:`bench.downtime`), the service downtime's does (the table states it).
+#: minutes on 2 cores; the edge-exact service downtime and the stack cost do not
+#: depend on it (see :mod:`bench.downtime`), the measured gap does (``pace``).
 DEFAULT_RATE = 30.0
 #: Seconds of traffic after the migration ends when -T is 0.
 TAIL = 3.0

@@ -81,6 +81,12 @@ async def test_a_migration_under_load_loses_nothing_and_is_measured(
     assert d.breakdown["detach"] > 0 and d.breakdown["attach"] > 0
     assert d.added_downtime == pytest.approx(d.service_downtime - tl.pause)
     assert sum(d.breakdown.values()) == pytest.approx(d.service_downtime)
+    # Every socket's first delivery after the gap was queued backlog (send times recorded),
+    # so the edge-exact outage is the device gap plus the stack's cost, within the gap.
+    assert d.edge_exact and d.edge is not None and d.edge.backlog
+    assert d.edge_service == pytest.approx(d.device_gap + d.stack)
+    assert d.edge_service <= d.service_downtime
+    assert d.edge_resolution < 1e-3 < d.resolution
     table = format_results([result])
     assert strategy in table and "ok" in table
     assert result.to_dict()["downtime"]["worst"] == d.worst
