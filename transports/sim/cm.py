@@ -67,7 +67,6 @@ from .mailbox import Mailbox
 from .packet import Kind, Packet
 
 if TYPE_CHECKING:
-    from .fabric import Fabric
     from .sm import PathRecord
     from .verbs import SimContext, SimDevice, SimQP
 
@@ -196,10 +195,18 @@ class CmAgent:
         packet = Packet(Kind.CM, self.device.function.lid, dlid, qpn, dqpn, 0, MAD)
         packet.dguid = dguid
         packet.msg = msg
+        if self.device.frozen:
+            # An emulated device of a paused VM: its MADs are lost as its packets are
+            # (the CM resends on its own timer).
+            self.fabric.drop_packet(packet, f"{self.device.name} frozen (VM paused)")
+            return
         self.fabric.send_packet(packet)
 
     def on_packet(self, packet: Packet) -> None:
         """Dispatch an arriving CM message."""
+        if self.device.frozen:
+            self.fabric.drop_packet(packet, f"{self.device.name} frozen (VM paused)")
+            return
         msg = packet.msg
         if isinstance(msg, Req):
             self._on_req(msg)
@@ -307,7 +314,7 @@ class CmAgent:
         if qp.state not in CM_QP_STATES:
             raise InvalidState(f"cm_connect needs a QP in RESET or INIT, not {qp.state.name}")
         vm = self.fabric.vm_at(address)
-        target = vm.device if vm is not None else None
+        target = vm.answering_device if vm is not None else None
         if target is None or target.removed:
             raise Unreachable(f"no device answers for {address}")
         path, asked = self._path(target)
@@ -332,7 +339,7 @@ class CmAgent:
                 raise Unreachable(f"nothing listens on {address}:{port}")
             raise ConnectionRejected(f"{address}:{port} rejected", answer.private_data)
         assert isinstance(answer, Rep)
-        await _charge(_connect_time(self.fabric))
+        await _charge(_connect_time(self.device))
         _to_rts(qp, answer.src_lid, answer.src_qpn, answer.start_psn, start_psn)
         self.send(answer.src_lid, answer.src_guid, Rtu(answer.comm_id), qp.qp_num, answer.src_qpn)
         cm_id = SimCmId(
@@ -414,9 +421,9 @@ async def _charge_until(when: float) -> None:
         await trio.sleep_until(when)
 
 
-def _connect_time(fabric: Fabric) -> float:
-    """What one side spends moving its QP INIT -> RTR -> RTS."""
-    return fabric.qp_setup_time * (1.0 - QP_CREATE_SHARE)
+def _connect_time(device: SimDevice) -> float:
+    """What one side spends moving its QP INIT -> RTR -> RTS on ``device``."""
+    return device.qp_setup_time * (1.0 - QP_CREATE_SHARE)
 
 
 def _to_rts(qp: SimQP, dlid: int, dqpn: int, rq_psn: int, sq_psn: int) -> None:
@@ -514,7 +521,7 @@ class SimCmRequest(CmRequest):
             raise InvalidArgument(f"private data is limited to {REP_PRIVATE_DATA} bytes")
         agent, req = self.agent, self.req
         # A QP made ahead (the shim's pre-setup) is already created: only RTR/RTS remain.
-        await _charge_until(max(trio.current_time(), qp.ready_at) + _connect_time(agent.fabric))
+        await _charge_until(max(trio.current_time(), qp.ready_at) + _connect_time(agent.device))
         if self.reply is not None:
             raise InvalidState("the request was already answered")
         comm_id, start_psn = agent.new_exchange(qp.qp_num)

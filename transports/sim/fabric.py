@@ -165,6 +165,14 @@ class Fabric:
         #: Seconds to set one QP up: created and in INIT, then RTR and RTS (see above).
         self.qp_setup_time = 0.0
         self.path_cache: dict[tuple[str, int, int, int], PathRecord] | None = None
+        #: Emulated standby devices (:mod:`.standby`): extra one-way delay per packet
+        #: through the backend, its bandwidth, one QP's setup, and the grace a live
+        #: incarnation gets when a VF comes back (profile figures ``standby_*``).
+        self.standby_latency = 0.0
+        self.standby_bandwidth = math.inf
+        self.standby_qp_create = 0.0
+        self.standby_grace = 1.0
+        self._standby_live = 0
         self._endpoints: dict[int, Endpoint] = {}
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = 0
@@ -257,8 +265,11 @@ class Fabric:
         self.record("add_host", name, f"lid={lid} switch={switch} vfs={num_vfs}")
         return host
 
-    def create_vm(self, name: str, *, address: str) -> Vm:
+    def create_vm(self, name: str, *, address: str, standby: bool = False) -> Vm:
         """Create a VM (holding no VF yet) whose node answers on ``address``.
+
+        ``standby=True`` gives it an emulated RC device that carries its traffic
+        while it has no VF (see :mod:`.standby`).
 
         Raises:
             AddressInUse: the name or the address is taken.
@@ -269,9 +280,9 @@ class Fabric:
             raise AddressInUse(f"VM {name!r} exists")
         if any(vm.address == address for vm in self.vms.values()):
             raise AddressInUse(f"address {address!r} belongs to another VM")
-        vm = Vm(self, name, address)
+        vm = Vm(self, name, address, standby=standby)
         self.vms[name] = vm
-        self.record("create_vm", name, address)
+        self.record("create_vm", name, address + (" standby" if standby else ""))
         return vm
 
     def vm_at(self, address: str) -> Vm | None:
@@ -357,7 +368,10 @@ class Fabric:
     def _update_fast_lane(self) -> None:
         # An ACK may skip the packet machinery when nothing could observe, drop or
         # delay it: real clock, default route, no trace.
-        self.fast_lane = self._realtime and self._default_route and not self._tracing
+        # Nor while an emulated device is live: its packets take the backend's path.
+        self.fast_lane = (
+            self._realtime and self._default_route and not self._tracing and not self._standby_live
+        )
 
     def send_packet(self, packet: Packet) -> None:
         """Put ``packet`` on the wire: hand it to :attr:`route_packet`.

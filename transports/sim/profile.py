@@ -39,6 +39,15 @@ FIGURES: Mapping[str, tuple[str, str]] = {
     "smp_rtt": ("s", "one directed-route SMP round trip; the SM sends them one after another"),
     "sa_query": ("s", "one SA PathRecord query round trip"),
     "qp_create": ("s", "creating one RC QP and moving it to RTS (driver + firmware commands)"),
+    "standby_latency": (
+        "s",
+        "extra one-way delay per packet through an emulated (standby) device's software backend",
+    ),
+    "standby_bandwidth": ("B/s", "bytes per second an emulated device's backend moves"),
+    "standby_qp_create": (
+        "s",
+        "setting up one RC QP of an emulated device (backend software; split as qp_create)",
+    ),
     "migration_bandwidth": ("B/s", "bytes per second the VMM copies guest memory at"),
     "page_size": ("B", "guest page size: the dirty-tracking granularity"),
     "max_rounds": ("rounds", "pre-copy rounds at most before forcing stop-and-copy"),

@@ -33,6 +33,7 @@ timers) or from a verbs call; nothing awaits.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -183,6 +184,9 @@ class RcQp:
         self.function = function
         self.qp_num = qp_num
         self.sq_sig_all = sq_sig_all
+        #: Where this QP's packets go: the fabric, or an emulated device's backend
+        #: (:mod:`.standby`), which delays them and drops them while the VM is paused.
+        self.egress: Callable[[Packet], None] = fabric.send_packet
         #: The key table of the QP's resource space (fixed for the QP's life).
         self.mrs = function.space.mrs
         self.retransmits = 0
@@ -289,7 +293,7 @@ class RcQp:
         mtu = self.mtu
         pending = self.sq_pending
         mrs = self.mrs
-        send = fabric.send_packet
+        send = self.egress
         direct = fabric.fast_lane and state is _RTS
         while pending and budget:
             budget -= 1
@@ -471,7 +475,7 @@ class RcQp:
 
     def _emit(self, wqe: SendWqe, from_psn: int, to_psn: int) -> None:
         """Send the packets ``from_psn`` .. ``to_psn`` of ``wqe``."""
-        send = self.fabric.send_packet
+        send = self.egress
         src, dst, qpn, dqpn = self.function.lid, self.dest_lid, self.qp_num, self.dest_qpn
         wr = wqe.wr
         if wqe.kind == Kind.READ_REQ:
@@ -671,7 +675,7 @@ class RcQp:
         packet.syndrome = syndrome
         if syndrome == Syndrome.RNR:
             packet.rnr_timer = self.min_rnr_timer
-        self.fabric.send_packet(packet)
+        self.egress(packet)
 
     def _on_request(self, packet: Packet) -> None:
         psn, expected = packet.psn, self.epsn
@@ -841,7 +845,7 @@ class RcQp:
             )
             response.first = index == 0
             response.last = index == count - 1
-            self.fabric.send_packet(response)
+            self.egress(response)
         return True
 
     # ------------------------------------------------------------------ errors

@@ -23,6 +23,11 @@ model, LFT entries under vSwitch), the guest running. The new VF reaches the VM
 during ``sm-update``, once the SM has reacted (:attr:`Timeline.device_ready`);
 the SMPs' own round trips, microseconds, are charged after it.
 
+With a standby device (``create_vm(..., standby=True)``) both strategies
+attach the new VF to the running guest after the restore, so the pause is
+stop-and-copy + restore; :attr:`Timeline.standby` says when the emulated device
+carried the VM's traffic instead.
+
 The device gap (:attr:`Timeline.device_gap`) is the time the VM has no VF at
 all: from the moment the old one is released (:attr:`Timeline.released`: the
 guest let go within its grace, or at once on a surprise removal) to
@@ -134,6 +139,11 @@ class Timeline:
         precopy_stop: why pre-copy stopped (see :mod:`transports.sim.precopy`).
         outcome: ``"migrated"``, or what went wrong (``"detach-refused"``,
             ``"source-crashed"``, ``"destination-crashed"``).
+        standby: ``(start, end)`` of each incarnation of the VM's emulated
+            standby device during the migration: from its offer (the VF's
+            removal notice, or the resume under the shared port model) to its
+            removal or the new VF's arrival, whichever came first; empty
+            without a standby device.
     """
 
     vm: str
@@ -155,6 +165,7 @@ class Timeline:
     surprise: bool = False
     precopy_stop: str = ""
     outcome: str = "migrated"
+    standby: tuple[tuple[float, float], ...] = ()
 
     def named(self, name: str) -> tuple[Stage, ...]:
         """Return the stages called ``name``, in order (several for pre-copy)."""
@@ -224,6 +235,7 @@ class Timeline:
             "new_lid": self.new_lid,
             "surprise": self.surprise,
             "precopy_stop": self.precopy_stop,
+            "standby": [list(interval) for interval in self.standby],
             "stages": [
                 {
                     "name": s.name,
@@ -260,6 +272,11 @@ class Timeline:
             lines.append(
                 f"no VF from {gap[0] - self.start:.4f} s (released) to "
                 f"{gap[1] - self.start:.4f} s (new VF ready): {(gap[1] - gap[0]) * 1e3:.3f} ms"
+            )
+        for start, end in self.standby:
+            lines.append(
+                f"standby device from {start - self.start:.4f} s to {end - self.start:.4f} s: "
+                f"{(end - start) * 1e3:.3f} ms"
             )
         lines.append(
             f"VM pause {self.pause * 1e3:.3f} ms ({', '.join(self.paused_stages) or '-'}), "

@@ -52,7 +52,8 @@ class SimTransport(Transport):
         """Open a fabric; options are :func:`~transports.sim.open_fabric`'s plus
         ``num_vfs`` (per host, default 4) and ``profile`` (a timing profile name,
         path or value: the CM then charges its ``sa_query`` and ``qp_create``
-        figures; it is also kept as ``network.profile`` for the VMM)."""
+        figures, and emulated standby devices its ``standby_*`` figures; it is
+        also kept as ``network.profile`` for the VMM)."""
         return _open_network(**options)
 
 
@@ -67,4 +68,7 @@ async def _open_network(
             loaded = load_profile(profile)
             fabric.sa_query_time = loaded["sa_query"]
             fabric.qp_setup_time = loaded["qp_create"]
+            fabric.standby_latency = loaded["standby_latency"]
+            fabric.standby_bandwidth = loaded["standby_bandwidth"]
+            fabric.standby_qp_create = loaded["standby_qp_create"]
         yield SimNetwork(fabric, num_vfs, profile)

@@ -118,6 +118,11 @@ class SimDevice(Device):
         return self._removed
 
     @property
+    def removal_pending(self) -> bool:
+        """True between a graceful removal notice and the removal (or its failure)."""
+        return self._removal_pending
+
+    @property
     def lid(self) -> int:
         """The LID the VF answers on (0 after removal)."""
         return 0 if self._removed else self.function.lid
@@ -126,6 +131,28 @@ class SimDevice(Device):
     def guid(self) -> int:
         """The VF's vGUID."""
         return self.function.vguid
+
+    @property
+    def qp_setup_time(self) -> float:
+        """Seconds one QP's setup takes on this device (``Fabric.qp_setup_time`` for a VF)."""
+        return self.fabric.qp_setup_time
+
+    @property
+    def frozen(self) -> bool:
+        """True while nothing can reach the device (an emulated device of a paused VM)."""
+        return False
+
+    def new_qp(
+        self,
+        pd: SimPD,
+        send_cq: SimCQ,
+        recv_cq: SimCQ,
+        cap: QpCap,
+        qp_num: int,
+        sq_sig_all: bool,
+    ) -> SimQP:
+        """Make the QP object ``create_qp`` hands out (a device kind may use its own)."""
+        return SimQP(pd, send_cq, recv_cq, cap, qp_num, sq_sig_all)
 
     async def open(self) -> SimContext:
         """Open a context (``ibv_open_device``).
@@ -356,11 +383,11 @@ class SimPD(_Handle, PD):
         function = self._ctx.device.function
         qp_num = function.space.alloc_qpn()
         assert isinstance(send_cq, SimCQ) and isinstance(recv_cq, SimCQ)
-        qp = SimQP(self, send_cq, recv_cq, cap, qp_num, sq_sig_all)
+        device = self._ctx.device
+        qp = device.new_qp(self, send_cq, recv_cq, cap, qp_num, sq_sig_all)
         # The HCA's firmware works on it from now on; the CM waits for it when it
         # connects or accepts with this QP, so one made ahead costs nothing then.
-        fabric = self._ctx.fabric
-        qp.ready_at = trio.current_time() + fabric.qp_setup_time * QP_CREATE_SHARE
+        qp.ready_at = trio.current_time() + device.qp_setup_time * QP_CREATE_SHARE
         function.space.qps[qp_num] = qp
         self.qps.append(qp)
         return qp

@@ -2,8 +2,13 @@
 
 A VM holds at most one VF. Its node sees devices through :attr:`Vm.devices`
 (a :class:`rdsx.verbs.DeviceSource`); a device announces its own removal with
-``DEVICE_REMOVAL``. These functions are the primitives the VMM
-(``transports/sim/vmm.py``) composes into migrations.
+``DEVICE_REMOVAL``. A VM created with ``standby=True`` also has an emulated
+device (:mod:`.standby`): an incarnation of it is queued on the stream as soon
+as the VF gets its removal notice, and retired (a graceful removal notice,
+``Fabric.standby_grace``) when a new VF is attached, so the node moves back to
+the VF by its normal graceful path. The VF is always preferred. These
+functions are the primitives the VMM (``transports/sim/vmm.py``) composes into
+migrations.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import trio
 from rdsx.errors import DeviceBusy, InvalidArgument, InvalidState
 from rdsx.verbs import AsyncEvent, AsyncEventType, DeviceSource
 
+from . import standby as sb
 from .hca import Endpoint, Function, Host, PortModel
 from .verbs import SimDevice
 
@@ -79,9 +85,14 @@ class Vm:
         devices: its hot-plug stream.
         crashed: True once its host crashed.
         last_lid: the LID its last VF had (for ``attach(..., lid=vm.last_lid)``).
+        standby: True if the VM has an emulated standby device (:mod:`.standby`).
+        standby_device: its live incarnation, if any.
+        standby_log: ``[offered, superseded]`` per incarnation (superseded: the
+            time it was removed or a VF came back; None while neither happened).
+        backend: the hypervisor's software RC behind the emulated device.
     """
 
-    def __init__(self, fabric: Fabric, name: str, address: str) -> None:
+    def __init__(self, fabric: Fabric, name: str, address: str, *, standby: bool = False) -> None:
         self.fabric = fabric
         self.name = name
         self.address = address
@@ -90,6 +101,25 @@ class Vm:
         self.devices = VmDevices()
         self.crashed = False
         self.last_lid = 0
+        self.standby = standby
+        self.standby_device: sb.StandbyDevice | None = None
+        self.standby_endpoint: Endpoint | None = None
+        self.standby_vguid = 0
+        self.standby_count = 0
+        self.standby_log: list[list[float | None]] = []
+        self.backend = sb.Backend(fabric, self)
+
+    @property
+    def answering_device(self) -> SimDevice | None:
+        """The device a connection to the VM's address reaches: its VF unless it is
+        leaving or gone, then its live emulated device, if any."""
+        vf = self.device
+        if vf is not None and not vf.removed and not vf.removal_pending:
+            return vf
+        standby = self.standby_device
+        if standby is not None and not standby.removed:
+            return standby
+        return vf
 
     def __repr__(self) -> str:
         return f"<Vm {self.name} {self.address} on {self.host.name if self.host else None}>"
@@ -140,6 +170,7 @@ async def attach(fabric: Fabric, vm: Vm, host: Host, *, lid: int | None = None) 
     vm.last_lid = endpoint.lid
     fabric.record("attach", vm.name, f"{vf.name} lid={endpoint.lid} vguid={vf.vguid:#x}")
     vm.devices.push(device)
+    sb.retire(fabric, vm, fabric.standby_grace)
     return device
 
 
@@ -162,6 +193,7 @@ async def detach(fabric: Fabric, vm: Vm, grace: float | None) -> None:
     if grace is None:
         await trio.lowlevel.checkpoint()
         fabric.record("surprise_removal", vm.name, device.name)
+        sb.offer(fabric, vm)
         device.announce_removal(None)
         _unplug(fabric, vm, device)
         return
@@ -169,12 +201,15 @@ async def detach(fabric: Fabric, vm: Vm, grace: float | None) -> None:
         raise InvalidArgument("grace must be >= 0 seconds or None")
     deadline = trio.current_time() + grace
     fabric.record("device_removal", vm.name, f"{device.name} grace={grace}")
+    sb.offer(fabric, vm)
     released = device.announce_removal(deadline)
     with trio.move_on_at(deadline):
         await released.wait()
     if device.contexts:
         device.removal_failed()
         fabric.record("device_busy", vm.name, f"{len(device.contexts)} contexts open")
+        # The VF stays: the standby offered for its absence is not needed.
+        sb.retire(fabric, vm, fabric.standby_grace)
         raise DeviceBusy(
             f"{device.name}: {len(device.contexts)} context(s) still open at the deadline"
         )
@@ -218,6 +253,11 @@ def crash(fabric: Fabric, host: Host) -> None:
     host.crashed = True
     host.reachable = False
     fabric.record("crash", host.name)
+    for guest in fabric.vms.values():
+        standby = guest.standby_device
+        if standby is not None and standby.function.host is host:
+            guest.crashed = True
+            sb.drop_all(fabric, guest)
     for vf in host.hca.vfs:
         device, vm = vf.device, vf.vm
         if device is not None:

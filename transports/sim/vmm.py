@@ -31,6 +31,23 @@ The hot-plug primitives themselves are the fabric's (``fabric.detach`` /
   LID, writing only the LFT blocks whose route changed), then one ``smp_rtt``
   per SMP it sent.
 
+With a standby device (a VM created with ``standby=True``, :mod:`.standby`),
+the guest is never without a device: the emulated one carries its traffic from
+the VF's removal notice on. So BOTH strategies then attach the new VF to the
+running guest after the restore: the seed attached it inside the pause under
+late detach only because the guest had no network otherwise; with the standby
+there is nothing to gain by keeping the guest stopped for a hot-plug, and the
+pause is stop-and-copy + restore. Around the pause: the emulated device is
+frozen at the start of stop-and-copy (packets to and from it are dropped);
+under vSwitch its LID is re-homed to the destination during the restore (the
+LFT blocks that change, charged like the VF's LID follow, within the restore's
+time unless they take longer) and it thaws at the resume, its QPs resyncing
+with their peers; under the shared port model it cannot keep its identity: the
+old incarnation is surprise-removed at the resume and a new one offered on the
+destination. The new VF's arrival retires the standby (a graceful removal
+notice, ``Fabric.standby_grace``); :attr:`~.timeline.Timeline.standby` marks
+when it carried the traffic.
+
 Crashes: the VMM notices a crashed source or destination at stage boundaries
 and, while memory is being copied, every :attr:`VMM.crash_check` seconds (the
 migration stream breaking). A crashed destination before the VM resumed there
@@ -58,6 +75,7 @@ from rdsx.errors import (
     UnknownHost,
 )
 
+from . import standby as sb
 from .fabric import Fabric
 from .hca import Host, PortModel
 from .precopy import PrecopyPlan, plan_precopy
@@ -133,6 +151,8 @@ class _Run:
         self.device_ready: float | None = None
         self.released: float | None = None
         self.new_lid: int | None = None
+        #: True while the VM's standby device is frozen by this migration.
+        self.frozen = False
         #: The hosts whose crash matters now: both until the guest resumes.
         self.watch: tuple[Host, ...] = (source, dest)
 
@@ -300,13 +320,18 @@ class VMM:
                 await self._detach(run, grace)
             t0 = trio.current_time()
             p = self.profile
+            if vm.standby:
+                sb.freeze(self.fabric, vm)
+                run.frozen = True
             await self._copy(run, p["suspend"] + plan.final_copy)
             run.add(STOP_AND_COPY, t0, nbytes=plan.final_bytes, paused=True)
             t0 = trio.current_time()
-            await trio.sleep(p["resume"])
+            # vSwitch: the standby's LID follows the VM while it is restored.
+            smps = sb.rehome(self.fabric, vm, dest) if vm.standby else 0
+            await trio.sleep(max(p["resume"], smps * p["smp_rtt"]))
             self._check(run)
-            run.add(RESTORE, t0, paused=True)
-            late = strategy is Strategy.LATE_DETACH
+            run.add(RESTORE, t0, paused=True, smps=smps)
+            late = strategy is Strategy.LATE_DETACH and not vm.standby
             if late:
                 # Seed: the new VF is attached at the final stage of the restoration,
                 # the guest still paused; it unpauses with the VF plugged in.
@@ -315,6 +340,13 @@ class VMM:
             vm.host = dest
             run.resumed_on_dest = True
             run.watch = (dest,)
+            if run.frozen:
+                run.frozen = False
+                if self.fabric.port_model is PortModel.VSWITCH:
+                    sb.thaw(self.fabric, vm)
+                else:
+                    vm.backend.frozen = False
+                    sb.reincarnate(self.fabric, vm)
             if not late:
                 await self._hotplug(run, paused=False)
             await self._sm_update(run, dest, old_lid)
@@ -417,6 +449,13 @@ class VMM:
                     await self._attach(run, run.source, old_lid)
                 except _Crash:
                     lost = True
+        if run.frozen:
+            run.frozen = False
+            if lost:
+                sb.drop_all(self.fabric, vm)
+            else:
+                sb.rehome(self.fabric, vm, run.source)
+                sb.thaw(self.fabric, vm)
         if lost:
             # A VF-less VM is on no VF list of its host: the fabric cannot mark it.
             vm.crashed = True
@@ -428,6 +467,18 @@ class VMM:
             timeline=timeline,
             vm_lost=lost,
         )
+
+    def _standby_intervals(self, run: _Run) -> tuple[tuple[float, float], ...]:
+        """The VM's standby incarnations during ``run``, each cut at the new VF's arrival."""
+        now = trio.current_time()
+        cut = run.device_ready if run.device_ready is not None else now
+        out = []
+        for start, end in run.vm.standby_log:
+            assert start is not None
+            stop = min(end if end is not None else now, cut)
+            if start >= run.start and stop >= start:
+                out.append((start, stop))
+        return tuple(out)
 
     def _timeline(
         self,
@@ -459,6 +510,7 @@ class VMM:
             surprise=surprise,
             precopy_stop=plan.reason,
             outcome=outcome,
+            standby=self._standby_intervals(run),
         )
         self.history.append(timeline)
         return timeline
