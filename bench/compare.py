@@ -775,8 +775,9 @@ def _notes(results: Sequence[RunResult]) -> list[str]:
         "of the gap's start and the removal notice (surprise: the removal; earlier if a message "
         "sent before it was held past the gap) to the first delivery after the gap, which is "
         "backlog sent before the new VF was ready, so neither end waits for the pacing; "
-        "added = service - pause (DESIGN); res: their resolution (p99 one-way latency, or for "
-        f"an end not on backlog the time from the new VF to it; worst {_ms(res, 3)} ms).",
+        "added = service - pause (DESIGN); res: their resolution (p99 one-way latency, + notice "
+        "-> VF released, the stack might have delivered until then, + for an end not on backlog "
+        f"the time from the new VF to it; worst {_ms(res, 3)} ms).",
         "no-VF: the device gap (VF released -> new VF ready); stack = service - no-VF = quiesce "
         "(removal notice -> VF released) + resume (new VF -> first delivery).",
         "RDS-rc: the RDS layer's reconnects (conn_reset, both nodes); SMP, SA: spent from the "
