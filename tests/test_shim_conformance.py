@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, contextmanager
 import pytest
 import trio
 
-from rdsx.shim import ShimConfig, TransparentDeviceSource
+from rdsx.shim import PRIVATE_DATA_MAX, ShimConfig, TransparentDeviceSource
 from rdsx.testing import CHECKS, Harness, check_rng
 from rdsx.verbs import Device
 from transports.sim import SimDevice
@@ -33,6 +33,8 @@ class ShimHarness(Harness):
 
     name = "sim+shim"
     virtual_time = True
+    #: The shim keeps 20 of the CM's 196 bytes for its own header.
+    cm_private_data = PRIVATE_DATA_MAX
 
     def __init__(self, seed: int = 0) -> None:
         self._sim = SimHarness(seed=seed)
@@ -69,6 +71,8 @@ class TcpShimHarness(Harness):
 
     name = "tcp+shim"
     virtual_time = False
+    #: The shim keeps 20 of the CM's 196 bytes for its own header.
+    cm_private_data = PRIVATE_DATA_MAX
 
     def __init__(self) -> None:
         self._tcp = TcpHarness()

@@ -8,10 +8,16 @@ one stable virtual device whose verbs objects survive device replacements
 from .core import ShimConfig as ShimConfig
 from .device import TransparentDeviceSource as TransparentDeviceSource
 from .device import VirtualDevice as VirtualDevice
+from .protocol import USER_PRIVATE_DATA_MAX
 from .stats import MigrationRecord as MigrationRecord
 from .stats import ShimStatistics as ShimStatistics
 
+#: The most private data ``cm_connect`` and ``accept`` carry through the shim: the
+#: CM's 196 bytes less the 20 its own header keeps (more is ``InvalidArgument``).
+PRIVATE_DATA_MAX = USER_PRIVATE_DATA_MAX
+
 __all__ = [
+    "PRIVATE_DATA_MAX",
     "MigrationRecord",
     "ShimConfig",
     "ShimStatistics",

@@ -2,10 +2,12 @@
 
 The shim puts a small header (:mod:`rdsx.shim.protocol`) in front of the
 layer above's private data so each side learns the other's *virtual* QPN and
-can later name the connection to the peer's shim. When the user's private data
-leaves no room for it (more than :data:`~rdsx.shim.protocol.USER_PRIVATE_DATA_MAX`
-bytes) the connection still works, but it is not migratable: it behaves like a
-plain verbs connection and a removal breaks it (the hybrid fallback).
+can later name the connection to the peer's shim. That header costs
+:data:`~rdsx.shim.protocol.HEADER_RESERVE` bytes of the CM's 196, as librdmacm
+keeps part of the IB REQ for its own: through the shim, ``cm_connect`` and
+``accept`` carry at most :data:`~rdsx.shim.protocol.USER_PRIVATE_DATA_MAX`
+bytes of the layer above's and refuse more with ``InvalidArgument`` at once
+(a connection without the header could not be resumed after a migration).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..verbs import (
 )
 from .protocol import (
     CM_PRIVATE_DATA_MAX,
+    HEADER_RESERVE,
     USER_PRIVATE_DATA_MAX,
     Accept,
     Close,
@@ -55,6 +58,20 @@ if TYPE_CHECKING:
 __all__ = ["VirtualCmId", "VirtualCmListener", "VirtualCmRequest", "connect", "listen"]
 
 log = logging.getLogger("rdsx.shim")
+
+
+def check_private_data(private_data: bytes) -> None:
+    """Refuse user private data the shim's header leaves no room for.
+
+    Raises:
+        InvalidArgument: more than :data:`~rdsx.shim.protocol.USER_PRIVATE_DATA_MAX` bytes.
+    """
+    if len(private_data) > USER_PRIVATE_DATA_MAX:
+        raise InvalidArgument(
+            f"private data of {len(private_data)} bytes: through the transparent shim at most "
+            f"{USER_PRIVATE_DATA_MAX} (the CM's {CM_PRIVATE_DATA_MAX} less {HEADER_RESERVE} for "
+            "the shim's own header, which makes the connection resumable after a migration)"
+        )
 
 
 def _unwrap(data: bytes) -> tuple[Connect | Accept | None, bytes]:
@@ -197,28 +214,31 @@ class VirtualCmRequest(CmRequest):
             InvalidState: ``qp`` is in neither RESET nor INIT, or the request was
                 already answered.
             ConnectTimeout: the active side went away first.
+            InvalidArgument: ``qp`` is not a QP of the listening context, or
+                ``private_data`` is over
+                :data:`~rdsx.shim.protocol.USER_PRIVATE_DATA_MAX` bytes.
         """
         if not isinstance(qp, VirtualQP) or qp._ctx is not self._ctx:
             raise InvalidArgument("accept needs a QP of the listening (virtual) context")
+        check_private_data(private_data)
         if qp.state not in CM_QP_STATES:
             raise InvalidState(f"accept with a QP in {qp.state.name}")
         session = self._ctx.session
         phys = qp.physical
         if session is None or phys is None:
             raise InvalidState("the request died with the device it arrived on")
-        header = Accept(vqpn=qp.qp_num, inc=session.inc)
-        resumable = self._header is not None and len(private_data) <= USER_PRIVATE_DATA_MAX
-        data = encode(header, private_data) if resumable else private_data
-        if len(private_data) > CM_PRIVATE_DATA_MAX:
-            raise InvalidArgument(f"private data of {len(private_data)} bytes")
+        # A requester without a shim gets the user's bytes as they are: it could not
+        # read our header, and the connection is not resumable anyway.
+        header = self._header
+        data = private_data
+        if header is not None:
+            data = encode(Accept(vqpn=qp.qp_num, inc=session.inc), private_data)
         try:
             pcm = await self._request.accept(phys, data)
         except DeviceRemoved:
             self._ctx.device_gone()
             raise ConnectTimeout("the device went away before the connection was made") from None
-        peer = None
-        if resumable and self._header is not None:
-            peer = PeerLink(self.source, self._header.vqpn, self._header.inc)
+        peer = None if header is None else PeerLink(self.source, header.vqpn, header.inc)
         cm_id = VirtualCmId(qp, self.private_data, pcm.peer_address)
         qp.connected(session, pcm, peer, cm_id)
         return cm_id
@@ -328,12 +348,12 @@ async def connect(
     """The virtual ``cm_connect``: wait for a device if there is none, then connect.
 
     Raises:
-        as :meth:`rdsx.verbs.Context.cm_connect`.
+        as :meth:`rdsx.verbs.Context.cm_connect`, and InvalidArgument for more than
+        :data:`~rdsx.shim.protocol.USER_PRIVATE_DATA_MAX` bytes of private data.
     """
     if qp.state not in CM_QP_STATES:
         raise InvalidState(f"cm_connect with a QP in {qp.state.name}")
-    if len(private_data) > CM_PRIVATE_DATA_MAX:
-        raise InvalidArgument(f"private data of {len(private_data)} bytes > {CM_PRIVATE_DATA_MAX}")
+    check_private_data(private_data)
     deadline = trio.current_time() + timeout
     while True:
         session = await ctx.core.wait_attached(ctx, deadline)
@@ -345,10 +365,7 @@ async def connect(
             if trio.current_time() >= deadline:
                 raise ConnectTimeout("no usable device arrived in time")
             continue
-        resumable = len(private_data) <= USER_PRIVATE_DATA_MAX
-        data = private_data
-        if resumable:
-            data = encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
+        data = encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
         remaining = max(deadline - trio.current_time(), 0.0)
         try:
             pcm = await phys_ctx.cm_connect(phys_qp, address, port, data, timeout=remaining)
@@ -361,7 +378,7 @@ async def connect(
         break
     accepted, user = _unwrap(pcm.private_data)
     peer = None
-    if resumable and isinstance(accepted, Accept):
+    if isinstance(accepted, Accept):
         peer = PeerLink(address, accepted.vqpn, accepted.inc)
     cm_id = VirtualCmId(qp, user, pcm.peer_address)
     qp.connected(session, pcm, peer, cm_id)

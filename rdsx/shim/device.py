@@ -69,6 +69,13 @@ class TransparentDeviceSource(DeviceSource):
     not come back within ``config.resume_timeout`` (then
     :class:`~rdsx.errors.PeerResumeTimeout`).
 
+    What the virtual device does not do as a physical one would:
+
+    * **CM private data**: ``cm_connect`` and ``accept`` carry at most
+      :data:`~rdsx.shim.PRIVATE_DATA_MAX` (176) bytes of the caller's, not the
+      CM's 196: the shim keeps 20 for the header that makes the connection
+      resumable. More raises :class:`~rdsx.errors.InvalidArgument` at once.
+
     Use it as an async context manager; its tasks live in its nursery::
 
         async with TransparentDeviceSource(net_devices) as devices:

@@ -176,8 +176,11 @@ class VirtualContext(Context):
         """Connect ``qp`` through the CM; the connection survives migrations.
 
         Raises:
-            ConnectionRejected, Unreachable, ConnectTimeout, InvalidState,
-            InvalidArgument: as :meth:`rdsx.verbs.Context.cm_connect`.
+            ConnectionRejected, Unreachable, ConnectTimeout, InvalidState:
+                as :meth:`rdsx.verbs.Context.cm_connect`.
+            InvalidArgument: as there, but the limit is
+                :data:`~rdsx.shim.PRIVATE_DATA_MAX` (176) bytes of private data:
+                the shim keeps 20 of the CM's 196 for its own header.
         """
         from .cm import connect
 

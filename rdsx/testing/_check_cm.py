@@ -70,8 +70,9 @@ async def cm_pair(
     port = cm_port(rng)
     listener = await b.ctx.cm_listen(port)
     ea, eb = a.end(), b.end()
-    data_a = rng.randbytes(rng.randrange(1, MAX_PRIVATE_DATA + 1))
-    data_b = rng.randbytes(rng.randrange(1, MAX_PRIVATE_DATA + 1))
+    limit = min(a.cm_private_data, b.cm_private_data)
+    data_a = rng.randbytes(rng.randrange(1, limit + 1))
+    data_b = rng.randbytes(rng.randrange(1, limit + 1))
     passive: list[CmId] = []
 
     async def serve() -> None:
@@ -227,8 +228,9 @@ async def check_cm_arguments(harness: Harness, rng: random.Random) -> None:
             await second.cm_listen(port)
         second.close()
         (await a.ctx.cm_listen(port)).close()  # another address: the same port is free there
-        with expect_raises(InvalidArgument, f"{MAX_PRIVATE_DATA + 1} bytes of private data"):
-            await a.ctx.cm_connect(a.end().qp, b.device.address, port, bytes(MAX_PRIVATE_DATA + 1))
+        for size in sorted({MAX_PRIVATE_DATA + 1, a.cm_private_data + 1}):
+            with expect_raises(InvalidArgument, f"{size} bytes of private data"):
+                await a.ctx.cm_connect(a.end().qp, b.device.address, port, bytes(size))
         end = a.end()
         end.qp.modify(init_attr())
         end.qp.modify(QpAttr(state=QpState.ERR))

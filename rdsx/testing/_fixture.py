@@ -21,6 +21,7 @@ from ..verbs import (
     MR,
     PD,
     QP,
+    REQ_PRIVATE_DATA,
     Access,
     AsyncEvent,
     AsyncEventType,
@@ -67,6 +68,8 @@ class Node:
     buf: bytearray
     mr: MR
     _used: int = 0
+    #: The most private data its CM carries (:attr:`Harness.cm_private_data`).
+    cm_private_data: int = REQ_PRIVATE_DATA
 
     @classmethod
     def open(cls, device: Device, ctx: Context) -> Node:
@@ -210,7 +213,9 @@ async def open_nodes(harness: Harness) -> AsyncIterator[tuple[Node, Node]]:
         try:
             ctx_b = await dev_b.open()
             try:
-                yield Node.open(dev_a, ctx_a), Node.open(dev_b, ctx_b)
+                a, b = Node.open(dev_a, ctx_a), Node.open(dev_b, ctx_b)
+                a.cm_private_data = b.cm_private_data = harness.cm_private_data
+                yield a, b
             finally:
                 close_quietly(ctx_b)
         finally:

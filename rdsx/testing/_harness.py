@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
-from ..verbs import Device
+from ..verbs import REQ_PRIVATE_DATA, Device
 
 __all__ = ["Harness"]
 
@@ -17,10 +17,16 @@ class Harness(abc.ABC):
         name: the transport's name, for messages.
         virtual_time: True when every wait of the transport runs on trio's clock,
             so the suite may run under ``MockClock(autojump_threshold=0)``.
+        cm_private_data: the most private data ``cm_connect`` and ``accept``
+            carry: the contract's :data:`~rdsx.verbs.REQ_PRIVATE_DATA` unless a
+            layer keeps some for itself (as librdmacm does on IB, or the
+            transparent shim for its header); the suite sends no more, and
+            requires one byte more to raise ``InvalidArgument``.
     """
 
     name: str
     virtual_time: bool
+    cm_private_data: int = REQ_PRIVATE_DATA
 
     @abc.abstractmethod
     def open_pair(self) -> AbstractAsyncContextManager[tuple[Device, Device]]:
