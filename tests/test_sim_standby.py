@@ -8,6 +8,7 @@ a standby device, both modes, strategies, port models, graceful and surprise.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -239,3 +240,166 @@ async def test_a_standby_not_released_is_pulled_at_the_deadline(
             await trio.sleep(0.1)
             assert device.removed and a.standby_device is None
             ctx.close()
+
+
+# ---------------------------------------------------------------------- node level
+
+#: Dense pacing while the standby carries the traffic (one message per 0.1 ms each way,
+#: so a gap is known to 0.1 ms), sparse otherwise (1 ms, far below the 50 ms pause). While
+#: the VM is paused sparse is enough: what was queued goes out at the resume either way.
+DENSE, SPARSE = 1e-4, 1e-3
+
+
+def _fast_profile(tmp_path: Path) -> str:
+    """The seed profile with a 1 MiB guest and short hot-plug figures, so the run stays
+    short; the pause (stop-and-copy + restore) and every QP/SA/standby figure are the seed's."""
+    import json
+
+    path = Path(small_profile(tmp_path))
+    data = json.loads(path.read_text())
+    for key, value in (
+        ("vm_memory", 2**20),
+        ("hotplug_detach", 0.01),
+        ("hotplug_attach", 0.01),
+        ("sm_reaction", 0.005),
+    ):
+        data["figures"][key]["value"] = value
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+async def _stream(
+    model: str,
+    mode: str,
+    strategy: str,
+    grace: float,
+    tmp_path: Path,
+    *,
+    standby_grace: float = 1.0,
+    hold: bool = False,
+) -> tuple[dict[str, list[tuple[float, int]]], object, list[object], list[str]]:
+    """Nodes .1 (VM a, standby) and .2 stream numbered datagrams both ways while a migrates.
+
+    Returns what each receiving socket got, (time, number), the timeline, the nodes'
+    statistics and how the standby incarnations were removed (from the trace). With
+    ``hold``, another consumer opens the standby and never closes it.
+    """
+    from rdsx.config import NodeConfig
+    from rdsx.node import open_node
+    from transports.sim.profile import load_profile
+
+    profile = load_profile(_fast_profile(tmp_path))
+    got: dict[str, list[tuple[float, int]]] = {"a": [], "b": []}
+    async with pair(model, seed=3) as (fabric, a, b):
+        fabric.sa_query_time, fabric.qp_setup_time = profile["sa_query"], profile["qp_create"]
+        fabric.standby_latency = profile["standby_latency"]
+        fabric.standby_bandwidth = profile["standby_bandwidth"]
+        fabric.standby_qp_create = profile["standby_qp_create"]
+        fabric.standby_grace = standby_grace
+        async with (
+            open_node(a.address, a.devices, mode=mode, config=NodeConfig(seed=1)) as na,  # type: ignore[arg-type]
+            open_node(b.address, b.devices, mode=mode, config=NodeConfig(seed=2)) as nb,  # type: ignore[arg-type]
+        ):
+            sa, sbk = na.socket(), nb.socket()
+            sa.bind(11)
+            sbk.bind(22)
+            timeline: list[object] = []
+            sent = {"a": 0, "b": 0}
+            stop = trio.Event()
+
+            async def send(sock: object, dest: tuple[str, int], key: str) -> None:
+                k = 0
+                while not stop.is_set():
+                    await sock.sendto(b"%d" % k, dest)  # type: ignore[attr-defined]
+                    k += 1
+                    sent[key] = k
+                    await trio.sleep(
+                        SPARSE if a.standby_device is None or a.backend.frozen else DENSE
+                    )
+
+            async def recv(sock: object, key: str) -> None:
+                while True:
+                    data, _ = await sock.recvfrom()  # type: ignore[attr-defined]
+                    got[key].append((trio.current_time(), int(data)))
+
+            async def stubborn() -> None:
+                while a.standby_device is None:
+                    await trio.sleep(0.001)
+                await a.standby_device.open()  # and never closed
+
+            async with trio.open_nursery() as nursery:
+                if hold:
+                    nursery.start_soon(stubborn)
+                nursery.start_soon(recv, sa, "a")
+                nursery.start_soon(recv, sbk, "b")
+                nursery.start_soon(send, sa, (b.address, 22), "b")
+                nursery.start_soon(send, sbk, (a.address, 11), "a")
+                await trio.sleep(0.005)
+                vmm = VMM(fabric, profile)
+                timeline.append(await vmm.migrate(a, "h2", strategy=strategy, grace=grace))
+                # Past the failback to the new VF (graceful or forced at the deadline).
+                while a.standby_device is not None:
+                    await trio.sleep(0.001)
+                await trio.sleep(0.005)
+                stop.set()
+                with trio.fail_after(5):
+                    while len(got["a"]) < sent["a"] or len(got["b"]) < sent["b"]:
+                        await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+            removals = [r.detail for r in fabric.trace if r.event == "standby_removed"]
+            return got, timeline[0], [na.statistics(), nb.statistics()], removals
+
+
+def _exactly_once_in_order(got: dict[str, list[tuple[float, int]]]) -> None:
+    for key in ("a", "b"):
+        numbers = [n for _, n in got[key]]
+        assert len(numbers) > 100
+        assert numbers == list(range(len(numbers))), f"{key}: lost, duplicated or reordered"
+
+
+def _longest_gap(arrivals: list[tuple[float, int]]) -> float:
+    times = [t for t, _ in arrivals]
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("strategy", ["three-stage", "late-detach"])
+@pytest.mark.parametrize("mode", ["transparent", "reconnect"])
+@pytest.mark.parametrize("grace", [1.0, 0], ids=["graceful", "surprise"])
+async def test_nodes_stream_through_a_migration_on_the_standby(
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    model: str,
+    strategy: str,
+    mode: str,
+    grace: float,
+) -> None:
+    with trio.fail_after(60):
+        got, timeline, stats, removals = await _stream(model, mode, strategy, grace, tmp_path)
+    _exactly_once_in_order(got)
+    assert removals and removals[-1].endswith("retired")  # the node let it go in time
+    pause = timeline.pause  # type: ignore[attr-defined]
+    assert 0.04 < pause < 0.06  # stop-and-copy + restore only
+    budget = 1e-3 if model == "vswitch" else 5e-3
+    gaps = {key: _longest_gap(got[key]) for key in ("a", "b")}
+    if mode == "transparent":
+        assert all(s.conn_reset == 0 for s in stats)  # type: ignore[attr-defined]
+        assert max(gaps.values()) < pause + budget, gaps
+    else:
+        assert any(s.conn_reset >= 1 for s in stats)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", ["transparent", "reconnect"])
+async def test_a_standby_kept_past_its_deadline_is_pulled_and_nothing_is_lost(
+    autojump_clock: trio.abc.Clock, tmp_path: Path, mode: str
+) -> None:
+    """Someone else keeps a context of the standby open past its 10 ms of grace: it is
+    pulled at the deadline, and every message still arrives once."""
+    with trio.fail_after(60):
+        got, _, stats, removals = await _stream(
+            "vswitch", mode, "late-detach", 1.0, tmp_path, standby_grace=0.01, hold=True
+        )
+    _exactly_once_in_order(got)
+    assert removals == ["a/standby1: forced at the deadline"]
+    if mode == "transparent":
+        assert all(s.conn_reset == 0 for s in stats)  # type: ignore[attr-defined]
