@@ -133,19 +133,18 @@ async def test_the_peers_retry_budget_outlasts_a_long_pause(
             assert sbb.qp.retransmits >= 5  # the peer did time out, and kept trying
 
 
-def _profile(tmp_path: Path) -> str:
-    return small_profile(tmp_path)
-
-
 @pytest.mark.parametrize("strategy", ["three-stage", "late-detach"])
+@pytest.mark.parametrize("profile", ["seed-cx2-xen", "modern"])
 async def test_vswitch_standby_qps_survive_the_migration(
-    autojump_clock: trio.abc.Clock, tmp_path: Path, strategy: str
+    autojump_clock: trio.abc.Clock, strategy: str, profile: str
 ) -> None:
-    with trio.fail_after(30):
+    """Also: the peer's retry budget (timeout 67.1 ms x (retry_cnt 7 + 1)) outlasts either
+    profile's pause (seed 50 ms, modern 290 ms): its send into the pause succeeds."""
+    with trio.fail_after(120):
         async with pair("vswitch") as (fabric, a, b):
             vf_b = await b.devices.next_device()
             await a.devices.next_device()
-            vmm = VMM(fabric, _profile(tmp_path))
+            vmm = VMM(fabric, profile)
             async with trio.open_nursery() as nursery:
                 result: list[object] = []
 
@@ -166,6 +165,7 @@ async def test_vswitch_standby_qps_survive_the_migration(
                 sbb.post_recv(3, 128, 64)
                 sa.send(3, 128, 64)
             (timeline,) = result
+            assert timeline.pause < (sbb.qp.retry_cnt + 1) * sbb.qp.timeout  # type: ignore[attr-defined]
             assert a.host is fabric.hosts["h2"]
             assert not device.removed and device.function.host is fabric.hosts["h2"]
             assert (sa.qp.qp_num, device.lid, sbb.qp.qp_num) == (qpn, lid, peer_qpn)
@@ -192,7 +192,7 @@ async def test_shared_standby_is_recreated_on_the_destination(
         async with pair("shared") as (fabric, a, b):
             vf_b = await b.devices.next_device()
             await a.devices.next_device()
-            vmm = VMM(fabric, _profile(tmp_path))
+            vmm = VMM(fabric, small_profile(tmp_path))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(lambda: vmm.migrate(a, "h2", strategy="late-detach", grace=0))
                 old = await a.devices.next_device()
