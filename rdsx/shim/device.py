@@ -75,6 +75,11 @@ class TransparentDeviceSource(DeviceSource):
       :data:`~rdsx.shim.PRIVATE_DATA_MAX` (176) bytes of the caller's, not the
       CM's 196: the shim keeps 20 for the header that makes the connection
       resumable. More raises :class:`~rdsx.errors.InvalidArgument` at once.
+    * **QPs it cannot resume**: one connected by hand (``modify`` with a
+      ``QpDest``, no CM), or through the CM to a peer without a shim, ends when
+      our device is replaced: it flushes, goes to ERR, the context reports
+      ``QP_FATAL`` (its CM id, if any, ``DISCONNECTED``). Reset it and connect it
+      through the CM; from then on it survives replacements like any other.
 
     Use it as an async context manager; its tasks live in its nursery::
 

@@ -41,6 +41,8 @@ from ..verbs import (
     WC_OPCODE,
     AsyncEvent,
     AsyncEventType,
+    CmEvent,
+    CmEventType,
     Opcode,
     QpAttr,
     QpCap,
@@ -759,10 +761,43 @@ class VirtualQP(QP):
             self._drop_phys()
             self._session = None
             return
+        state = self.state
+        if self.peer is None and state not in (S.RESET, S.INIT):
+            # Connected by hand, or through the CM to a peer without a shim (or ended):
+            # nobody can tell the peer where our next QP will be, so it ends here.
+            self._send_cq.drain_now()
+            self._recv_cq.drain_now()
+            self._replay.clear()
+            if state is S.ERR:
+                self._give_up(None)  # ended already, and said so: it stays ended
+            else:
+                self._unresumable()
+            self._session = None
+            return
         if self.peer is not None or self._phys is not None:
             self._hold_for(Hold.LOCAL)
         self._drop_phys()
         self._session = None
+
+    def _unresumable(self) -> None:
+        """End a connection the shim cannot carry to the next device, explicitly.
+
+        Everything outstanding flushes, the QP is in ERR, the context reports
+        ``QP_FATAL`` and a CM id ``DISCONNECTED``/``TIMEWAIT_EXIT``: the owner resets
+        the QP and connects it again, through the CM so that the shim can resume it.
+        """
+        why = "its peer has no shim" if self.cm_id is not None else "connected by hand (no CM)"
+        info = (
+            f"QP {self.qp_num} cannot be resumed on a new device: {why}; "
+            "reset it and connect it again through the CM"
+        )
+        log.warning("%s", info)
+        self._ctx.core.recorder.unresumable += 1
+        self._give_up(None)
+        self._ctx.push_event(AsyncEvent(AsyncEventType.QP_FATAL, qp_num=self.qp_num, info=info))
+        if self.cm_id is not None:
+            self.cm_id.push_event(CmEvent(CmEventType.DISCONNECTED, info=info))
+            self.cm_id.push_event(CmEvent(CmEventType.TIMEWAIT_EXIT, info=info))
 
     def attach_unconnected(self, session: Session) -> None:
         """On a new device: a physical QP for a QP with no peer, its state replayed."""

@@ -87,6 +87,9 @@ class ShimStatistics:
             peer (MigrRDMA's pre-setup), before it reconnects.
         presetups_used: reconnects accepted with such a QP (its creation off the
             critical path).
+        unresumable: connected QPs ended at a device replacement because the
+            shim could not resume them (connected by hand, or to a peer
+            without a shim): each got ``QP_FATAL``.
     """
 
     devices: int
@@ -100,6 +103,7 @@ class ShimStatistics:
     suspends_in_band: int = 0
     presetups: int = 0
     presetups_used: int = 0
+    unresumable: int = 0
 
 
 class Recorder:
@@ -115,6 +119,7 @@ class Recorder:
         self.suspends_in_band = 0
         self.presetups = 0
         self.presetups_used = 0
+        self.unresumable = 0
 
     def _bump(self, name: str, count: int) -> None:
         if name in self.totals:
@@ -183,4 +188,5 @@ class Recorder:
             suspends_in_band=self.suspends_in_band,
             presetups=self.presetups,
             presetups_used=self.presetups_used,
+            unresumable=self.unresumable,
         )
