@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import trio
 from shim_world import ACCESS, PORT, World, migrate, ok, open_world, take
 
+from rdsx.errors import VerbsError
 from rdsx.shim.resources import VirtualMR
 from rdsx.verbs import (
     QP,
@@ -200,3 +201,39 @@ async def test_a_cm_connection_to_a_peer_without_a_shim_ends_with_disconnected(
             fatal = await _next_event(a.ctx)
             assert fatal.type is AsyncEventType.QP_FATAL and fatal.qp_num == qa.qp_num
             ctx.close()
+
+
+async def test_a_connect_in_flight_when_the_device_goes_is_not_ended(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A QP handed to cm_connect in INIT is mid-connect when A's device goes: not a
+    connected QP yet, so it is not ended but connects on the next device."""
+    with trio.fail_after(60):
+        async with open_world(seed=54) as world:
+            a, b = world.a, world.b
+            assert isinstance(a.mr, VirtualMR) and isinstance(b.mr, VirtualMR)
+            qa = a.mr.pd.create_qp(a.scq, a.rcq)
+            qa.modify(QpAttr(state=QpState.INIT, access_flags=ACCESS, port_num=1, pkey_index=0))
+            listener = await b.ctx.cm_listen(PORT + 1)
+            moved = trio.Event()
+            async with trio.open_nursery() as nursery:
+
+                async def serve() -> None:
+                    first = await listener.get_request()
+                    await moved.wait()  # answered only once A's device is gone
+                    with contextlib.suppress(VerbsError):
+                        await first.accept(b.mr.pd.create_qp(b.scq, b.rcq))
+                    again = await listener.get_request()
+                    await again.accept(b.mr.pd.create_qp(b.scq, b.rcq))
+
+                async def move() -> None:
+                    await world.fabric.detach(a.vm, 1.0)
+                    moved.set()
+                    await world.fabric.attach(a.vm, world.hosts["C"])
+
+                nursery.start_soon(serve)
+                nursery.start_soon(move)
+                await a.ctx.cm_connect(qa, b.vm.address, PORT + 1, timeout=20.0)
+            listener.close()
+            assert qa.state is QpState.RTS
+            assert a.shim.statistics().unresumable == 0

@@ -272,9 +272,10 @@ class ControlPlane:
     ) -> None:
         """Add ``pairs`` to the peer's copy of our key map (a key registered since).
 
-        Retried until the peer acknowledges, a reconnect carried the whole map
-        (it lifts every fence), or ``resume_timeout`` passes; then the sends
-        ``fences`` held on the QPs towards that peer go out.
+        Retried until the peer acknowledges, our device goes (the next one's
+        reconnects carry the whole map: :meth:`VirtualQP.detach` lifts every
+        fence), or ``resume_timeout`` passes; then the sends ``fences`` held on
+        the QPs towards that peer go out.
         """
         config = self._s.core.config
         deadline = trio.current_time() + config.resume_timeout

@@ -549,8 +549,10 @@ class VirtualQP(QP):
         at once, in the next send on this very connection; the peer's shim must
         already translate it by then, or the peer's RDMA names a key the device
         does not know (or someone else's). So sends queue here (receives do not)
-        until the push is acknowledged (:meth:`unfence`), or until a reconnect
-        carries the whole key map anyway (:meth:`bind`, :meth:`detach`).
+        until the push is acknowledged (:meth:`unfence`), or until our device
+        goes (:meth:`detach`: the next device's reconnects carry the whole map).
+        A reconnect of the peer does not lift it: the key map it carried may
+        have been taken before this key moved.
 
         Returns:
             The token to hand to :meth:`unfence`.
@@ -566,7 +568,7 @@ class VirtualQP(QP):
     def unfence(self, token: object) -> None:
         """The key push behind ``token`` is over: post what it held, in order."""
         if token not in self._fences:
-            return  # lifted already by a reconnect, which carried the key map
+            return  # lifted already: our device went, the next one carries the map
         self._fences.discard(token)
         if self._fences or not self._can_post() or self._closed:
             return
@@ -761,10 +763,11 @@ class VirtualQP(QP):
             self._drop_phys()
             self._session = None
             return
-        state = self.state
-        if self.peer is None and state not in (S.RESET, S.INIT):
+        # The state the owner set (a cm_connect in flight leaves it in RESET or INIT).
+        if self.peer is None and self._vstate not in (S.RESET, S.INIT):
             # Connected by hand, or through the CM to a peer without a shim (or ended):
             # nobody can tell the peer where our next QP will be, so it ends here.
+            state = self.state  # ERR if the physical QP failed on its own
             self._send_cq.drain_now()
             self._recv_cq.drain_now()
             self._replay.clear()
@@ -920,8 +923,6 @@ class VirtualQP(QP):
         self._drop_spare()  # made for a reconnect that came another way
         self._hold = None
         self._first_error = None
-        # The RECONNECT/RESUMED exchange carried both sides' whole key maps.
-        self._fences.clear()
         unposted = [entry for entry in self._recvs.values() if not entry.posted]
         if unposted:
             self._post_recvs(unposted, from_user=False)
