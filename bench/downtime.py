@@ -45,6 +45,10 @@ Pure functions over numbers (DESIGN §6): no trio, no clock.
     outage and delivered as soon as the path was back. If it was sent later,
     nothing was waiting, and the end is pacing-limited: it is only known to lie
     between the new VF's arrival and that delivery.
+  - If deliveries went on after the VF was released (something else, a
+    standby device, carried the traffic), the VF anchors nothing: the start is
+    the last delivery, pacing-limited up to the guest's pause, and the path is
+    back when the guest runs again if deliveries resume before the new VF.
   - Resolution: how far a dense load's gap could be from it: the one-way
     latency (p99 of send to delivery before the migration: a message due at
     the start still arrives that much later), plus the time from the start to
@@ -90,9 +94,15 @@ class Edge:
         added: ``service`` minus the VM's pause.
         resolution: how far ``service`` may be from what a dense load would
             measure (``nan`` if unknown).
-        backlog: the first delivery after the gap was sent before the new VF
-            was ready (queued through the outage), so ``end`` is exact; False
-            means the end is pacing-limited (or send times were not recorded).
+        backlog: the first delivery after the gap was sent before the path
+            was back (the new VF ready; or, if deliveries resumed before it,
+            the guest running again): queued through the outage, so ``end`` is
+            exact. False means the end is pacing-limited (or send times were
+            not recorded).
+        anchored: the start rests on the timeline (the gap began before the
+            VF was gone). False if deliveries went on after the release
+            (something else carried them): the start is then the last
+            delivery, pacing-limited up to the guest's pause.
         first_sent: the send time of that first delivery, if recorded.
         latency: p99 one-way latency (send to delivery) away from the
             migration; ``nan`` without send times.
@@ -105,13 +115,14 @@ class Edge:
     added: float
     resolution: float
     backlog: bool
+    anchored: bool = True
     first_sent: float | None = None
     latency: float = math.nan
 
     @property
     def exact(self) -> bool:
-        """True if neither edge is limited by the pacing (the end is backlog)."""
-        return self.backlog
+        """True if neither edge is limited by the pacing (anchored start, backlog end)."""
+        return self.backlog and self.anchored
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -379,8 +390,15 @@ def edge(
             added=g1 - g0 - timeline.pause,
             resolution=pacing,
             backlog=False,
+            anchored=False,
         )
     released, ready = span
+    paused = [st for st in timeline.stages if st.paused]
+    # Nothing can be delivered once the VF is gone, unless something else carried the traffic
+    # past it (deliveries after the release): then only the guest's pause stops it.
+    down = released if g0 <= released or not paused else max(g0, paused[0].start)
+    # The path is back with the new VF; if deliveries resumed before it, when the guest ran again.
+    up = ready if g1 >= ready else max([st.end for st in paused if st.end <= g1], default=g0)
     after = [] if deliveries is None else deliveries[bisect.bisect_left(deliveries, (g1,)) :]
     known = [s for _, s in after if not math.isnan(s)]
     first_sent = None if not after or math.isnan(after[0][1]) else after[0][1]
@@ -389,12 +407,12 @@ def edge(
     anchor, by = (held, SENT) if held < event else (event, REMOVAL if timeline.surprise else NOTICE)
     t0, by = (anchor, by) if anchor > g0 else (g0, DELIVERY)
     latency = _latency(deliveries or (), timeline.start, g1)
-    backlog = first_sent is not None and first_sent < ready
-    # A dense load's last delivery may come as late as the VF's release (the stack might
-    # still deliver until it lets go), and a message due at the start still arrives one
-    # latency later; without backlog the path may have been back any time from the new VF on.
-    start_slack = max(0.0, released - t0) if by in (NOTICE, DELIVERY) else 0.0
-    end_slack = 0.0 if backlog else max(0.0, g1 - max(ready, t0))
+    backlog = first_sent is not None and first_sent < up
+    # A dense load's last delivery may come as late as ``down`` (the stack might still deliver
+    # until it lets go of the VF), and a message due at the start still arrives one latency
+    # later; without backlog the path may have been back any time from ``up`` on.
+    start_slack = max(0.0, down - t0) if by in (NOTICE, DELIVERY) else 0.0
+    end_slack = 0.0 if backlog else max(0.0, g1 - max(up, t0))
     res = (0.0 if math.isnan(latency) else latency) + start_slack + end_slack
     return Edge(
         start=t0,
@@ -404,6 +422,7 @@ def edge(
         added=g1 - t0 - timeline.pause,
         resolution=res,
         backlog=backlog,
+        anchored=g0 <= released,
         first_sent=first_sent,
         latency=latency,
     )

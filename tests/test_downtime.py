@@ -260,3 +260,25 @@ def test_the_overall_edge_is_the_longest_receivers() -> None:
     assert report.edge_exact
     # The measured gap is the same for both (pacing), so it cannot tell them apart.
     assert report.service_downtime == pytest.approx(2.66)
+
+
+def test_deliveries_after_the_release_leave_the_start_unanchored() -> None:
+    tl = _vf_timeline()
+    # Something carried the traffic past the release (10.2) until shortly before the guest
+    # paused (10.7); it resumed when the guest ran again (12.5), before the new VF (12.6).
+    carried = [(10.25 + 0.05 * k, 10.25 + 0.05 * k - LAT) for k in range(9)]  # .. 10.65
+    delivered, sent = _with([*carried, (12.51, 10.9), (12.52, 12.52 - LAT)])
+    r = receiver_downtime("s", delivered, tl, sent)
+    e = r.edge
+    assert e is not None
+    assert (r.gap_start, r.gap_end) == (pytest.approx(10.65), 12.51)
+    assert (e.start, e.start_by) == (pytest.approx(10.65), DELIVERY)
+    # Sent during the pause and delivered when the guest ran again: backlog. But the start
+    # is only known to lie between the last delivery and the pause: not exact.
+    assert e.backlog and not e.anchored and not e.exact
+    assert e.resolution == pytest.approx(LAT + 0.05)
+    # Had the first delivery after the pause been sent after it, the end is pacing too.
+    delivered, sent = _with([*carried, (12.55, 12.55 - LAT)])
+    e = receiver_downtime("s", delivered, tl, sent).edge
+    assert e is not None and not e.backlog
+    assert e.resolution == pytest.approx(LAT + 0.05 + 0.05)
