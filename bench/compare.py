@@ -265,6 +265,7 @@ def _edge_dict(e: Edge | None) -> dict[str, Any]:
         "start_by": e.start_by,
         "end": _finite(e.end),
         "backlog": e.backlog,
+        "anchored": e.anchored,
         "first_sent": e.first_sent,
         "latency_s": _finite(e.latency),
     }
@@ -785,8 +786,9 @@ def _notes(results: Sequence[RunResult]) -> list[str]:
     ]
     if limited:
         lines.append(
-            "* pacing-limited (a socket's first delivery after the gap was sent after the new VF "
-            f"was ready; res covers it): {', '.join(limited)}"
+            "* pacing-limited (at some socket the first delivery after the gap was sent after the "
+            "path was back, or deliveries went on after the VF's release; res covers it): "
+            f"{', '.join(limited)}"
         )
     return lines
 
