@@ -511,7 +511,7 @@ async def run_migration(
         if mig.sa_cache:
             # The CCGrid 2015 SA cache: this is where the port models differ for the stack.
             net.fabric.path_cache = {}
-        dev_a = await net.add_node(opts.recv_addr)
+        dev_a = await net.add_node(opts.recv_addr, standby=opts.standby)
         dev_p = await net.add_node(opts.send_addr)
         experiment = _make_migration(net, opts, mig, result)
         async with (
@@ -988,6 +988,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "grace": opts.grace,
                         "jobs": mig.jobs,
                         "sa_cache": mig.sa_cache,
+                        "standby": opts.standby,
                     },
                     "columns": [t for t, _ in COLUMNS],
                     "targets": targets(results),

@@ -143,6 +143,8 @@ class Options:
         connect_retries: the active side's control connect retries, 1 s apart.
         secret_file: the tcp transport's cluster secret (else ``RDSX_SECRET``).
         transport_port: the port tcp devices listen on (transport default if None).
+        standby: sim only: the active node's VM gets an emulated standby device
+            that carries its traffic while its VF is away (``--standby``).
     """
 
     recv_addr: str = "127.0.0.1"
@@ -178,6 +180,7 @@ class Options:
     connect_retries: int = 0
     secret_file: str | None = None
     transport_port: int | None = None
+    standby: bool = False
 
     @property
     def sockbuf(self) -> int:
@@ -228,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--connect-retries", type=int, default=0, help="control connect retries, 1 s apart")
     add("--secret-file", default=None, help="tcp cluster secret file (else RDSX_SECRET)")
     add("--transport-port", type=int, default=None, help="tcp: the port devices listen on")
+    add(
+        "--standby",
+        action="store_true",
+        help="sim: the active VM gets an emulated standby device while its VF is away",
+    )
     return p
 
 
@@ -269,6 +277,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
             parser.error("--remove-at needs the sim transport")
     if ns.chaos is not None and ns.transport != "sim":
         parser.error("--chaos needs the sim transport")
+    if ns.standby and ns.transport != "sim":
+        parser.error("--standby needs the sim transport")
     if ns.recv_addr == send_addr:
         parser.error("-r and -s must differ")
     return Options(
@@ -305,4 +315,5 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         connect_retries=ns.connect_retries,
         secret_file=ns.secret_file,
         transport_port=ns.transport_port,
+        standby=ns.standby,
     )

@@ -397,7 +397,8 @@ async def run_in_process(
         # Both ends live in this process: a throw-away secret, any free ports.
         net_options.update(secret=secrets.token_bytes(32), port=0)
     async with transport.open_network(**net_options) as net:
-        dev_a = await net.add_node(opts.recv_addr)
+        # --standby (sim only): the active VM gets an emulated device while its VF is away.
+        dev_a = await net.add_node(opts.recv_addr, **({"standby": True} if opts.standby else {}))
         dev_p = await net.add_node(opts.send_addr)
         if opts.chaos is not None:
             from transports.sim.faults import chaos

@@ -403,3 +403,20 @@ async def test_a_standby_kept_past_its_deadline_is_pulled_and_nothing_is_lost(
     assert removals == ["a/standby1: forced at the deadline"]
     if mode == "transparent":
         assert all(s.conn_reset == 0 for s in stats)  # type: ignore[attr-defined]
+
+
+async def test_rdsx_stress_standby_option_gives_the_active_vm_a_standby(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from bench.options import parse_args
+    from transports.sim.transport import SimTransport
+
+    assert parse_args(["--standby"]).standby and not parse_args([]).standby
+    with pytest.raises(SystemExit):
+        parse_args(["--standby", "--transport", "tcp", "-s", "127.0.0.2", "-T", "1"])
+    async with SimTransport().open_network(profile="seed-cx2-xen") as net:
+        await net.add_node("127.0.0.1", standby=True)
+        await net.add_node("127.0.0.2")
+        a, b = net.fabric.vm_at("127.0.0.1"), net.fabric.vm_at("127.0.0.2")
+        assert a is not None and a.standby and b is not None and not b.standby
+        assert net.fabric.standby_latency == 20e-6 and net.fabric.standby_qp_create == 50e-6

@@ -29,8 +29,11 @@ class SimNetwork(Network):
         self.num_vfs = num_vfs
         self.profile = profile
 
-    async def add_node(self, address: str) -> VmDevices:
+    async def add_node(self, address: str, *, standby: bool = False) -> VmDevices:
         """Create host ``host-<address>``, VM ``vm-<address>`` and attach a VF.
+
+        ``standby=True`` gives the VM an emulated standby device that carries its
+        traffic while it has no VF (:mod:`transports.sim.standby`).
 
         Raises:
             AddressInUse: a node with that address exists.
@@ -38,7 +41,7 @@ class SimNetwork(Network):
         if self.fabric.vm_at(address) is not None:
             raise AddressInUse(f"a node answers on {address} already")
         host = self.fabric.add_host(f"host-{address}", num_vfs=self.num_vfs)
-        vm = self.fabric.create_vm(f"vm-{address}", address=address)
+        vm = self.fabric.create_vm(f"vm-{address}", address=address, standby=standby)
         await self.fabric.attach(vm, host)
         return vm.devices
 
