@@ -80,8 +80,9 @@ class TransparentDeviceSource(DeviceSource):
       our device is replaced: it flushes, goes to ERR, the context reports
       ``QP_FATAL`` (its CM id, if any, ``DISCONNECTED``). Reset it and connect it
       through the CM; from then on it survives replacements like any other. (A
-      hand-made connection names ``query_port().address`` and ``qp_num``, the
-      first device's numbers: it holds only while neither end was replaced.)
+      hand-made connection names ``query_port().address``, the first device's
+      locator, and ``qp_num``, a virtual number: it holds only while neither
+      end was replaced.)
 
     Use it as an async context manager; its tasks live in its nursery::
 
