@@ -420,3 +420,21 @@ async def test_rdsx_stress_standby_option_gives_the_active_vm_a_standby(
         a, b = net.fabric.vm_at("127.0.0.1"), net.fabric.vm_at("127.0.0.2")
         assert a is not None and a.standby and b is not None and not b.standby
         assert net.fabric.standby_latency == 20e-6 and net.fabric.standby_qp_create == 50e-6
+
+
+async def test_a_new_removal_while_the_standby_still_retires_offers_a_fresh_one(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(10):
+        async with pair("vswitch") as (fabric, a, _):
+            first = await standby_of(a)
+            lid = first.lid
+            await first.open()  # held: it keeps retiring after the VF comes back
+            await fabric.attach(a, fabric.hosts["h2"])
+            assert first.removal_pending and not first.removed
+            vf = await a.devices.next_device()
+            await fabric.detach(a, None)
+            second = await a.devices.next_device()
+            assert first.removed and isinstance(second, StandbyDevice) and second is not first
+            assert second.lid == lid  # vSwitch: the VM's own LID, assigned once
+            assert vf.removed and a.standby_device is second

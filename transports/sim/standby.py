@@ -245,11 +245,15 @@ def offer(fabric: Fabric, vm: Vm) -> StandbyDevice | None:
     """Queue an incarnation of ``vm``'s emulated device on its device stream.
 
     Does nothing (returns the live one or None) if the VM has no standby, no
-    host, crashed, or already has a live incarnation.
+    host, crashed, or already has a live incarnation that is not retiring (one
+    that is, still held past a VF's return, is pulled first).
     """
     live = vm.standby_device
     if live is not None and not live.removed:
-        return live
+        if not live.removal_pending:
+            return live
+        # Still retiring from the last VF's return: the new removal needs a fresh one.
+        _unplug(fabric, live, "superseded by a new incarnation")
     host = vm.host
     if not vm.standby or host is None or vm.crashed or host.crashed:
         return None
