@@ -89,7 +89,7 @@ _WITH_IMM = frozenset(map(id, WITH_IMM))
 _SEND, _SEND_IMM = Opcode.SEND, Opcode.SEND_WITH_IMM
 _WC_SEND = WcOpcode.SEND
 _LIVE = (_RTS, _SQD)
-#: Timers fire at due times quantised by the fabric; closer than this counts as due.
+#: Due times are quantised by the fabric; progress closer than this to a due time is none.
 EPSILON = 1e-9
 #: Packets a requester keeps unacknowledged at most (the go-back-N window).
 WINDOW = 32
@@ -520,16 +520,33 @@ class RcQp:
     def _arm(self) -> None:
         if not self.timer_armed and self.una < self.next_psn and self.timeout > 0:
             self.timer_armed = True
-            self.fabric.call_at(self.progress_at + self.timeout, self._on_timer)
+            due = self.progress_at + self.timeout
+            self.fabric.call_at(due, lambda: self._on_ack_timer(due))
+
+    # Both timers judge by the instant they were set for, never by the clock: under the
+    # real clock the fabric fires a timer up to REALTIME_SLACK before it is due (with
+    # ``now()`` at the pass's start). Judged by the clock, such a timer looked early: the
+    # ACK timer re-armed for the same instant, which fired again at once, forever; the
+    # RNR timer gave up and left ``rnr_until`` set, so the window never sent again and
+    # the QP died of RETRY_EXC_ERR retry_cnt timeouts later (rdsx issue 4: a second RDS
+    # reset, ~0.55 s, after a reconnect whose first SEND met an RNR NAK).
+    def _on_ack_timer(self, due: float) -> None:
+        if (
+            self._state in _LIVE
+            and self.una < self.next_psn
+            and self.progress_at + self.timeout > due + EPSILON
+        ):
+            self.timer_armed = False
+            self._arm()  # progress since it was set: a whole timeout from that
+            return
+        self._on_timer()
 
     def _on_timer(self) -> None:
+        """No progress for a whole ACK timeout: go back to the oldest unacked PSN, or fail."""
         self.timer_armed = False
         if self._state not in _LIVE or self.una >= self.next_psn:
             return
         now = self.fabric.now()
-        if self.progress_at + self.timeout > now + EPSILON:
-            self._arm()
-            return
         self.retry_left -= 1
         if self.retry_left < 0:
             self._fail(self.sq[0], WcStatus.RETRY_EXC_ERR, "no ACK after retry_cnt retries")
@@ -538,9 +555,9 @@ class RcQp:
         self._retransmit(self.una)
         self._arm()
 
-    def _on_rnr_timer(self) -> None:
-        if self._state not in _LIVE or self.fabric.now() < self.rnr_until - EPSILON:
-            return
+    def _on_rnr_timer(self, until: float) -> None:
+        if self._state not in _LIVE or self.rnr_until != until:
+            return  # stale: the QP was reset, or a later RNR NAK set another wait
         self.rnr_until = 0.0
         self.progress_at = self.fabric.now()
         self._retransmit(self.una)
@@ -572,8 +589,8 @@ class RcQp:
                 if self.rnr_left < 0:
                     self._fail(self._wqe_at(psn), WcStatus.RNR_RETRY_EXC_ERR, "receiver not ready")
                     return
-            self.rnr_until = self.progress_at = now + packet.rnr_timer
-            self.fabric.call_at(self.rnr_until, self._on_rnr_timer)
+            until = self.rnr_until = self.progress_at = now + packet.rnr_timer
+            self.fabric.call_at(until, lambda: self._on_rnr_timer(until))
             return
         status, message = _FATAL_NAK[syndrome]
         self._fail(self._wqe_at(psn), status, message)
