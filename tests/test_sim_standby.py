@@ -438,3 +438,50 @@ async def test_a_new_removal_while_the_standby_still_retires_offers_a_fresh_one(
             assert first.removed and isinstance(second, StandbyDevice) and second is not first
             assert second.lid == lid  # vSwitch: the VM's own LID, assigned once
             assert vf.removed and a.standby_device is second
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_destination_crash_in_the_restore_thaws_the_standby_at_the_source(
+    autojump_clock: trio.abc.Clock, tmp_path: Path, model: str
+) -> None:
+    from rdsx.errors import HostCrashed
+
+    with trio.fail_after(30):
+        async with pair(model) as (fabric, a, b):
+            vf_b = await b.devices.next_device()
+            await a.devices.next_device()
+            vmm = VMM(fabric, small_profile(tmp_path))
+            dest = fabric.hosts["h2"]
+            failed: list[HostCrashed] = []
+
+            async def migrate() -> None:
+                try:
+                    await vmm.migrate(a, dest, strategy="late-detach", grace=0)
+                except HostCrashed as exc:
+                    failed.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(migrate)
+                device = await a.devices.next_device()
+                assert isinstance(device, StandbyDevice)
+                sa, sbb = await connect(device, vf_b)
+                while not a.backend.frozen:
+                    await trio.sleep(0.001)
+                # Past the stop-and-copy (20 ms + the last pages), inside the 30 ms restore.
+                await trio.sleep(0.035)
+                dest.crash()
+            (exc,) = failed
+            assert not exc.vm_lost and a.host is fabric.hosts["h0"]
+            assert not a.backend.frozen and not device.removed
+            assert device.function.host is fabric.hosts["h0"]
+            await exchange(sa, sbb, 1)
+
+
+async def test_a_vm_on_its_standby_dies_with_its_host(autojump_clock: trio.abc.Clock) -> None:
+    with trio.fail_after(10):
+        async with pair("vswitch") as (fabric, a, _):
+            device = await standby_of(a)
+            fabric.hosts["h1"].crash()  # another host: nothing happens to a
+            assert not a.crashed and not device.removed
+            fabric.hosts["h0"].crash()
+            assert a.crashed and device.removed and a.standby_device is None

@@ -254,8 +254,10 @@ def crash(fabric: Fabric, host: Host) -> None:
     host.reachable = False
     fabric.record("crash", host.name)
     for guest in fabric.vms.values():
-        standby = guest.standby_device
-        if standby is not None and standby.function.host is host:
+        # A VM running on its standby device (its VF is away) dies with its host too;
+        # where the standby's LID is routed does not matter (mid-migration it may already
+        # lead to the destination while the guest is still on the source).
+        if guest.standby_device is not None and guest.host is host:
             guest.crashed = True
             sb.drop_all(fabric, guest)
     for vf in host.hca.vfs:
