@@ -773,8 +773,9 @@ def _notes(results: Sequence[RunResult]) -> list[str]:
         "at any socket, known to within pace (p99 gap between deliveries at one socket under "
         f"this pacing; worst {_ms(pace)} ms).",
         "service: the same outage edge-exact (DESIGN's service downtime, judged): from the later "
-        "of the gap's start and the removal notice (surprise: the removal; earlier if a message "
-        "sent before it was held past the gap) to the first delivery after the gap, which is "
+        "of the gap's start and the removal notice (surprise: the removal; traffic carried past "
+        "the VF's release: the guest's pause; earlier if a message sent before it was held past "
+        "the gap) to the first delivery after the gap, which is "
         "backlog sent before the new VF was ready, so neither end waits for the pacing; "
         "added = service - pause (DESIGN); res: their resolution (p99 one-way latency, + notice "
         "-> VF released, the stack might have delivered until then, + for an end not on backlog "

@@ -46,9 +46,10 @@ Pure functions over numbers (DESIGN §6): no trio, no clock.
     nothing was waiting, and the end is pacing-limited: it is only known to lie
     between the new VF's arrival and that delivery.
   - If deliveries went on after the VF was released (something else, a
-    standby device, carried the traffic), the VF anchors nothing: the start is
-    the last delivery, pacing-limited up to the guest's pause, and the path is
-    back when the guest runs again if deliveries resume before the new VF.
+    standby device, carried the traffic), the VF anchors nothing: the path
+    worked after the release, so the start is the guest's pause (``pause``;
+    a dense load's gap starts there too, ``bench/RESULTS.md``), and the path
+    is back when the guest runs again if deliveries resume before the new VF.
   - Resolution: how far a dense load's gap could be from it: the one-way
     latency (p99 of send to delivery before the migration: a message due at
     the start still arrives that much later), plus the time from the start to
@@ -75,7 +76,7 @@ __all__ = ["DowntimeReport", "Edge", "ReceiverDowntime", "downtime", "edge", "re
 #: Breakdown keys besides the stage names.
 BEFORE, OTHER, AFTER = "before", "other", "after"
 #: What an edge-exact start rests on (:attr:`Edge.start_by`).
-NOTICE, REMOVAL, SENT, DELIVERY = "notice", "removal", "sent", "delivery"
+NOTICE, REMOVAL, PAUSE, SENT, DELIVERY = "notice", "removal", "pause", "sent", "delivery"
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -86,9 +87,10 @@ class Edge:
         start: when the outage began: the gap's start, or the timeline event
             (or the earliest send of the backlog) if later.
         start_by: what ``start`` is: ``notice``, ``removal`` (surprise),
-            ``sent`` (a message sent before the event was held) or
-            ``delivery`` (the gap's own start: a delivery after the event, or
-            no VF loss to anchor on).
+            ``pause`` (deliveries went on past the VF's release until the
+            guest paused), ``sent`` (a message sent before the event was held)
+            or ``delivery`` (the gap's own start: a delivery after the event,
+            or nothing to anchor on).
         end: the first delivery after the gap (``inf`` if none came).
         service: ``end - start``.
         added: ``service`` minus the VM's pause.
@@ -99,10 +101,10 @@ class Edge:
             the guest running again): queued through the outage, so ``end`` is
             exact. False means the end is pacing-limited (or send times were
             not recorded).
-        anchored: the start rests on the timeline (the gap began before the
-            VF was gone). False if deliveries went on after the release
-            (something else carried them): the start is then the last
-            delivery, pacing-limited up to the guest's pause.
+        anchored: the start rests on the timeline: the gap began before the
+            VF was gone, or (traffic carried past the release) before the
+            guest paused. False otherwise: the start is then the last
+            delivery, pacing-limited.
         first_sent: the send time of that first delivery, if recorded.
         latency: p99 one-way latency (send to delivery) away from the
             migration; ``nan`` without send times.
@@ -394,9 +396,15 @@ def edge(
         )
     released, ready = span
     paused = [st for st in timeline.stages if st.paused]
-    # Nothing can be delivered once the VF is gone, unless something else carried the traffic
-    # past it (deliveries after the release): then only the guest's pause stops it.
-    down = released if g0 <= released or not paused else max(g0, paused[0].start)
+    anchored = g0 <= released
+    if not anchored and paused and g0 <= paused[0].start:
+        # Something else carried the traffic past the VF's release (a standby device): the
+        # path worked then, and only the guest's pause stops it.
+        event, by_event, down, anchored = paused[0].start, PAUSE, paused[0].start, True
+    else:
+        # Nothing can be delivered once the VF is gone (or, unanchored, once the guest paused).
+        by_event = REMOVAL if timeline.surprise else NOTICE
+        down = released if anchored or not paused else max(g0, paused[0].start)
     # The path is back with the new VF; if deliveries resumed before it, when the guest ran again.
     up = ready if g1 >= ready else max([st.end for st in paused if st.end <= g1], default=g0)
     after = [] if deliveries is None else deliveries[bisect.bisect_left(deliveries, (g1,)) :]
@@ -404,7 +412,7 @@ def edge(
     first_sent = None if not after or math.isnan(after[0][1]) else after[0][1]
     # A message sent before the event but held past the gap: the outage began by then.
     held = min(known, default=math.inf)
-    anchor, by = (held, SENT) if held < event else (event, REMOVAL if timeline.surprise else NOTICE)
+    anchor, by = (held, SENT) if held < event else (event, by_event)
     t0, by = (anchor, by) if anchor > g0 else (g0, DELIVERY)
     latency = _latency(deliveries or (), timeline.start, g1)
     backlog = first_sent is not None and first_sent < up
@@ -422,7 +430,7 @@ def edge(
         added=g1 - t0 - timeline.pause,
         resolution=res,
         backlog=backlog,
-        anchored=g0 <= released,
+        anchored=anchored,
         first_sent=first_sent,
         latency=latency,
     )

@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from bench.downtime import DELIVERY, NOTICE, REMOVAL, SENT, downtime, receiver_downtime
+from bench.downtime import (
+    DELIVERY,
+    NOTICE,
+    PAUSE,
+    REMOVAL,
+    SENT,
+    downtime,
+    receiver_downtime,
+)
 from transports.sim.timeline import Stage, Strategy, Timeline
 
 
@@ -262,7 +270,7 @@ def test_the_overall_edge_is_the_longest_receivers() -> None:
     assert report.service_downtime == pytest.approx(2.66)
 
 
-def test_deliveries_after_the_release_leave_the_start_unanchored() -> None:
+def test_deliveries_carried_past_the_release_start_the_outage_at_the_pause() -> None:
     tl = _vf_timeline()
     # Something carried the traffic past the release (10.2) until shortly before the guest
     # paused (10.7); it resumed when the guest ran again (12.5), before the new VF (12.6).
@@ -272,13 +280,26 @@ def test_deliveries_after_the_release_leave_the_start_unanchored() -> None:
     e = r.edge
     assert e is not None
     assert (r.gap_start, r.gap_end) == (pytest.approx(10.65), 12.51)
-    assert (e.start, e.start_by) == (pytest.approx(10.65), DELIVERY)
-    # Sent during the pause and delivered when the guest ran again: backlog. But the start
-    # is only known to lie between the last delivery and the pause: not exact.
-    assert e.backlog and not e.anchored and not e.exact
-    assert e.resolution == pytest.approx(LAT + 0.05)
-    # Had the first delivery after the pause been sent after it, the end is pacing too.
+    # The path worked after the release: the outage starts when the guest pauses. Sent
+    # during the pause and delivered when the guest ran again: backlog.
+    assert (e.start, e.start_by) == (10.7, PAUSE)
+    assert e.service == pytest.approx(12.51 - 10.7)
+    assert e.backlog and e.anchored and e.exact
+    assert e.resolution == pytest.approx(LAT)
+    # Had the first delivery after the pause been sent after it, the end is pacing.
     delivered, sent = _with([*carried, (12.55, 12.55 - LAT)])
     e = receiver_downtime("s", delivered, tl, sent).edge
-    assert e is not None and not e.backlog
-    assert e.resolution == pytest.approx(LAT + 0.05 + 0.05)
+    assert e is not None and not e.backlog and not e.exact
+    assert e.resolution == pytest.approx(LAT + 0.05)
+
+
+def test_deliveries_inside_the_pause_leave_the_start_unanchored() -> None:
+    tl = _vf_timeline()
+    # Deliveries went on past the release and even into the guest's pause (10.7): no
+    # timeline event explains where the outage began, so the start is the last delivery.
+    carried = [(10.25 + 0.05 * k, 10.25 + 0.05 * k - LAT) for k in range(11)]  # .. 10.75
+    delivered, sent = _with([*carried, (12.51, 10.9)])
+    e = receiver_downtime("u", delivered, tl, sent).edge
+    assert e is not None
+    assert (e.start, e.start_by) == (pytest.approx(10.75), DELIVERY)
+    assert e.backlog and not e.anchored and not e.exact
