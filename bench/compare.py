@@ -8,19 +8,23 @@ give the service downtime, the added downtime (minus the VM's own
 stop-and-copy pause) and the split of the longest gap over the stages
 (:mod:`bench.downtime`).
 
-``--compare`` runs that experiment over every mode × strategy × port model
-(``reconnect``/``transparent`` × ``three-stage``/``late-detach`` ×
-``shared``/``vswitch``) with the same seed, load and profile, and prints one
-table. Options of its own (the rest are rdsx-stress's):
+``--compare`` runs that experiment over every mode × strategy × port model ×
+device (``reconnect``/``transparent`` × ``three-stage``/``late-detach`` ×
+``shared``/``vswitch`` × ``VF``/``VF+standby``: the VF only, or with an
+emulated standby device while it is away, :mod:`transports.sim.standby`) with
+the same seed, load and profile, and prints one table
+(:mod:`bench.compare_table`). Options of its own (the rest are rdsx-stress's;
+``--standby`` alone keeps only the standby rows):
 
+* ``--no-standby`` only the rows without a standby device
 * ``--migration three-stage|late-detach`` (default ``late-detach``)
 * ``--profile NAME|FILE`` timing profile (default ``seed-cx2-xen``)
 * ``--clock virtual|real`` (default ``virtual``: ``MockClock(autojump_threshold=0)``;
-  a virtual run needs ``--rate``, which defaults to 1000 requests/s per task here)
+  a virtual run needs ``--rate``, which defaults to :data:`DEFAULT_RATE` here)
 * ``--migrate-at S`` (repeatable: one migration each, to a fresh host every
   time, in order; default 2 s)
 * ``--plot FILE.png`` throughput over time per combination, the migration
-  stages shaded (matplotlib, the ``bench`` extra; imported only then)
+  stages shaded (:mod:`bench.compare_plot`; matplotlib, the ``bench`` extra)
 * ``--no-sa-cache`` every CM connect asks the SA (default: the sim CM caches
   PathRecords, as Tasoulas et al., CCGrid 2015; a record survives a migration
   only if the VM kept its LID, i.e. under vSwitch)
@@ -39,9 +43,13 @@ the backlog queued through the outage, each socket's send times recorded to
 check it), the added downtime (minus the pause) and their resolution
 (``res``); the device gap (no VF at all) and the stack's own cost beyond it,
 split into quiesce (removal notice to release) and resume (new VF to first
-delivery) (:mod:`bench.downtime`); the RDS layer's reconnects
-(``conn_reset`` over both nodes: the transparent shim must keep them at 0);
-SMPs and SA queries; lost, duplicated and reordered messages.
+delivery) (:mod:`bench.downtime`; ``-`` with a standby device); the RDS
+layer's reconnects (``conn_reset`` over both nodes: the transparent shim must
+keep them at 0); SMPs and SA queries; lost, duplicated and reordered messages.
+
+The JSON (``--json``) is schema 4: schema 3 plus the device per run
+(``standby``, ``device``, ``label`` = mode/strategy/port/device, unique) and per
+target entry, and ``null`` stack/quiesce/resume figures with a standby device.
 """
 
 from __future__ import annotations
@@ -66,13 +74,17 @@ from rdsx.errors import MigrationFailed, RdsError
 from transports.sim import SimNetwork
 from transports.sim.timeline import Timeline
 
-from .downtime import DowntimeReport, Edge, downtime
+from .compare_plot import plot_results
+from .compare_result import BIN, DEVICES, RunResult
+from .compare_table import COLUMNS, TARGETS, format_results, targets
+from .downtime import downtime
 from .header import HEADER_SIZE
 from .options import Options, parse_args
-from .stress import Experiment, Outcome, run_stress
-from .verify import Tally
+from .stress import Experiment, run_stress
 
 __all__ = [
+    "COLUMNS",
+    "TARGETS",
     "MigrationOptions",
     "RunResult",
     "format_results",
@@ -82,6 +94,7 @@ __all__ = [
     "run_compare",
     "run_compare_parallel",
     "run_migration",
+    "targets",
     "wants_migration",
 ]
 
@@ -94,21 +107,18 @@ _OWN_FLAGS = (
     "--plot",
     "--jobs",
     "--no-sa-cache",
+    "--no-standby",
 )
 MODES: tuple[Literal["reconnect", "transparent"], ...] = ("reconnect", "transparent")
 STRATEGIES = ("three-stage", "late-detach")
 PORT_MODELS = ("shared", "vswitch")
 #: Requests per second per task when a virtual-time run was given no --rate: the
-#: whole 8-run comparison of the issue's command (-t 7, -T 20) then fits in two
+#: whole 16-run comparison of the issue's command (-t 7, -T 20) then fits in two
 #: minutes on 2 cores; the edge-exact service downtime and the stack cost do not
 #: depend on it (see :mod:`bench.downtime`), the measured gap does (``pace``).
 DEFAULT_RATE = 30.0
 #: Seconds of traffic after the migration ends when -T is 0.
 TAIL = 3.0
-#: Width of the throughput bins kept in the JSON, seconds.
-BIN = 0.05
-#: Width of the bins the plot draws, seconds.
-PLOT_BIN = 0.5
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -116,7 +126,7 @@ class MigrationOptions:
     """The migration experiment's own options.
 
     Attributes:
-        compare: run every mode × strategy × port model.
+        compare: run every mode × strategy × port model × device.
         migrate_at: seconds into the run at which each migration starts, in
             order (a migration still running delays the next).
         strategy: ``three-stage`` or ``late-detach``.
@@ -125,6 +135,9 @@ class MigrationOptions:
         plot: PNG file to draw throughput over time into, if any.
         jobs: processes running combinations at once (virtual clock only).
         sa_cache: the sim CM caches SA PathRecords (``Fabric.path_cache``).
+        devices: the comparison's device variants, in order: False = the VF
+            only, True = with a standby device (``--standby`` keeps only True,
+            ``--no-standby`` only False). A single run follows ``Options.standby``.
     """
 
     compare: bool = False
@@ -135,145 +148,7 @@ class MigrationOptions:
     plot: str | None = None
     jobs: int = 1
     sa_cache: bool = True
-
-
-@attrs.frozen(slots=True, kw_only=True)
-class RunResult:
-    """One migration under load.
-
-    Attributes:
-        mode: the nodes' mode.
-        strategy: the VMM strategy.
-        port_model: the fabric's port model.
-        outcome: rdsx-stress's outcome (rows, verification, JSON report);
-            None if the run crashed (``error`` says how).
-        timeline: the migration's timeline (None if it never started).
-        error: the migration's failure, if it failed.
-        downtime: the downtime report (None without a timeline).
-        smps: SMPs the SM sent from the migration's start to the run's end.
-        sa_queries: SA queries from the migration's start to the run's end
-            (both nodes' path look-ups while reconnecting included).
-        timelines: every migration's timeline (``timeline`` is the first).
-        downtimes: one downtime report per timeline.
-        reconnects: the RDS layer's ``conn_reset`` per node address.
-        throughput: delivered messages per second (requests and acks, both
-            nodes) ``before`` the first migration, ``during`` the migrations
-            and ``after`` the last, while traffic ran.
-        series: delivered messages per second in :data:`BIN` bins from the
-            start of the traffic (for the plot).
-        traffic: (start, end) clock times of the traffic.
-    """
-
-    mode: str
-    strategy: str
-    port_model: str
-    outcome: Outcome | None
-    timeline: Timeline | None
-    error: str | None
-    downtime: DowntimeReport | None
-    smps: int | None = None
-    sa_queries: int | None = None
-    timelines: tuple[Timeline, ...] = ()
-    downtimes: tuple[DowntimeReport, ...] = ()
-    reconnects: dict[str, int] = attrs.field(factory=dict)
-    throughput: dict[str, float] = attrs.field(factory=dict)
-    series: tuple[float, ...] = ()
-    traffic: tuple[float, float] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Every message exactly once and in order, and the VM migrated."""
-        return (
-            self.outcome is not None
-            and self.outcome.tally.ok
-            and self.error is None
-            and self.downtime is not None
-        )
-
-    @property
-    def rds_reconnects(self) -> int | None:
-        """``conn_reset`` summed over both nodes (None if the run crashed)."""
-        return sum(self.reconnects.values()) if self.outcome is not None else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary of the run."""
-        tally = self.outcome.tally if self.outcome is not None else None
-        return {
-            "mode": self.mode,
-            "strategy": self.strategy,
-            "port_model": self.port_model,
-            "ok": self.ok,
-            "migration": None if self.timeline is None else self.timeline.to_dict(),
-            "migrations": [t.to_dict() for t in self.timelines],
-            "migration_error": self.error,
-            "smps": self.smps,
-            "sa_queries": self.sa_queries,
-            "rds_reconnects": self.rds_reconnects,
-            "conn_reset": dict(self.reconnects),
-            "throughput_msgs_per_s": dict(self.throughput),
-            "downtime": None if self.downtime is None else _downtime_dict(self.downtime),
-            "downtimes": [_downtime_dict(d) for d in self.downtimes],
-            "series": {"bin_s": BIN, "msgs_per_s": list(self.series)},
-            "verified": None if tally is None else attrs.asdict(tally),
-            "stress": None if self.outcome is None else self.outcome.report,
-        }
-
-
-def _downtime_dict(d: DowntimeReport) -> dict[str, Any]:
-    return {
-        "service_s": _finite(d.edge_service),
-        "added_s": _finite(d.edge_added),
-        "resolution_s": _finite(d.edge_resolution),
-        "exact": d.edge_exact,
-        "service_worst": d.edge_worst,
-        "gap_s": _finite(d.service_downtime),
-        "gap_added_s": _finite(d.added_downtime),
-        "gap_resolution_s": _finite(d.resolution),
-        "pause_s": d.pause,
-        "device_gap_s": d.device_gap,
-        "beyond_device_gap_s": _finite(d.service_downtime - d.device_gap),
-        "stack_s": _finite(d.stack),
-        "quiesce_s": d.quiesce,
-        "resume_s": _finite(d.resume),
-        "worst": d.worst,
-        "recovered": d.recovered,
-        "breakdown_s": dict(d.breakdown),
-        "receivers": {
-            r.receiver: {
-                "gap_s": _finite(r.service_downtime),
-                "gap_added_s": _finite(r.added_downtime),
-                "gap_resolution_s": _finite(r.resolution),
-                **_edge_dict(r.edge),
-                "idle_s": r.idle,
-                "quiesce_s": r.quiesce,
-                "resume_s": _finite(r.resume),
-                "gap": [r.gap_start, r.gap_end],
-            }
-            for r in d.receivers
-        },
-    }
-
-
-def _edge_dict(e: Edge | None) -> dict[str, Any]:
-    if e is None:
-        return {}
-    return {
-        "service_s": _finite(e.service),
-        "added_s": _finite(e.added),
-        "resolution_s": _finite(e.resolution),
-        "start": e.start,
-        "start_by": e.start_by,
-        "end": _finite(e.end),
-        "backlog": e.backlog,
-        "anchored": e.anchored,
-        "first_sent": e.first_sent,
-        "latency_s": _finite(e.latency),
-    }
-
-
-def _finite(x: float) -> float | None:
-    # JSON has no inf/nan: "never recovered" and "unknown" become null.
-    return x if math.isfinite(x) else None
+    devices: tuple[bool, ...] = (False, True)
 
 
 def wants_migration(argv: Sequence[str]) -> bool:
@@ -291,7 +166,7 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
         prog="rdsx-stress", add_help=False, description="live-migration experiments (sim)"
     )
     add = p.add_argument
-    add("--compare", action="store_true", help="every mode x strategy x port model")
+    add("--compare", action="store_true", help="every mode x strategy x port model x device")
     add(
         "--migrate-at",
         type=float,
@@ -306,6 +181,7 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
     add("--plot", default=None, metavar="FILE.png", help="throughput over time (matplotlib)")
     add("--jobs", type=int, default=None, metavar="N", help="processes (virtual clock)")
     add("--no-sa-cache", action="store_true", help="every connect asks the SA")
+    add("--no-standby", action="store_true", help="--compare: only the rows without --standby")
     if "-h" in argv or "--help" in argv:
         # rdsx-stress's own parser prints the rest and exits.
         p.print_help()
@@ -318,6 +194,10 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
         p.error("--migrate-at must not be negative")
     if ns.jobs is not None and ns.jobs < 1:
         p.error("--jobs must be at least 1")
+    if ns.no_standby and not ns.compare:
+        p.error("--no-standby only applies to --compare (a single run has no standby by default)")
+    if ns.no_standby and opts.standby:
+        p.error("--standby and --no-standby exclude each other")
     from transports.sim.profile import load_profile
 
     try:
@@ -335,6 +215,7 @@ def parse(argv: Sequence[str]) -> tuple[Options, MigrationOptions]:
         plot=ns.plot,
         jobs=jobs if virtual else 1,
         sa_cache=not ns.no_sa_cache,
+        devices=(True,) if opts.standby else (False,) if ns.no_standby else (False, True),
     )
     if mig.virtual and opts.rate is None:
         opts = attrs.evolve(opts, rate=DEFAULT_RATE)
@@ -537,6 +418,7 @@ async def run_migration(
         mode=opts.mode,
         strategy=mig.strategy,
         port_model=opts.port_model,
+        standby=opts.standby,
         outcome=outcome,
         timeline=timelines[0] if timelines else None,
         error=result.get("error"),
@@ -591,17 +473,24 @@ def binned(deliveries: dict[str, list[float]], traffic: tuple[float, float]) -> 
 
 
 Mode = Literal["reconnect", "transparent"]
+#: One row of the comparison: mode, strategy, port model, standby device.
+Combo = tuple[Mode, str, str, bool]
 
 
-def _combinations() -> list[tuple[Mode, str, str]]:
-    return [(m, s, p) for m in MODES for s in STRATEGIES for p in PORT_MODELS]
+def _combinations(mig: MigrationOptions) -> list[Combo]:
+    # The device innermost: each combination's rows with and without a standby side by side.
+    return [
+        (m, s, p, d) for m in MODES for s in STRATEGIES for p in PORT_MODELS for d in mig.devices
+    ]
 
 
-def _crashed(mode: str, strategy: str, port_model: str, exc: BaseException) -> RunResult:
+def _crashed(combo: Combo, exc: BaseException) -> RunResult:
+    mode, strategy, port_model, standby = combo
     return RunResult(
         mode=mode,
         strategy=strategy,
         port_model=port_model,
+        standby=standby,
         outcome=None,
         timeline=None,
         error=f"crashed: {_leaf(exc)}",
@@ -609,39 +498,42 @@ def _crashed(mode: str, strategy: str, port_model: str, exc: BaseException) -> R
     )
 
 
+def _options(
+    opts: Options, mig: MigrationOptions, combo: Combo
+) -> tuple[Options, MigrationOptions]:
+    mode, strategy, port_model, standby = combo
+    one = attrs.evolve(opts, mode=mode, port_model=port_model, standby=standby)
+    return one, attrs.evolve(mig, strategy=strategy)
+
+
 async def run_compare(
     opts: Options, mig: MigrationOptions, out: TextIO | None = None
 ) -> list[RunResult]:
-    """Run :func:`run_migration` for every mode × strategy × port model, one after another.
+    """Run :func:`run_migration` for every mode × strategy × port model × device, in turn.
 
     rdsx-stress's own rows go to ``out`` if given, else nowhere; the
     comparison table is the caller's (:func:`format_results`).
     """
     results = []
-    for mode, strategy, port_model in _combinations():
-        one = attrs.evolve(opts, mode=mode, port_model=port_model)
+    for combo in _combinations(mig):
         sink = out if out is not None else io.StringIO()
         try:
-            result = await run_migration(one, attrs.evolve(mig, strategy=strategy), out=sink)
+            result = await run_migration(*_options(opts, mig, combo), out=sink)
         except Exception as exc:
             # One broken combination must not hide the others' figures.
-            result = _crashed(mode, strategy, port_model, exc)
+            result = _crashed(combo, exc)
         results.append(result)
     return results
 
 
-def _run_one(opts: Options, mig: MigrationOptions, combo: tuple[Mode, str, str]) -> RunResult:
+def _run_one(opts: Options, mig: MigrationOptions, combo: Combo) -> RunResult:
     """One combination in a worker process, on its own (virtual or real) clock."""
-    mode, strategy, port_model = combo
-    one = attrs.evolve(opts, mode=mode, port_model=port_model)
     clock = trio.testing.MockClock(autojump_threshold=0) if mig.virtual else None
-    run = functools.partial(
-        run_migration, one, attrs.evolve(mig, strategy=strategy), out=io.StringIO()
-    )
+    run = functools.partial(run_migration, *_options(opts, mig, combo), out=io.StringIO())
     try:
         return trio.run(run, clock=clock)
     except Exception as exc:
-        return _crashed(mode, strategy, port_model, exc)
+        return _crashed(combo, exc)
 
 
 def run_compare_parallel(opts: Options, mig: MigrationOptions) -> list[RunResult]:
@@ -649,7 +541,7 @@ def run_compare_parallel(opts: Options, mig: MigrationOptions) -> list[RunResult
 
     Results come back in the combinations' order, whatever order they finish in.
     """
-    combos = _combinations()
+    combos = _combinations(mig)
     if mig.jobs <= 1:
         return [_run_one(opts, mig, c) for c in combos]
     with concurrent.futures.ProcessPoolExecutor(max_workers=mig.jobs) as pool:
@@ -661,286 +553,6 @@ def _leaf(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
-
-
-#: The comparison table's columns: (title, width).
-COLUMNS = (
-    ("mode", 12),
-    ("strategy", 12),
-    ("port", 8),
-    ("before", 7),
-    ("during", 7),
-    ("after", 7),
-    ("pause", 8),
-    ("gap", 8),
-    ("pace", 5),
-    ("service", 8),
-    ("added", 8),
-    ("no-VF", 8),
-    ("stack", 7),
-    ("quiesce", 8),
-    ("resume", 7),
-    ("res", 6),
-    ("RDS-rc", 7),
-    ("SMP", 4),
-    ("SA", 3),
-    ("lost", 5),
-    ("dup", 4),
-    ("reord", 6),
-)
-
-
-def _row(cells: Sequence[str]) -> str:
-    out = []
-    for (title, width), cell in zip(COLUMNS, cells, strict=True):
-        out.append(
-            f"{cell:<{width}}" if title in ("mode", "strategy", "port") else f"{cell:>{width}}"
-        )
-    return " ".join(out)
-
-
-def format_results(results: Sequence[RunResult]) -> str:
-    """The comparison table: one row per run (per migration), then notes and breakdowns."""
-    lines = [_row([t for t, _ in COLUMNS]) + "  result"]
-    for r in results:
-        t = r.outcome.tally if r.outcome is not None else Tally()
-        tp = r.throughput
-        reports: Sequence[DowntimeReport | None] = r.downtimes or (r.downtime,)
-        for n, d in enumerate(reports):
-            dt = (
-                ("-",) * 10
-                if d is None
-                else (
-                    _ms(d.pause),
-                    _ms(d.service_downtime),
-                    _ms(d.resolution),
-                    _ms(d.edge_service),
-                    _ms(d.edge_added),
-                    _ms(d.device_gap),
-                    _ms(d.stack, 2),
-                    _ms(d.quiesce, 2),
-                    _ms(d.resume, 2),
-                    _ms(d.edge_resolution, 3) + ("" if d.edge_exact else "*"),
-                )
-            )
-            cells = (
-                r.mode if n == 0 else f"  #{n + 1}",
-                r.strategy,
-                r.port_model,
-                _rate(tp.get("before")),
-                _rate(tp.get("during")),
-                _rate(tp.get("after")),
-                *dt,
-                _n(r.rds_reconnects),
-                _n(r.smps),
-                _n(r.sa_queries),
-                str(t.lost),
-                str(t.duplicated),
-                str(t.reordered),
-            )
-            lines.append(_row(cells) + "  " + (_verdict(r, t) if n == 0 else ""))
-    lines.extend(_notes(results))
-    lines.extend(_target_lines(results))
-    for r in results:
-        for n, d in enumerate(r.downtimes or ((r.downtime,) if r.downtime else ())):
-            parts = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in d.breakdown.items() if v > 0)
-            tag = f" #{n + 1}" if len(r.downtimes) > 1 else ""
-            lines.append(f"  {r.mode}/{r.strategy}/{r.port_model}{tag}: {parts}")
-    return "\n".join(lines)
-
-
-def _verdict(r: RunResult, t: Tally) -> str:
-    if r.ok:
-        return "ok"
-    if r.error is not None:
-        return r.error
-    return "not exactly-once in order" if not t.ok else "no migration"
-
-
-def _notes(results: Sequence[RunResult]) -> list[str]:
-    reports = [d for r in results for d in r.downtimes]
-    pace = max((d.resolution for d in reports if math.isfinite(d.resolution)), default=math.nan)
-    res = max((d.edge_resolution for d in reports if math.isfinite(d.edge_resolution)), default=0)
-    limited = [
-        f"{r.mode}/{r.strategy}/{r.port_model}"
-        for r in results
-        for d in r.downtimes
-        if not d.edge_exact
-    ]
-    lines = [
-        "before/during/after: delivered msgs/s (both nodes); times in ms of the run's clock.",
-        "pause: the guest's own pause (its paused stages); gap: the longest delivery gap measured "
-        "at any socket, known to within pace (p99 gap between deliveries at one socket under "
-        f"this pacing; worst {_ms(pace)} ms).",
-        "service: the same outage edge-exact (DESIGN's service downtime, judged): from the later "
-        "of the gap's start and the removal notice (surprise: the removal; traffic carried past "
-        "the VF's release: the guest's pause; earlier if a message sent before it was held past "
-        "the gap) to the first delivery after the gap, which is "
-        "backlog sent before the new VF was ready, so neither end waits for the pacing; "
-        "added = service - pause (DESIGN); res: their resolution (p99 one-way latency, + notice "
-        "-> VF released, the stack might have delivered until then, + for an end not on backlog "
-        f"the time from the new VF to it; worst {_ms(res, 3)} ms).",
-        "no-VF: the device gap (VF released -> new VF ready); stack = service - no-VF = quiesce "
-        "(removal notice -> VF released) + resume (new VF -> first delivery).",
-        "RDS-rc: the RDS layer's reconnects (conn_reset, both nodes); SMP, SA: spent from the "
-        "first migration's start to the run's end.",
-    ]
-    if limited:
-        lines.append(
-            "* pacing-limited (at some socket the first delivery after the gap was sent after the "
-            "path was back, or deliveries went on after the VF's release; res covers it): "
-            f"{', '.join(limited)}"
-        )
-    return lines
-
-
-#: The issue's targets for the transparent mode under late detach: added downtime per port model.
-TARGETS = {"vswitch": 1e-3, "shared": 5e-3}
-
-
-def _verdict_within(value: float, res: float, limit: float) -> str:
-    """``met``/``not met`` when ``value`` is under/over ``limit`` by more than ``res``."""
-    if not math.isfinite(res):
-        return "met" if value < limit else "not met"
-    if value + res < limit:
-        return "met"
-    return "not met" if value - res >= limit else "undecided"
-
-
-def targets(results: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """The issue's targets (transparent, late detach), judged on the edge-exact added downtime.
-
-    Returns:
-        One entry per port model that ran: the target; DESIGN's added downtime,
-        edge-exact, with its resolution and verdict (``met``, ``not met``, or
-        ``undecided`` within the resolution); the measured gap's added downtime
-        and its pacing resolution; and the stack cost (seconds) of the first
-        migration and whether it is under the target.
-    """
-    out = []
-    for r in results:
-        d = r.downtime
-        limit = TARGETS.get(r.port_model)
-        if r.mode != "transparent" or r.strategy != "late-detach" or d is None or limit is None:
-            continue
-        verdict = _verdict_within(d.edge_added, d.edge_resolution, limit)
-        out.append(
-            {
-                "port_model": r.port_model,
-                "target_s": limit,
-                "added_s": _finite(d.edge_added),
-                "added_resolution_s": _finite(d.edge_resolution),
-                "added_exact": d.edge_exact,
-                "added_verdict": verdict,
-                "added_met": verdict == "met",
-                "gap_added_s": _finite(d.added_downtime),
-                "gap_resolution_s": _finite(d.resolution),
-                "stack_s": _finite(d.stack),
-                "stack_met": d.stack < limit,
-            }
-        )
-    return out
-
-
-def _target_lines(results: Sequence[RunResult]) -> list[str]:
-    lines = []
-    for t in targets(results):
-        added = math.inf if t["added_s"] is None else t["added_s"]
-        res = math.nan if t["added_resolution_s"] is None else t["added_resolution_s"]
-        gap = math.inf if t["gap_added_s"] is None else t["gap_added_s"]
-        pace = math.nan if t["gap_resolution_s"] is None else t["gap_resolution_s"]
-        stack = math.inf if t["stack_s"] is None else t["stack_s"]
-        lines.append(
-            f"target transparent/late-detach/{t['port_model']} < {_ms(t['target_s'])} ms: "
-            f"DESIGN's added downtime (edge-exact) {_ms(added, 3)} ms +-{_ms(res, 3)} "
-            f"({t['added_verdict']}{'' if t['added_exact'] else ', pacing-limited'}); "
-            f"stack cost {_ms(stack, 2)} ms ({'met' if t['stack_met'] else 'not met'}); "
-            f"measured gap's added {_ms(gap)} ms +-{_ms(pace)}"
-        )
-    return lines
-
-
-def _n(x: int | None) -> str:
-    return "-" if x is None else str(x)
-
-
-def _rate(x: float | None) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.0f}"
-
-
-def _ms(x: float, digits: int = 1) -> str:
-    return f"{x * 1e3:.{digits}f}" if math.isfinite(x) else ("inf" if x > 0 else "-")
-
-
-def plot_results(results: Sequence[RunResult], path: str) -> None:
-    """Draw delivered messages per second over time, one panel per combination.
-
-    Rates are drawn in :data:`PLOT_BIN` bins. Every migration stage is shaded
-    (paused stages hatched); dashed lines mark the VF's release (red) and the
-    new VF's arrival (green). The y axis is
-    clipped at 2.5× the median rate (the backlog's burst at the resume goes
-    off the top). Needs matplotlib (the ``bench`` extra).
-
-    Raises:
-        RuntimeError: matplotlib is not installed.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError(
-            "--plot needs matplotlib: pip install 'rdsx[bench]' (or .venv/bin/pip install "
-            "matplotlib)"
-        ) from None
-    colours = {
-        "pre-copy": "#c6dbef",
-        "detach": "#fdae6b",
-        "stop-and-copy": "#e6550d",
-        "restore": "#a63603",
-        "attach": "#74c476",
-        "sm-update": "#9e9ac8",
-    }
-    rows = max(1, math.ceil(len(results) / 2))
-    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.0 * rows), sharex=True, squeeze=False)
-    for ax, r in zip(axes.flat, results, strict=False):
-        t0 = r.traffic[0] if r.traffic else 0.0
-        # Coarser bins than the JSON's: paced ticks beat against 50 ms bins.
-        k = max(1, round(PLOT_BIN / BIN))
-        ys = [sum(r.series[i : i + k]) / k for i in range(0, len(r.series), k)]
-        xs = [i * k * BIN for i in range(len(ys))]
-        ax.step(xs, ys, where="post", lw=0.8, color="black")
-        for tl in r.timelines:
-            for stage in tl.stages:
-                ax.axvspan(
-                    stage.start - t0,
-                    stage.end - t0,
-                    color=colours.get(stage.name, "grey"),
-                    alpha=0.5,
-                    hatch="//" if stage.paused else None,
-                    lw=0,
-                )
-            gap = tl.device_gap
-            if gap is not None:
-                ax.axvline(gap[0] - t0, color="red", lw=0.6, ls="--")
-                ax.axvline(gap[1] - t0, color="green", lw=0.6, ls="--")
-        steady = sorted(v for v in ys if v > 0)
-        if steady:
-            # The backlog's burst at the resume would flatten everything else: clip it.
-            ax.set_ylim(0, 2.5 * steady[len(steady) // 2])
-        ax.set_title(f"{r.mode} / {r.strategy} / {r.port_model}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_ylabel("msgs/s", fontsize=7)
-    for ax in axes.flat[len(results) :]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("s since the traffic started", fontsize=7)
-    handles = [matplotlib.patches.Patch(color=c, alpha=0.5, label=n) for n, c in colours.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -977,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "experiment": "compare" if mig.compare else "migration",
                     "profile": mig.profile,
                     "clock": "virtual" if mig.virtual else "real",
-                    "schema": 3,
+                    "schema": 4,
                     "options": {
                         "migrate_at": list(mig.migrate_at),
                         "rate": opts.rate,
@@ -990,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "jobs": mig.jobs,
                         "sa_cache": mig.sa_cache,
                         "standby": opts.standby,
+                        "devices": [DEVICES[d] for d in mig.devices] if mig.compare else None,
                     },
                     "columns": [t for t, _ in COLUMNS],
                     "targets": targets(results),

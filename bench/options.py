@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="rds-stress for rdsx: every task sends requests to every peer task "
         "and acks theirs; every message is verified (sequence, addresses, size).",
         epilog="live-migration experiments (sim): --compare, --migrate-at S, --migration, "
-        "--profile, --clock, --plot, --jobs, --no-sa-cache; see rdsx-stress --compare --help",
+        "--profile, --clock, --plot, --jobs, --no-sa-cache, --no-standby; see rdsx-stress "
+        "--compare --help",
     )
     add = p.add_argument
     add("-r", "--recv-addr", default="127.0.0.1", help="local (active) address")

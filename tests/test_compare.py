@@ -1,4 +1,4 @@
-"""rdsx-stress --compare: table, reconnects per mode, JSON, stack cost, plot."""
+"""rdsx-stress --compare: table, reconnects per mode, devices, JSON, stack cost, plot."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from sim_support import small_profile
@@ -98,27 +99,35 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the bench extra)")
     out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
     argv = (
-        f"--compare -q 4K -a 4K -t 2 -T 4 --rate 40 --migrate-at 0.5 --jobs 1 "
+        f"--compare -q 4K -a 4K -t 1 -T 3 --rate 20 --migrate-at 0.5 --jobs 1 "
         f"--profile {small_profile(tmp_path)} --json {out} --plot {png}"
     ).split()
     assert main(argv) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert lines[0].split()[: len(COLUMNS)] == [title for title, _ in COLUMNS]
-    rows = [line.split() for line in lines[1:9]]
-    assert [tuple(r[:3]) for r in rows] == [
-        (m, s, p)
+    rows = [line.split() for line in lines[1:17]]
+    # Every mode x strategy x port model x device, each combination's two devices side by side.
+    assert [tuple(r[:4]) for r in rows] == [
+        (m, s, p, d)
         for m in ("reconnect", "transparent")
         for s in ("three-stage", "late-detach")
         for p in ("shared", "vswitch")
+        for d in ("VF", "VF+standby")
     ]
     assert all(r[-1] == "ok" for r in rows)
     assert "resolution" in text
+    # With a standby device the stack/quiesce/resume split does not apply: '-', not 0.
+    split = [title for title, _ in COLUMNS].index("stack")
+    for r in rows:
+        assert (r[split : split + 3] == ["-"] * 3) == (r[3] == "VF+standby")
     data = json.loads(out.read_text())
-    by_combo = {(r["mode"], r["strategy"], r["port_model"]): r for r in data["runs"]}
-    assert data["schema"] == 3 and data["experiment"] == "compare"
+    runs = [r for r in data["runs"] if not r["standby"]]
+    by_combo = {(r["mode"], r["strategy"], r["port_model"]): r for r in runs}
+    assert data["schema"] == 4 and data["experiment"] == "compare"
     assert data["columns"] == [title for title, _ in COLUMNS]
-    assert len(data["runs"]) == 8
+    assert data["options"]["devices"] == ["VF", "VF+standby"]
+    assert len(data["runs"]) == 16 == len({r["label"] for r in data["runs"]})
     for run in data["runs"]:
         assert run["ok"] and run["verified"]["lost"] == 0
         assert run["verified"]["duplicated"] == 0 and run["verified"]["reordered"] == 0
@@ -126,6 +135,18 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
             assert run["rds_reconnects"] == 0
         else:
             assert run["rds_reconnects"] >= 1
+        assert run["device"] == ("VF+standby" if run["standby"] else "VF")
+    for run in data["runs"]:
+        if not run["standby"]:
+            continue
+        d = run["downtime"]
+        assert run["migration"]["standby"] and run["throughput_msgs_per_s"]["during"] > 0
+        assert d["stack_s"] is d["quiesce_s"] is d["resume_s"] is None
+        # The outage is the guest's pause (stop-and-copy + restore, both strategies), not the VF's.
+        assert run["migration"]["paused_stages"] == ["stop-and-copy", "restore"]
+        assert d["pause_s"] <= d["service_s"] < d["device_gap_s"]
+        assert all(r["start_by"] == "pause" for r in d["receivers"].values())
+    for run in runs:
         d = run["downtime"]
         assert set(run["throughput_msgs_per_s"]) == {"before", "during", "after"}
         assert d["device_gap_s"] > 0 and d["stack_s"] == pytest.approx(
@@ -143,11 +164,20 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
         assert run["migration"]["paused_stages"][:2] == ["stop-and-copy", "restore"]
         late = run["strategy"] == "late-detach"
         assert ("attach" in run["migration"]["paused_stages"]) == late
-        assert len(run["series"]["msgs_per_s"]) == math.ceil(4 / run["series"]["bin_s"])
+        assert len(run["series"]["msgs_per_s"]) == math.ceil(3 / run["series"]["bin_s"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The issue's targets are checked under both definitions, one entry per port model.
-    assert [t["port_model"] for t in data["targets"]] == ["shared", "vswitch"]
+    # The issue's targets are checked under both definitions, per port model and device.
+    assert [(t["port_model"], t["device"]) for t in data["targets"]] == [
+        ("shared", "VF"),
+        ("shared", "VF+standby"),
+        ("vswitch", "VF"),
+        ("vswitch", "VF+standby"),
+    ]
     for t in data["targets"]:
+        if t["standby"]:
+            assert t["stack_s"] is t["stack_met"] is None
+            assert t["added_verdict"] == "met"
+            continue
         run = by_combo[("transparent", "late-detach", t["port_model"])]
         assert t["stack_s"] == pytest.approx(run["downtime"]["stack_s"])
         assert t["stack_met"] == (t["stack_s"] < t["target_s"])
@@ -156,7 +186,14 @@ def test_compare_prints_one_table_writes_the_json_and_draws_the_plot(
         # The added downtime clears the resolution either way, so the verdict is decided.
         assert t["added_verdict"] == ("met" if t["added_s"] < t["target_s"] else "not met")
         assert t["added_met"] == (t["added_verdict"] == "met")
-    assert text.count("target transparent/late-detach/") == 2
+    assert text.count("target transparent/late-detach/") == 4
+    # One line says which rows meet the targets and which do not.
+    (summary,) = [line for line in lines if line.startswith("targets ")]
+    met, not_met = summary.split("; not met: ")
+    assert met.endswith(
+        "met: transparent/late-detach/shared/VF+standby, transparent/late-detach/vswitch/VF+standby"
+    )
+    assert not_met == "transparent/late-detach/shared/VF, transparent/late-detach/vswitch/VF"
     # With the SA cache, only the shared port model's new LID costs path queries again;
     # the query runs while the migrated side's QP is being created, so it costs no time.
     by = by_combo
@@ -184,13 +221,19 @@ def test_the_plot_needs_matplotlib_or_says_so(
         series=(10.0,) * 300,
         traffic=(0.0, 15.0),
     )
+    # The same with a standby device: its interval is drawn as a band of its own.
+    standby = attrs.evolve(
+        result,
+        standby=True,
+        timelines=(attrs.evolve(_late_detach(), standby=((10.0, 12.6),)),),
+    )
     path = tmp_path / "p.png"
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     with pytest.raises(RuntimeError, match="matplotlib"):
-        plot_results([result], str(path))
+        plot_results([result, standby], str(path))
     monkeypatch.undo()
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the bench extra)")
-    plot_results([result], str(path))
+    plot_results([result, standby], str(path))
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 

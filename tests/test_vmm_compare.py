@@ -46,9 +46,22 @@ def test_the_migration_flags_are_split_from_rdsx_stress_options() -> None:
         parse(["--compare", "--profile", "no-such-profile"])
 
 
+def test_compare_runs_both_devices_unless_told_which() -> None:
+    assert parse(["--compare"])[1].devices == (False, True)
+    opts, mig = parse(["--compare", "--standby"])
+    assert mig.devices == (True,) and opts.standby
+    opts, mig = parse(["--compare", "--no-standby"])
+    assert mig.devices == (False,) and not opts.standby
+    with pytest.raises(SystemExit):
+        parse(["--compare", "--standby", "--no-standby"])
+    with pytest.raises(SystemExit):
+        parse(["--migrate-at", "1", "--no-standby"])  # a single run has no standby anyway
+
+
 def test_only_migration_flags_select_the_experiment() -> None:
     assert wants_migration(["-T", "5", "--compare"])
     assert wants_migration(["--migrate-at=2"])
+    assert wants_migration(["--no-standby"])
     assert not wants_migration(["-T", "5", "--rate", "10", "--port-model", "shared"])
 
 
@@ -92,6 +105,32 @@ async def test_a_migration_under_load_loses_nothing_and_is_measured(
     assert result.to_dict()["downtime"]["worst"] == d.worst
 
 
+async def test_with_a_standby_device_the_outage_is_the_pause_and_has_no_stack_split(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    opts, mig = parse(
+        _argv("--rate 100 -T 3 --mode transparent --standby -z --migrate-at 0.5")
+        + _argv(f"--profile {small_profile(tmp_path)}")
+    )
+    with trio.fail_after(60):
+        result = await run_migration(opts, mig, out=_Sink())
+    assert result.ok, result.error
+    tl, d = result.timeline, result.downtime
+    assert tl is not None and d is not None and d.edge is not None
+    assert result.standby and result.device == "VF+standby" and tl.standby
+    assert result.rds_reconnects == 0
+    # Deliveries went on while the VF was away, so the outage starts at the guest's pause.
+    assert d.edge.start_by == "pause" and d.edge_service < d.device_gap
+    assert d.edge_added == pytest.approx(d.edge_service - tl.pause)
+    row = format_results([result]).splitlines()[1].split()
+    assert row[:4] == ["transparent", "late-detach", "vswitch", "VF+standby"]
+    assert row[13:16] == ["-", "-", "-"]  # stack, quiesce, resume: n/a
+    summary = result.to_dict()
+    assert summary["label"] == "transparent/late-detach/vswitch/VF+standby"
+    assert summary["downtime"]["stack_s"] is None and summary["downtimes"][0]["resume_s"] is None
+    assert summary["downtime"]["added_s"] == pytest.approx(d.edge_added)
+
+
 class _Sink:
     def write(self, text: str) -> int:
         return len(text)
@@ -111,8 +150,10 @@ async def test_a_crashed_combination_is_a_row_not_an_abort(
     monkeypatch.setattr(compare, "run_migration", broken)
     opts, mig = parse(["--compare"])
     results = await compare.run_compare(opts, mig)
-    combos = {(r.mode, r.strategy, r.port_model) for r in results}
-    assert len(results) == len(combos) == 8
+    combos = {(r.mode, r.strategy, r.port_model, r.standby) for r in results}
+    assert len(results) == len(combos) == len({r.label for r in results}) == 16
     assert all(r.error == "crashed: RuntimeError: closed" and not r.ok for r in results)
-    assert format_results(results).count("crashed") == 8
+    assert format_results(results).count("crashed") == 16
     json.dumps([r.to_dict() for r in results])
+    opts, mig = parse(["--compare", "--no-standby"])
+    assert {r.device for r in await compare.run_compare(opts, mig)} == {"VF"}
