@@ -75,6 +75,19 @@ class End:
         slot = wc.wr_id % SLOTS
         return bytes(self.buf[slot * SLOT : slot * SLOT + wc.byte_len])
 
+    def rdma_write(self, wr_id: int, payload: bytes, remote_addr: int, rkey: int) -> SendWR:
+        """Stage ``payload`` at the start of the buffer; the RDMA WRITE that sends it there."""
+        self.buf[0 : len(payload)] = payload
+        sge = Sge(self.mr.addr, len(payload), self.mr.lkey)
+        return SendWR(wr_id, Opcode.RDMA_WRITE, (sge,), remote_addr=remote_addr, rkey=rkey)
+
+    def rdma_read(
+        self, wr_id: int, offset: int, length: int, remote_addr: int, rkey: int
+    ) -> SendWR:
+        """The RDMA READ of ``length`` bytes at ``remote_addr`` into the buffer at ``offset``."""
+        sge = Sge(self.mr.addr + offset, length, self.mr.lkey)
+        return SendWR(wr_id, Opcode.RDMA_READ, (sge,), remote_addr=remote_addr, rkey=rkey)
+
 
 @attrs.define(eq=False)
 class World:
@@ -157,16 +170,7 @@ async def rdma_write_with_old_rkey(world: World, rkey: int, addr: int, payload: 
     """B RDMA-writes ``payload`` into A's MR at ``addr + 4096``, named by A's pre-migration
     (virtual) ``rkey`` and ``addr``; the write succeeds and lands."""
     a, b = world.a, world.b
-    b.buf[0 : len(payload)] = payload
-    b.qp.post_send(
-        SendWR(
-            99,
-            Opcode.RDMA_WRITE,
-            (Sge(b.mr.addr, len(payload), b.mr.lkey),),
-            remote_addr=addr + 4096,
-            rkey=rkey,
-        )
-    )
+    b.qp.post_send(b.rdma_write(99, payload, addr + 4096, rkey))
     (wc,) = await take(b.scq, 1)
     assert wc.status is WcStatus.SUCCESS, wc
     assert bytes(a.buf[4096 : 4096 + len(payload)]) == payload

@@ -9,7 +9,7 @@ from shim_world import ACCESS, migrate, ok, open_world, rdma_write_with_old_rkey
 from rdsx.errors import DeviceBusy
 from rdsx.shim.qp import Hold, VirtualQP
 from rdsx.shim.resources import VirtualMR
-from rdsx.verbs import Opcode, QpState, SendWR, Sge, WcStatus
+from rdsx.verbs import QpState, WcStatus
 from transports.sim import open_fabric
 
 
@@ -155,23 +155,10 @@ async def test_problem2_rdma_in_flight_is_rekeyed_on_resend(
             assert a.mr.rkey in {mr.rkey for mr in mrs}  # A's key is someone else's on C
             a.buf[7000:7016] = b"read-me-remotely"
             payload = b"written-across-a-surprise"
-            b.buf[0 : len(payload)] = payload
             b.qp.post_send(
                 [
-                    SendWR(
-                        1,
-                        Opcode.RDMA_WRITE,
-                        (Sge(b.mr.addr, len(payload), b.mr.lkey),),
-                        remote_addr=a.mr.addr + 4096,
-                        rkey=a.mr.rkey,
-                    ),
-                    SendWR(
-                        2,
-                        Opcode.RDMA_READ,
-                        (Sge(b.mr.addr + 256, 16, b.mr.lkey),),
-                        remote_addr=a.mr.addr + 7000,
-                        rkey=a.mr.rkey,
-                    ),
+                    b.rdma_write(1, payload, a.mr.addr + 4096, a.mr.rkey),
+                    b.rdma_read(2, 256, 16, a.mr.addr + 7000, a.mr.rkey),
                 ]
             )
             await migrate(world, a.vm, "C", grace=None)  # before any of it completed
