@@ -48,12 +48,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from rdsx.verbs import QpCap
-
 from .hca import Endpoint, Function, Host, PortModel, ResourceSpace
 from .packet import HEADER_BYTES, Packet, Syndrome
 from .rc import _LIVE, _RECEIVING
-from .verbs import SimContext, SimCQ, SimDevice, SimPD, SimQP
+from .verbs import SimContext, SimDevice, SimQP
 
 if TYPE_CHECKING:
     from .fabric import Fabric
@@ -147,19 +145,12 @@ class StandbyFunction(Function):
 class StandbyQP(SimQP):
     """An RC QP of the emulated device: its packets go through the VM's backend."""
 
-    def __init__(
-        self,
-        pd: SimPD,
-        send_cq: SimCQ,
-        recv_cq: SimCQ,
-        cap: QpCap,
-        qp_num: int,
-        sq_sig_all: bool,
-        backend: Backend,
-    ) -> None:
-        super().__init__(pd, send_cq, recv_cq, cap, qp_num, sq_sig_all)
-        self.backend = backend
-        self.egress = backend.egress
+    @property
+    def backend(self) -> Backend:
+        """The VM's :class:`Backend`, which every packet of this QP goes through."""
+        device = self._ctx.device
+        assert isinstance(device, StandbyDevice)
+        return device.backend
 
     def on_packet(self, packet: Packet) -> None:
         """Hand an arriving packet to the backend (dropped while the VM is paused)."""
@@ -200,6 +191,7 @@ class StandbyDevice(SimDevice):
     def __init__(self, fabric: Fabric, function: StandbyFunction, vm: Vm, backend: Backend) -> None:
         super().__init__(fabric, function, vm)
         self.backend = backend
+        self.egress = backend.egress
         self.offered = trio.current_time()
 
     @property
@@ -212,17 +204,9 @@ class StandbyDevice(SimDevice):
         """True while the VM is paused."""
         return self.backend.frozen
 
-    def new_qp(
-        self,
-        pd: SimPD,
-        send_cq: SimCQ,
-        recv_cq: SimCQ,
-        cap: QpCap,
-        qp_num: int,
-        sq_sig_all: bool,
-    ) -> SimQP:
-        """A :class:`StandbyQP`."""
-        return StandbyQP(pd, send_cq, recv_cq, cap, qp_num, sq_sig_all, self.backend)
+    def qp_type(self) -> type[SimQP]:
+        """:class:`StandbyQP`."""
+        return StandbyQP
 
     def qps(self) -> list[StandbyQP]:
         """Every QP of every open context, in (context, PD, creation) order."""

@@ -9,7 +9,7 @@ context; once the device is removed every call raises
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from .cm import CmAgent
     from .fabric import Fabric
     from .hca import Function
+    from .packet import Packet
     from .vm import Vm
 
 __all__ = ["SimCQ", "SimContext", "SimDevice", "SimMR", "SimPD", "SimQP"]
@@ -108,6 +109,8 @@ class SimDevice(Device):
         self.address = vm.address
         self.contexts: dict[SimContext, None] = {}
         self.cm: CmAgent = CmAgent(self)
+        #: Where its QPs' packets go: the fabric (an emulated device: its backend).
+        self.egress: Callable[[Packet], None] = fabric.send_packet
         self._removed = False
         self._removal_pending = False
         self._released: trio.Event | None = None
@@ -142,17 +145,9 @@ class SimDevice(Device):
         """True while nothing can reach the device (an emulated device of a paused VM)."""
         return False
 
-    def new_qp(
-        self,
-        pd: SimPD,
-        send_cq: SimCQ,
-        recv_cq: SimCQ,
-        cap: QpCap,
-        qp_num: int,
-        sq_sig_all: bool,
-    ) -> SimQP:
-        """Make the QP object ``create_qp`` hands out (a device kind may use its own)."""
-        return SimQP(pd, send_cq, recv_cq, cap, qp_num, sq_sig_all)
+    def qp_type(self) -> type[SimQP]:
+        """The class of the QPs ``create_qp`` makes here (a device kind may use its own)."""
+        return SimQP
 
     async def open(self) -> SimContext:
         """Open a context (``ibv_open_device``).
@@ -384,7 +379,7 @@ class SimPD(_Handle, PD):
         qp_num = function.space.alloc_qpn()
         assert isinstance(send_cq, SimCQ) and isinstance(recv_cq, SimCQ)
         device = self._ctx.device
-        qp = device.new_qp(self, send_cq, recv_cq, cap, qp_num, sq_sig_all)
+        qp = device.qp_type()(self, send_cq, recv_cq, cap, qp_num, sq_sig_all)
         # The HCA's firmware works on it from now on; the CM waits for it when it
         # connects or accepts with this QP, so one made ahead costs nothing then.
         qp.ready_at = trio.current_time() + device.qp_setup_time * QP_CREATE_SHARE
@@ -547,6 +542,7 @@ class SimQP(_Handle, RcQp, QP):
         RcQp.__init__(
             self, ctx.fabric, ctx, pd, send_cq, recv_cq, ctx.device.function, qp_num, sq_sig_all
         )
+        self.egress = ctx.device.egress
 
     @property
     def state(self) -> QpState:
