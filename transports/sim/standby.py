@@ -107,6 +107,7 @@ class Backend:
         self.fabric.call_at(self._due(len(packet.payload)), lambda: self._out(packet))
 
     def _out(self, packet: Packet) -> None:
+        # The VM may have paused while the packet sat in the backend.
         if self.frozen:
             self.drop(packet)
             return
@@ -132,6 +133,7 @@ class StandbyFunction(Function):
     """The emulated device's place on the fabric (not one of the HCA's VFs)."""
 
     def __init__(self, vm: Vm, host: Host, space: ResourceSpace, number: int) -> None:
+        # Index -1: not a PCI function of the HCA (0 is its PF, 1..N its VFs).
         super().__init__(host.hca, -1, space)
         self.vm = vm
         self._name = f"{vm.name}/standby{number}"
@@ -280,7 +282,7 @@ def retire(fabric: Fabric, vm: Vm, grace: float) -> None:
     It is removed once every context is closed, or pulled at the deadline.
     """
     device = vm.standby_device
-    if device is None or device.removed or device._removal_pending:
+    if device is None or device.removed or device.removal_pending:
         return
     deadline = trio.current_time() + grace
     fabric.record("standby_retire", vm.name, f"{device.name} grace={grace}")
@@ -351,17 +353,18 @@ def drop_all(fabric: Fabric, vm: Vm) -> None:
     """The VM is gone (its host crashed): its emulated device vanishes too."""
     device = vm.standby_device
     if device is not None and not device.removed:
-        _close_interval(vm, device)
         _unplug(fabric, device, "crashed")
 
 
 def _close_interval(vm: Vm, device: StandbyDevice) -> None:
+    """End ``device``'s interval in ``vm.standby_log`` now, unless it has ended already."""
     for interval in vm.standby_log:
         if interval[0] == device.offered and interval[1] is None:
             interval[1] = trio.current_time()
 
 
 def _unplug(fabric: Fabric, device: StandbyDevice, why: str) -> None:
+    """Remove ``device`` (every handle a zombie) and take it off the fabric; ``why`` is traced."""
     vm = device.vm
     _close_interval(vm, device)
     device.remove()
