@@ -400,7 +400,8 @@ def edge(
     if not anchored and paused and g0 <= paused[0].start:
         # Something else carried the traffic past the VF's release (a standby device): the
         # path worked then, and only the guest's pause stops it.
-        event, by_event, down, anchored = paused[0].start, PAUSE, paused[0].start, True
+        event = down = paused[0].start
+        by_event, anchored = PAUSE, True
     else:
         # Nothing can be delivered once the VF is gone (or, unanchored, once the guest paused).
         by_event = REMOVAL if timeline.surprise else NOTICE
