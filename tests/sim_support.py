@@ -10,6 +10,7 @@ import attrs
 import trio
 
 from rdsx.verbs import Access, CmId, Context, Device, QpCap, RecvWR, SendWR, Sge, WorkCompletion
+from transports.sim import Fabric
 
 ALL_ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
 
@@ -53,6 +54,15 @@ async def open_end(device: Device, size: int = 1 << 16, cap: QpCap | None = None
     buf = bytearray(size)
     mr = pd.reg_mr(buf, ALL_ACCESS)
     return End(ctx, pd, cq, qp, mr, buf)
+
+
+async def vf_pair(fabric: Fabric, size: int = 1 << 16) -> tuple[End, End]:
+    """Hosts ``a`` and ``b`` with one VF each, VMs ``va`` (127.0.0.1) and ``vb`` (127.0.0.2)
+    on them, and an end of ``size`` bytes on each VF, connected (``va``'s end active)."""
+    a, b = fabric.add_host("a", num_vfs=1), fabric.add_host("b", num_vfs=1)
+    da = await fabric.attach(fabric.create_vm("va", address="127.0.0.1"), a)
+    db = await fabric.attach(fabric.create_vm("vb", address="127.0.0.2"), b)
+    return await connect(da, db, size=size)
 
 
 async def connect(

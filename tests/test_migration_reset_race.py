@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
-from sim_support import End, connect
+from sim_support import vf_pair
 
 from rdsx.verbs import QpAttr, QpState, WcStatus
 from transports.sim import open_fabric
@@ -51,19 +51,12 @@ def _fire_timers_early(fabric: Fabric) -> None:
     fabric.call_at = early  # type: ignore[method-assign]
 
 
-async def _pair(fabric: Fabric) -> tuple[End, End]:
-    a, b = fabric.add_host("a", num_vfs=1), fabric.add_host("b", num_vfs=1)
-    da = await fabric.attach(fabric.create_vm("va", address="127.0.0.1"), a)
-    db = await fabric.attach(fabric.create_vm("vb", address="127.0.0.2"), b)
-    return await connect(da, db)
-
-
 async def test_rnr_wait_ends_when_its_timer_fires_early(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(30):
         async with open_fabric() as fabric:
-            a, b = await _pair(fabric)
+            a, b = await vf_pair(fabric)
             _fire_timers_early(fabric)
             a.send(1, 0, 10)  # b has no receive posted: RNR NAK
             await trio.sleep(0.005)
@@ -84,7 +77,7 @@ async def test_ack_timeouts_count_down_when_their_timer_fires_early(
 ) -> None:
     with trio.fail_after(30):
         async with open_fabric() as fabric:
-            a, b = await _pair(fabric)
+            a, b = await vf_pair(fabric)
             a.qp.modify(QpAttr(state=QpState.RTS, retry_cnt=retry_cnt))
             b.qp.modify(QpAttr(state=QpState.ERR))  # never ACKs
             _fire_timers_early(fabric)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from sim_support import End, connect
+from sim_support import connect, vf_pair
 
 from rdsx.verbs import (
     AsyncEventType,
@@ -20,14 +20,6 @@ from rdsx.verbs import (
     WcStatus,
 )
 from transports.sim import chaos, open_fabric
-from transports.sim.fabric import Fabric
-
-
-async def _pair(fabric: Fabric, **kw: object) -> tuple[End, End]:
-    a, b = fabric.add_host("a", num_vfs=1), fabric.add_host("b", num_vfs=1)
-    da = await fabric.attach(fabric.create_vm("va", address="127.0.0.1"), a)
-    db = await fabric.attach(fabric.create_vm("vb", address="127.0.0.2"), b)
-    return await connect(da, db, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -38,7 +30,7 @@ async def test_exactly_once_in_order_over_chaos(
     count, size = (60 if mtu == 4096 else 25), 1000
     with trio.fail_after(60):
         async with open_fabric(seed=seed, mtu=mtu) as fabric:
-            a, b = await _pair(fabric, size=count * size)
+            a, b = await vf_pair(fabric, size=count * size)
             fabric.route_packet = chaos(
                 fabric, drop=0.15, duplicate=0.15, delay=0.3, max_delay=20e-6
             )
@@ -65,7 +57,7 @@ async def test_exactly_once_in_order_over_chaos(
 
 async def test_segmentation_scatter_gather(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric(mtu=256) as fabric:
-        a, b = await _pair(fabric, size=1 << 14)
+        a, b = await vf_pair(fabric, size=1 << 14)
         a.buf[:3000] = bytes(range(250)) * 12
         b.qp.post_recv(RecvWR(1, (b.sge(0, 1000), b.sge(5000, 2000))))
         a.qp.post_send(SendWR(2, Opcode.SEND, (a.sge(0, 1500), a.sge(1500, 1500))))
@@ -76,7 +68,7 @@ async def test_segmentation_scatter_gather(autojump_clock: trio.testing.MockCloc
 
 async def test_retry_exhaustion(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         a.qp.modify(QpAttr(state=QpState.RTS, timeout=0.01, retry_cnt=3))
         fabric.route_packet = lambda packet: fabric.drop_packet(packet, "black hole")
         b.post_recv(1)
@@ -95,7 +87,7 @@ async def test_retry_exhaustion(autojump_clock: trio.testing.MockClock) -> None:
 @pytest.mark.parametrize("rnr_retry", [0, 3])
 async def test_rnr_exhaustion(rnr_retry: int, autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, _b = await _pair(fabric)
+        a, _b = await vf_pair(fabric)
         a.qp.modify(QpAttr(state=QpState.RTS, rnr_retry=rnr_retry))
         a.send(1, 0, 10)
         (wc,) = await a.completions(1)
@@ -105,7 +97,7 @@ async def test_rnr_exhaustion(rnr_retry: int, autojump_clock: trio.testing.MockC
 
 async def test_rnr_infinite_then_receive_arrives(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         a.send(1, 0, 10)
         await trio.sleep(1.0)
         assert a.cq.poll() == []
@@ -119,7 +111,7 @@ async def test_rnr_infinite_then_receive_arrives(autojump_clock: trio.testing.Mo
 
 async def test_receive_too_small(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         b.post_recv(1, 0, 10)
         b.post_recv(2, 0, 10)
         a.send(3, 0, 100)
@@ -135,7 +127,7 @@ async def test_receive_too_small(autojump_clock: trio.testing.MockClock) -> None
 
 async def test_bad_lkey_is_local_protection_error(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         a.qp.post_send(SendWR(1, Opcode.SEND, (Sge(a.mr.addr, 10, a.mr.lkey + 1),)))
         a.send(2, 0, 10)
         first, second = await a.completions(2)
@@ -149,7 +141,7 @@ async def test_bad_lkey_is_local_protection_error(autojump_clock: trio.testing.M
 
 async def test_flush_on_err(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         for i in range(3):
             b.post_recv(i)
         fabric.route_packet = lambda packet: fabric.drop_packet(packet, "black hole")
@@ -173,7 +165,7 @@ async def test_flush_on_err(autojump_clock: trio.testing.MockClock) -> None:
 
 async def test_unsignaled_sends_complete_silently(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         for i in range(3):
             b.post_recv(i)
         a.send(1, 0, 10, signaled=False)
@@ -186,7 +178,7 @@ async def test_unsignaled_sends_complete_silently(autojump_clock: trio.testing.M
 
 async def test_sqd_drains_then_path_change(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         for i in range(4):
             b.post_recv(i)
         a.send(1, 0, 10)
@@ -232,7 +224,7 @@ async def test_large_messages_through_the_window(
     size = 1 << 20
     with trio.fail_after(120):
         async with open_fabric(seed=3, mtu=1024) as fabric:
-            a, b = await _pair(fabric, size=2 * size)
+            a, b = await vf_pair(fabric, size=2 * size)
             if drop:
                 fabric.route_packet = chaos(fabric, drop=drop, duplicate=drop, delay=drop)
             a.buf[:size] = bytes(range(256)) * (size // 256)

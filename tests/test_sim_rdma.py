@@ -5,18 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from sim_support import End, connect
+from sim_support import End, vf_pair
 
 from rdsx.verbs import Access, Opcode, QpState, SendWR, Sge, WcOpcode, WcStatus
 from transports.sim import chaos, open_fabric
-from transports.sim.fabric import Fabric
-
-
-async def _pair(fabric: Fabric) -> tuple[End, End]:
-    a, b = fabric.add_host("a", num_vfs=1), fabric.add_host("b", num_vfs=1)
-    da = await fabric.attach(fabric.create_vm("va", address="127.0.0.1"), a)
-    db = await fabric.attach(fabric.create_vm("vb", address="127.0.0.2"), b)
-    return await connect(da, db)
 
 
 def _rdma(
@@ -30,7 +22,7 @@ def _rdma(
 @pytest.mark.parametrize("seed", [0, 5])
 async def test_write_and_read(seed: int, autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric(seed=seed, mtu=1024) as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         if seed:
             fabric.route_packet = chaos(fabric, drop=0.2, duplicate=0.2, delay=0.3)
         a.buf[:10000] = bytes(range(200)) * 50
@@ -48,7 +40,7 @@ async def test_write_and_read(seed: int, autojump_clock: trio.testing.MockClock)
 
 async def test_write_with_imm_consumes_a_receive(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         b.post_recv(77, 0, 0)
         a.buf[:6] = b"abcdef"
         _rdma(a, 3, Opcode.RDMA_WRITE_WITH_IMM, 0, 6, b.mr.rkey, b.mr.addr + 500, imm_data=0xBEEF)
@@ -66,7 +58,7 @@ async def test_write_with_imm_consumes_a_receive(autojump_clock: trio.testing.Mo
 
 async def test_reads_and_sends_complete_in_order(autojump_clock: trio.testing.MockClock) -> None:
     async with open_fabric(mtu=256) as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         b.post_recv(1)
         b.post_recv(2)
         a.send(10, 0, 100)
@@ -80,7 +72,7 @@ async def test_bad_rkey_is_remote_access_error(
     case: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         rkey, raddr, opcode = b.mr.rkey, b.mr.addr, Opcode.RDMA_WRITE
         if case == "wrong":
             rkey ^= 0x100
@@ -105,13 +97,13 @@ async def test_read_needs_remote_read_and_local_write(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         wo = b.pd.reg_mr(bytearray(64), Access.LOCAL_WRITE | Access.REMOTE_WRITE)
         _rdma(a, 1, Opcode.RDMA_READ, 0, 16, wo.rkey, wo.addr)
         (wc,) = await a.completions(1)
         assert wc.status is WcStatus.REM_ACCESS_ERR
     async with open_fabric() as fabric:
-        a, b = await _pair(fabric)
+        a, b = await vf_pair(fabric)
         local_ro = a.pd.reg_mr(bytearray(64), Access.NONE)
         a.qp.post_send(
             SendWR(

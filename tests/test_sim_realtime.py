@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
-from sim_support import End, connect
+from sim_support import vf_pair
 
 from rdsx.verbs import Opcode, RecvWR, SendWR, WcOpcode, WcStatus
 from transports.sim import open_fabric
-from transports.sim.fabric import Fabric
 
 pytestmark = pytest.mark.trio  # real clock: no autojump_clock fixture here
-
-
-async def _pair(fabric: Fabric) -> tuple[End, End]:
-    a, b = fabric.add_host("a", num_vfs=1), fabric.add_host("b", num_vfs=1)
-    da = await fabric.attach(fabric.create_vm("va", address="127.0.0.1"), a)
-    db = await fabric.attach(fabric.create_vm("vb", address="127.0.0.2"), b)
-    return await connect(da, db, size=1 << 16)
 
 
 @pytest.mark.parametrize("trace", [False, True])
@@ -25,7 +17,7 @@ async def test_mixed_sends_under_the_real_clock(trace: bool) -> None:
     with trio.fail_after(20):
         async with open_fabric(mtu=1024, trace=trace) as fabric:
             assert fabric.fast_lane is not trace
-            a, b = await _pair(fabric)
+            a, b = await vf_pair(fabric)
             sizes = [0, 1, 100, 1024, 1025, 3000, 7, 512]
             for round_ in range(30):
                 for i, size in enumerate(sizes):
@@ -74,7 +66,7 @@ async def test_mixed_sends_under_the_real_clock(trace: bool) -> None:
 async def test_receiver_not_ready_under_the_real_clock() -> None:
     with trio.fail_after(20):
         async with open_fabric() as fabric:
-            a, b = await _pair(fabric)
+            a, b = await vf_pair(fabric)
             a.qp.post_send(SendWR(1, Opcode.SEND, (a.sge(0, 10),)))
             await trio.sleep(0.01)
             assert a.cq.poll() == [] and a.qp.rnr_naks > 0
@@ -86,7 +78,7 @@ async def test_receiver_not_ready_under_the_real_clock() -> None:
 async def test_multi_packet_sends_take_the_fast_lane() -> None:
     with trio.fail_after(20):
         async with open_fabric(mtu=1024) as fabric:
-            a, b = await _pair(fabric)
+            a, b = await vf_pair(fabric)
             for i, size in enumerate([3000, 1025, 4096, 2048]):
                 b.post_recv(i, 8192, 4096)
                 a.buf[:size] = bytes([(i + k) % 251 for k in range(size)])
