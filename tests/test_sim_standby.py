@@ -43,14 +43,25 @@ async def pair(model: str, *, seed: int = 0) -> AsyncIterator[tuple[Fabric, Vm, 
         yield fabric, a, b
 
 
+async def next_standby(vm: Vm) -> StandbyDevice:
+    """The next device ``vm``'s stream offers, which must be an incarnation of its standby."""
+    device = await vm.devices.next_device()
+    assert isinstance(device, StandbyDevice)
+    return device
+
+
 async def standby_of(a: Vm) -> StandbyDevice:
     """Take the VF, pull it by surprise and return what the stream offers next."""
     vf = await a.devices.next_device()
     assert isinstance(vf, SimDevice) and not isinstance(vf, StandbyDevice)
     await a.fabric.detach(a, None)
-    device = await a.devices.next_device()
-    assert isinstance(device, StandbyDevice)
-    return device
+    return await next_standby(a)
+
+
+async def paused(vm: Vm) -> None:
+    """Return once a migration has paused ``vm`` (its backend is frozen)."""
+    while not vm.backend.frozen:
+        await trio.sleep(0.001)
 
 
 async def exchange(src: End, dst: End, wr_id: int, offset: int = 0) -> float:
@@ -152,14 +163,12 @@ async def test_vswitch_standby_qps_survive_the_migration(
                     result.append(await vmm.migrate(a, "h2", strategy=strategy, grace=0))
 
                 nursery.start_soon(migrate)
-                device = await a.devices.next_device()
-                assert isinstance(device, StandbyDevice)
+                device = await next_standby(a)
                 sa, sbb = await connect(device, vf_b)
                 qpn, lid, peer_qpn = sa.qp.qp_num, device.lid, sbb.qp.qp_num
                 await exchange(sa, sbb, 1)
                 # Send into the pause: dropped, then resynced at the resume.
-                while not a.backend.frozen:
-                    await trio.sleep(0.001)
+                await paused(a)
                 sa.post_recv(2, 0, 64)
                 sbb.send(2, 0, 64)
                 sbb.post_recv(3, 128, 64)
@@ -195,11 +204,10 @@ async def test_shared_standby_is_recreated_on_the_destination(
             vmm = VMM(fabric, small_profile(tmp_path))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(lambda: vmm.migrate(a, "h2", strategy="late-detach", grace=0))
-                old = await a.devices.next_device()
-                assert isinstance(old, StandbyDevice)
+                old = await next_standby(a)
                 sa, _ = await connect(old, vf_b)
-                new = await a.devices.next_device()
-                assert isinstance(new, StandbyDevice) and new is not old
+                new = await next_standby(a)
+                assert new is not old
                 assert old.removed and new.function.host is fabric.hosts["h2"]
                 port = fabric.hosts["h2"].hca.port
                 assert port is not None and new.lid == port.lid
@@ -434,8 +442,8 @@ async def test_a_new_removal_while_the_standby_still_retires_offers_a_fresh_one(
             assert first.removal_pending and not first.removed
             vf = await a.devices.next_device()
             await fabric.detach(a, None)
-            second = await a.devices.next_device()
-            assert first.removed and isinstance(second, StandbyDevice) and second is not first
+            second = await next_standby(a)
+            assert first.removed and second is not first
             assert second.lid == lid  # vSwitch: the VM's own LID, assigned once
             assert vf.removed and a.standby_device is second
 
@@ -462,11 +470,9 @@ async def test_a_destination_crash_in_the_restore_thaws_the_standby_at_the_sourc
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(migrate)
-                device = await a.devices.next_device()
-                assert isinstance(device, StandbyDevice)
+                device = await next_standby(a)
                 sa, sbb = await connect(device, vf_b)
-                while not a.backend.frozen:
-                    await trio.sleep(0.001)
+                await paused(a)
                 # Past the stop-and-copy (20 ms + the last pages), inside the 30 ms restore.
                 await trio.sleep(0.035)
                 dest.crash()
