@@ -12,10 +12,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import trio
-from shim_world import ACCESS, PORT, World, migrate, ok, open_world, take
+from shim_world import ACCESS, PORT, End, World, migrate, ok, open_world, take
 
 from rdsx.errors import VerbsError
 from rdsx.shim.resources import VirtualMR
+from rdsx.testing._fixture import init_attr, rts_attr
 from rdsx.verbs import (
     QP,
     AsyncEvent,
@@ -37,13 +38,23 @@ RECV_SLOT = 100 * 64
 SEND_SLOT = 110 * 64
 
 
+def _recv_wr(end: End, wr_id: int) -> RecvWR:
+    """A receive into ``end``'s slot of this file."""
+    return RecvWR(wr_id, (Sge(end.mr.addr + RECV_SLOT, 64, end.mr.lkey),))
+
+
+def _send_wr(end: End, wr_id: int) -> SendWR:
+    """An 8-byte SEND from ``end``'s slot of this file."""
+    return SendWR(wr_id, Opcode.SEND, (Sge(end.mr.addr + SEND_SLOT, 8, end.mr.lkey),))
+
+
 def _by_hand(world: World) -> tuple[QP, QP]:
     """A second QP on each side, in the world's PDs and CQs, connected by hand (no CM)."""
     qps = []
     for end in (world.a, world.b):
         assert isinstance(end.mr, VirtualMR)
         qp = end.mr.pd.create_qp(end.scq, end.rcq)
-        qp.modify(QpAttr(state=QpState.INIT, access_flags=ACCESS, port_num=1, pkey_index=0))
+        qp.modify(init_attr(ACCESS))
         qps.append(qp)
     for qp, ctx, peer in ((qps[0], world.b.ctx, qps[1]), (qps[1], world.a.ctx, qps[0])):
         port = ctx.query_port()
@@ -58,16 +69,7 @@ def _by_hand(world: World) -> tuple[QP, QP]:
             )
         )
     for qp in qps:
-        qp.modify(
-            QpAttr(
-                state=QpState.RTS,
-                sq_psn=0,
-                timeout=0.05,
-                retry_cnt=7,
-                rnr_retry=7,
-                max_rd_atomic=16,
-            )
-        )
+        qp.modify(rts_attr(timeout=0.05))
     return qps[0], qps[1]
 
 
@@ -82,8 +84,8 @@ async def _hand_link(seed: int) -> AsyncIterator[tuple[World, QP, QP]]:
     async with open_world(seed=seed) as world:
         a, b = world.a, world.b
         qa, qb = _by_hand(world)
-        qb.post_recv(RecvWR(500, (Sge(b.mr.addr + RECV_SLOT, 64, b.mr.lkey),)))
-        qa.post_send(SendWR(700, Opcode.SEND, (Sge(a.mr.addr + SEND_SLOT, 8, a.mr.lkey),)))
+        qb.post_recv(_recv_wr(b, 500))
+        qa.post_send(_send_wr(a, 700))
         assert ok(await take(a.scq, 1)) and ok(await take(b.rcq, 1))
         yield world, qa, qb
 
@@ -96,9 +98,7 @@ async def test_a_hand_connected_qp_ends_explicitly_when_its_device_is_replaced(
     with trio.fail_after(60):
         async with _hand_link(seed=51) as (world, qa, _qb):
             a = world.a
-            qa.post_recv(
-                [RecvWR(600 + i, (Sge(a.mr.addr + RECV_SLOT, 64, a.mr.lkey),)) for i in range(2)]
-            )
+            qa.post_recv([_recv_wr(a, 600 + i) for i in range(2)])
             await migrate(world, a.vm, "C")
             flushed = await take(a.rcq, 2)
             assert [(wc.wr_id, wc.status, wc.byte_len) for wc in flushed] == [
@@ -109,7 +109,7 @@ async def test_a_hand_connected_qp_ends_explicitly_when_its_device_is_replaced(
             event = await _next_event(a.ctx)
             assert event.type is AsyncEventType.QP_FATAL and event.qp_num == qa.qp_num
             assert "CM" in event.info
-            qa.post_send(SendWR(701, Opcode.SEND, (Sge(a.mr.addr + SEND_SLOT, 8, a.mr.lkey),)))
+            qa.post_send(_send_wr(a, 701))
             (wc,) = await take(a.scq, 1)
             assert (wc.wr_id, wc.status) == (701, WcStatus.WR_FLUSH_ERR)
             # The CM-connected link of the world was resumed meanwhile, untouched.
@@ -126,15 +126,8 @@ async def test_sends_drain_before_the_end_and_the_qp_reconnects_through_the_cm(
     with trio.fail_after(60):
         async with _hand_link(seed=52) as (world, qa, qb):
             a, b = world.a, world.b
-            qb.post_recv(
-                [RecvWR(510 + i, (Sge(b.mr.addr + RECV_SLOT, 64, b.mr.lkey),)) for i in range(3)]
-            )
-            qa.post_send(
-                [
-                    SendWR(710 + i, Opcode.SEND, (Sge(a.mr.addr + SEND_SLOT, 8, a.mr.lkey),))
-                    for i in range(3)
-                ]
-            )
+            qb.post_recv([_recv_wr(b, 510 + i) for i in range(3)])
+            qa.post_send([_send_wr(a, 710 + i) for i in range(3)])
             await migrate(world, a.vm, "C")
             sent = await take(a.scq, 3)
             assert [(wc.wr_id, wc.status) for wc in sent] == [
@@ -155,12 +148,12 @@ async def test_sends_drain_before_the_end_and_the_qp_reconnects_through_the_cm(
                 nursery.start_soon(serve)
                 await a.ctx.cm_connect(qa, b.vm.address, PORT + 1)
             listener.close()
-            qb.post_recv(RecvWR(520, (Sge(b.mr.addr + RECV_SLOT, 64, b.mr.lkey),)))
-            qa.post_send(SendWR(720, Opcode.SEND, (Sge(a.mr.addr + SEND_SLOT, 8, a.mr.lkey),)))
+            qb.post_recv(_recv_wr(b, 520))
+            qa.post_send(_send_wr(a, 720))
             assert ok(await take(a.scq, 1)) and ok(await take(b.rcq, 1))
             await migrate(world, a.vm, "A")  # now resumable: nothing to report
-            qb.post_recv(RecvWR(521, (Sge(b.mr.addr + RECV_SLOT, 64, b.mr.lkey),)))
-            qa.post_send(SendWR(721, Opcode.SEND, (Sge(a.mr.addr + SEND_SLOT, 8, a.mr.lkey),)))
+            qb.post_recv(_recv_wr(b, 521))
+            qa.post_send(_send_wr(a, 721))
             assert ok(await take(a.scq, 1)) and ok(await take(b.rcq, 1))
             assert qa.state is QpState.RTS
             assert a.shim.statistics().unresumable == 1
@@ -190,7 +183,7 @@ async def test_a_cm_connection_to_a_peer_without_a_shim_ends_with_disconnected(
                 nursery.start_soon(serve)
                 cm = await a.ctx.cm_connect(qa, plain.address, PORT + 1)
             assert cm.private_data == b"plain"
-            qa.post_recv(RecvWR(800, (Sge(a.mr.addr + RECV_SLOT, 64, a.mr.lkey),)))
+            qa.post_recv(_recv_wr(a, 800))
             await migrate(world, a.vm, "B")
             (wc,) = await take(a.rcq, 1)
             assert (wc.wr_id, wc.status) == (800, WcStatus.WR_FLUSH_ERR)
@@ -213,7 +206,7 @@ async def test_a_connect_in_flight_when_the_device_goes_is_not_ended(
             a, b = world.a, world.b
             assert isinstance(a.mr, VirtualMR) and isinstance(b.mr, VirtualMR)
             qa = a.mr.pd.create_qp(a.scq, a.rcq)
-            qa.modify(QpAttr(state=QpState.INIT, access_flags=ACCESS, port_num=1, pkey_index=0))
+            qa.modify(init_attr(ACCESS))
             listener = await b.ctx.cm_listen(PORT + 1)
             moved = trio.Event()
             async with trio.open_nursery() as nursery:
