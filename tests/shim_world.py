@@ -128,16 +128,7 @@ async def open_world(
         ):
             a = await _open_end(vm_a, shim_a)
             b = await _open_end(vm_b, shim_b)
-            listener = await b.ctx.cm_listen(PORT)
-            async with trio.open_nursery() as nursery:
-
-                async def serve() -> None:
-                    request = await listener.get_request()
-                    b.cm = await request.accept(b.qp, b"b")
-
-                nursery.start_soon(serve)
-                a.cm = await a.ctx.cm_connect(a.qp, vm_b.address, PORT, b"a")
-            listener.close()
+            a.cm, b.cm = await cm_link(a, a.qp, b, b.qp, PORT, b"a", b"b")
             a.post_recvs(recvs)
             b.post_recvs(recvs)
             try:
@@ -145,6 +136,29 @@ async def open_world(
             finally:
                 for end in (a, b):
                     end.ctx.close()
+
+
+async def cm_link(
+    a: End, qp_a: QP, b: End, qp_b: QP, port: int, data_a: bytes = b"", data_b: bytes = b""
+) -> tuple[CmId, CmId]:
+    """Connect A's ``qp_a`` to B's ``qp_b`` through the CM: B listens on ``port`` (closed
+    again once connected) and accepts with ``data_b``; A connects with ``data_a``.
+
+    Returns:
+        A's and B's CM ids.
+    """
+    listener = await b.ctx.cm_listen(port)
+    accepted: list[CmId] = []
+    async with trio.open_nursery() as nursery:
+
+        async def serve() -> None:
+            request = await listener.get_request()
+            accepted.append(await request.accept(qp_b, data_b))
+
+        nursery.start_soon(serve)
+        active = await a.ctx.cm_connect(qp_a, b.vm.address, port, data_a)
+    listener.close()
+    return active, accepted[0]
 
 
 async def take(cq: CQ, count: int) -> list[WorkCompletion]:

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import trio
-from shim_world import ACCESS, PORT, End, World, migrate, ok, open_world, take
+from shim_world import ACCESS, PORT, End, World, cm_link, migrate, ok, open_world, take
 
 from rdsx.errors import VerbsError
 from rdsx.shim.resources import VirtualMR
@@ -139,15 +139,7 @@ async def test_sends_drain_before_the_end_and_the_qp_reconnects_through_the_cm(
             qa.modify(QpAttr(state=QpState.RESET))
             qb.modify(QpAttr(state=QpState.ERR))  # B's end is just as stale: B drops it too
             qb.modify(QpAttr(state=QpState.RESET))
-            listener = await b.ctx.cm_listen(PORT + 1)
-            async with trio.open_nursery() as nursery:
-
-                async def serve() -> None:
-                    await (await listener.get_request()).accept(qb)
-
-                nursery.start_soon(serve)
-                await a.ctx.cm_connect(qa, b.vm.address, PORT + 1)
-            listener.close()
+            await cm_link(a, qa, b, qb, PORT + 1)
             qb.post_recv(_recv_wr(b, 520))
             qa.post_send(_send_wr(a, 720))
             assert ok(await take(a.scq, 1)) and ok(await take(b.rcq, 1))

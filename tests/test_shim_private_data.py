@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import trio
-from shim_world import PORT, World, migrate, ok, open_world, take
+from shim_world import PORT, World, cm_link, migrate, ok, open_world, take
 
 from rdsx.errors import InvalidArgument
 from rdsx.shim import PRIVATE_DATA_MAX
@@ -75,7 +75,6 @@ async def test_the_most_private_data_still_migrates(autojump_clock: trio.abc.Clo
     """A connection made with PRIVATE_DATA_MAX bytes each way resumes after a migration."""
     with trio.fail_after(60):
         async with open_world(seed=43) as world:
-            listener = await world.b.ctx.cm_listen(PORT + 1)
             data_a, data_b = b"a" * PRIVATE_DATA_MAX, b"b" * PRIVATE_DATA_MAX
             # A second link beside the world's, on the same PDs and MRs, fresh CQs.
             a, b = (
@@ -85,16 +84,8 @@ async def test_the_most_private_data_still_migrates(autojump_clock: trio.abc.Clo
             for end in (a, b):
                 assert isinstance(end.mr, VirtualMR)
                 end.qp = end.mr.pd.create_qp(end.scq, end.rcq)
-
-            async def serve() -> None:
-                request = await listener.get_request()
-                assert request.private_data == data_a
-                b.cm = await request.accept(b.qp, data_b)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve)
-                a.cm = await a.ctx.cm_connect(a.qp, b.vm.address, PORT + 1, data_a)
-            assert a.cm.private_data == data_b
+            a.cm, b.cm = await cm_link(a, a.qp, b, b.qp, PORT + 1, data_a, data_b)
+            assert (a.cm.private_data, b.cm.private_data) == (data_b, data_a)
             a.post_recvs(4)
             b.post_recvs(4)
             await migrate(world, a.vm, "C")
@@ -106,4 +97,3 @@ async def test_the_most_private_data_still_migrates(autojump_clock: trio.abc.Clo
             assert (b.received(to_b), a.received(to_a)) == (b"after-the-move", b"and-back")
             assert isinstance(a.qp, VirtualQP) and a.qp.peer is not None  # resumable
             assert a.shim.statistics().resume_timeouts == 0
-            listener.close()

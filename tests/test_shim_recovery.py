@@ -7,7 +7,7 @@ import random
 
 import pytest
 import trio
-from shim_world import ACCESS, PORT, End, World, migrate, ok, open_world, take
+from shim_world import ACCESS, PORT, End, World, cm_link, migrate, ok, open_world, take
 
 from rdsx.errors import ConnectionRejected, PeerResumeTimeout, VerbsError
 from rdsx.shim import ShimConfig
@@ -240,14 +240,7 @@ async def test_a_given_up_qp_can_be_reset_and_connected_again(
                 end.rcq.poll(64)
                 end.qp.modify(QpAttr(state=QpState.RESET))
                 assert end.qp.state is QpState.RESET
-            listener = await b.ctx.cm_listen(PORT + 3)
-            async with trio.open_nursery() as nursery:
-
-                async def serve() -> None:
-                    b.cm = await (await listener.get_request()).accept(b.qp)
-
-                nursery.start_soon(serve)
-                a.cm = await a.ctx.cm_connect(a.qp, b.vm.address, PORT + 3)
+            a.cm, b.cm = await cm_link(a, a.qp, b, b.qp, PORT + 3)
             b.post_recvs(2)
             a.send(b"again")
             (wc,) = await take(b.rcq, 1)
