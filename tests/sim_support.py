@@ -96,3 +96,25 @@ def small_profile(tmp_path: Path) -> str:
     path = tmp_path / "small.json"
     path.write_text(json.dumps(data))
     return str(path)
+
+
+def fast_profile(memory: int = 2**20) -> Any:
+    """The seed timing profile with a ``memory``-byte guest and short hot-plug figures, as
+    a loaded :class:`~transports.sim.profile.TimingProfile` (no file needed).
+
+    The pause (stop-and-copy + restore) and every QP/SA/standby figure are the seed's; the
+    pre-copy and the hot-plug stages are short, so a migration under load stays cheap.
+    """
+    from transports.sim.profile import TimingProfile
+
+    source = Path(__file__).parents[1] / "transports/sim/profiles/seed-cx2-xen.json"
+    data = json.loads(source.read_text())
+    data["name"] = "fast"
+    for key, value in (
+        ("vm_memory", memory),
+        ("hotplug_detach", 0.01),
+        ("hotplug_attach", 0.01),
+        ("sm_reaction", 0.005),
+    ):
+        data["figures"][key]["value"] = value
+    return TimingProfile.from_dict(data)

@@ -330,6 +330,10 @@ class ControlPlane:
             await self.push_keys(request.source)
             answer = Resumed(received=qp.received, inc=self._s.inc)
             data = encode(answer)
+        if qp.peer is None:
+            # Ended (closed, or given up) while we pushed our keys: nothing to resume.
+            await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
+            return
         qp.prepare_rebind()
         # Made when the peer said it was leaving (pre-setup): only RTR/RTS are left.
         phys = qp.take_spare(self._s) or qp.new_physical(self._s)
@@ -340,5 +344,12 @@ class ControlPlane:
             phys.close()
             qp.unpost(self._s, preposted)
             raise
+        if qp.peer is None:
+            # Ended while the accept was on the wire (the layer above closed it, or our
+            # node is shutting down): the new connection has nothing to carry.
+            pcm.close()
+            phys.close()
+            qp.unpost(self._s, preposted)
+            return
         qp.bind(self._s, phys, pcm, message.received, message.inc)
         self._s.core.recorder.resumed()

@@ -291,7 +291,8 @@ class Session:
                 log.debug("QP %d: reconnect attempt failed: %r", qp.qp_num, exc)
             else:
                 resumed, _ = decode(pcm.private_data)
-                if qp.held is None or not isinstance(resumed, Resumed):
+                # Ended (peer gone) while the connect was on the wire: the loop returns.
+                if qp.held is None or qp.peer is None or not isinstance(resumed, Resumed):
                     pcm.close()
                     phys.close()
                     qp.unpost(self, preposted)
