@@ -20,12 +20,13 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from sim_support import fast_profile
+from sim_support import fast_profile, open_end
 
 import rdsx
 from rdsx.config import NodeConfig
 from rdsx.errors import MigrationInProgress
-from transports.sim import chaos
+from transports.sim import Packet, chaos, open_fabric
+from transports.sim.cm import CM_RETRY, Rtu
 from transports.sim.transport import SimTransport
 from transports.sim.vmm import VMM
 
@@ -239,3 +240,74 @@ def test_a_connection_ended_under_a_reconnect_is_not_resumed(model: str) -> None
         rcvbuf=8192,
     )
     assert outcomes == ["migrated"]
+
+
+#: Found by the property test: the RTU of .1's connect to .2 was lost (chaos), .1 sent
+#: over the connection for 32 ms, then .2's VF got its removal notice (late detach) and
+#: its accept, still waiting for the RTU, failed: .2 never knew the connection, .1's shim
+#: held it for a reconnect that never came and RDS reset it after resume_timeout.
+LOST_RTU: list[Send] = [
+    (0, 0, 0, 1, 9000),
+    (0, 1, 1, 1, 1),
+    (1, 1, 2, 1, 4096),
+    (2, 1, 1, 1, 40),
+    (2, 1, 2, 0, 40),
+    (1, 1, 1, 1, 9000),
+]
+
+
+def test_a_lost_rtu_under_a_removal_costs_no_reconnect() -> None:
+    outcomes = run_case(
+        500,
+        "transparent",
+        "vswitch",
+        True,
+        LOST_RTU,
+        [(0.025501965888243834, 1, "late-detach", 1.0)],
+        loss=0.01,
+        interval=0.0005,
+    )
+    assert outcomes == ["migrated"]
+
+
+async def test_the_first_packet_establishes_a_passive_side_whose_rtu_was_lost(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """IB's COMM_EST: the passive side's accept returns at the active side's first
+    packet, not at its REP's resend CM_RETRY later."""
+    async with open_fabric(seed=1) as fabric:
+        a, b = fabric.add_host("a", num_vfs=1), fabric.add_host("b", num_vfs=1)
+        da = await fabric.attach(fabric.create_vm("va", address="127.0.0.1"), a)
+        db = await fabric.attach(fabric.create_vm("vb", address="127.0.0.2"), b)
+        ea, eb = await open_end(da), await open_end(db)
+        deliver = fabric.route_packet
+        lost: list[Packet] = []
+
+        def lose_the_rtu(packet: Packet) -> None:
+            if isinstance(getattr(packet, "msg", None), Rtu) and not lost:
+                lost.append(packet)
+                fabric.drop_packet(packet, "test: the RTU is lost")
+                return
+            deliver(packet)
+
+        fabric.route_packet = lose_the_rtu
+        listener = await eb.ctx.cm_listen(7000)
+        accepted: list[float] = []
+
+        async def passive() -> None:
+            request = await listener.get_request()
+            eb.cm_id = await request.accept(eb.qp, b"")
+            accepted.append(trio.current_time())
+            eb.post_recv(1)  # the send met an RNR NAK until now: it keeps retrying
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(passive)
+                ea.cm_id = await ea.ctx.cm_connect(ea.qp, db.address, 7000, b"")
+                connected = trio.current_time()
+                ea.send(1, 0, 64)
+                assert [wc.status.name for wc in await ea.completions(1)] == ["SUCCESS"]
+        assert lost
+        (at,) = accepted
+        assert at - connected < CM_RETRY / 10
+        assert [wc.status.name for wc in await eb.completions(1)] == ["SUCCESS"]

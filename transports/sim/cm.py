@@ -394,6 +394,11 @@ class CmAgent:
         finally:
             del self._waiting[comm_id]
 
+    def established(self, comm_id: int) -> None:
+        """The passive side's QP got its first packet: as good as the RTU (COMM_EST)."""
+        if (waiter := self._waiting.get(comm_id)) is not None:
+            waiter.set(Rtu(comm_id))
+
     def announce_removal(self) -> None:
         """Give every CM id a ``DEVICE_REMOVAL`` event."""
         for cm_id in list(self.ids.values()):
@@ -548,6 +553,11 @@ class SimCmRequest(CmRequest):
             req.private_data,
             req.source,
         )
+        # The RTU may be lost while the active side, connected at the REP, already sends:
+        # its first packet establishes the connection (IB's COMM_EST event, which the
+        # kernel CM treats as the RTU). Otherwise a removal before the REP's resend
+        # would end a connection the peer has been using since.
+        qp.comm_est = lambda: agent.established(comm_id)
         try:
             await agent._exchange(
                 comm_id,
@@ -561,6 +571,8 @@ class SimCmRequest(CmRequest):
         except BaseException:
             cm_id.close()
             raise
+        finally:
+            qp.comm_est = None
         return cm_id
 
     async def reject(self, private_data: bytes = b"") -> None:

@@ -235,6 +235,9 @@ class RcQp:
         self.rx: RecvProgress | None = None
         self.wx: memoryview | None = None
         self.wx_base = 0
+        #: Set while a passive CM side waits for the RTU: the first request from the
+        #: peer establishes the connection instead (IB's COMM_EST, see :mod:`.cm`).
+        self.comm_est: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ local memory
 
@@ -407,6 +410,7 @@ class RcQp:
             or peer._state not in _RECEIVING
             or peer.epsn != psn
             or not peer.rq
+            or peer.comm_est is not None
         ):
             return False
         rwr = peer.rq[0]
@@ -675,6 +679,9 @@ class RcQp:
         elif kind == Kind.READ_RESP:
             self._on_read_resp(packet)
         elif self._state in _RECEIVING:
+            if self.comm_est is not None:
+                established, self.comm_est = self.comm_est, None
+                established()
             if kind == Kind.SEND and packet.psn == self.epsn and packet.first and packet.last:
                 self._rx_send_whole(packet)
             else:
