@@ -385,8 +385,9 @@ async def run_migration(
     log = _Deliveries()
     result: dict[str, Any] = {}
     transport = load_transport("sim")
+    # No fabric trace: nothing here reads it, and it would cost every packet a record.
     async with transport.open_network(
-        seed=opts.seed, port_model=opts.port_model, profile=mig.profile
+        seed=opts.seed, port_model=opts.port_model, profile=mig.profile, trace=False
     ) as opened:
         net = cast(SimNetwork, opened)
         if mig.sa_cache:

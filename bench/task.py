@@ -302,9 +302,12 @@ class Task:
                     c.rtt_usecs += us
                     self.rtts.append(us)
                     self.histogram.add(us)
-                if self.opts.rate is None:
-                    self.credits[verdict.peer] += 1
                 self.quiet.poke()
+                if self.opts.rate is not None:
+                    # Open loop: an ack gives the writer nothing to do (no credit);
+                    # waking it would only cost a scheduler pass and a cancel scope.
+                    continue
+                self.credits[verdict.peer] += 1
             self.wake.set()
 
 
