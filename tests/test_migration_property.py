@@ -270,6 +270,60 @@ def test_a_lost_rtu_under_a_removal_costs_no_reconnect() -> None:
     assert outcomes == ["migrated"]
 
 
+#: Found by the property test: the acceptor's VF went (a removal notice with 10 ms of
+#: grace, or a surprise) after its REP and before the RTU. Its shim failed the accept
+#: while the peer counted the connection as made: the peer held it for a reconnect
+#: that never came and RDS reset it (30 s later, or when the acceptor connected anew).
+ACCEPT_UNDER_REMOVAL: list[tuple[Any, ...]] = [
+    (
+        1000,
+        False,
+        [
+            (1, 1, 2, 1, 4097),
+            (0, 1, 1, 1, 0),
+            (0, 0, 0, 1, 40),
+            (1, 0, 2, 1, 4097),
+            (0, 0, 1, 0, 0),
+        ],
+        [(0.1, 2, "three-stage", 0.01), (0.0015799238917552309, 1, "three-stage", 0.01)],
+        0.0,
+        0.005,
+    ),
+    (
+        64,
+        True,
+        [
+            (1, 0, 1, 0, 0),
+            (1, 0, 0, 0, 9000),
+            (2, 0, 0, 0, 40),
+            (1, 1, 2, 1, 4097),
+            (2, 1, 1, 0, 9000),
+        ],
+        [(0.0015392863268237859, 2, "three-stage", 0.0)],
+        0.01,
+        0.0005,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", ACCEPT_UNDER_REMOVAL, ids=["graceful-10ms", "surprise-standby"])
+def test_an_accept_cut_by_a_removal_after_the_rep_is_resumed(case: tuple[Any, ...]) -> None:
+    seed, standby, plan, moves_, loss, interval = case
+    plan = [entry for entry in plan for _ in range(16 if not standby else 4)]
+    outcomes = run_case(
+        seed,
+        "transparent",
+        "vswitch",
+        standby,
+        plan,
+        moves_,
+        loss,
+        interval,
+        8192 if standby else 1 << 22,
+    )
+    assert set(outcomes) == {"migrated"}
+
+
 async def test_the_first_packet_establishes_a_passive_side_whose_rtu_was_lost(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -237,7 +237,14 @@ class VirtualCmRequest(CmRequest):
             pcm = await self._request.accept(phys, data)
         except DeviceRemoved:
             self._ctx.device_gone()
-            raise ConnectTimeout("the device went away before the connection was made") from None
+            if header is None:
+                raise ConnectTimeout(
+                    "the device went away before the connection was made"
+                ) from None
+            # Our REP may be out and the peer sending: resume it on the next device.
+            cm_id = VirtualCmId(qp, self.private_data, self.source)
+            qp.connected_in_move(PeerLink(self.source, header.vqpn, header.inc), cm_id)
+            return cm_id
         peer = None if header is None else PeerLink(self.source, header.vqpn, header.inc)
         cm_id = VirtualCmId(qp, self.private_data, pcm.peer_address)
         qp.connected(session, pcm, peer, cm_id)

@@ -837,6 +837,28 @@ class VirtualQP(QP):
         self._replay.clear()
         session.watch_cm(self, pcm)
 
+    def connected_in_move(self, peer: PeerLink, cm_id: VirtualCmId) -> None:
+        """Accepted on a device that went before the RTU: the peer may use it already.
+
+        The REP may have reached the peer, which then counts the connection as made
+        and sends. So it is kept like a connection whose device went: held, it
+        reconnects to the peer on the next device (and ends there, as any resume
+        the peer does not know of, if the REP never arrived).
+        """
+        # The accept's physical QP, or one made for us on the next device while we had
+        # no peer: either way the reconnect makes the one we keep.
+        self._drop_phys()
+        self.peer = peer
+        self.cm_id = cm_id
+        self._vstate = S.RTS
+        self._replay.clear()
+        self._hold_for(Hold.LOCAL)
+        session = self._ctx.session
+        self._session = None
+        if session is not None and not session.removal.is_set():
+            # The next device came first: its reconnect_all did not know of us.
+            session.spawn(session.reconnect, self)
+
     def quiesce_begin(self, reason: Hold) -> bool:
         """Hold, and move the physical QP to SQD; True if there is anything to drain."""
         self._hold_for(reason)
