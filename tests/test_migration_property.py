@@ -170,7 +170,7 @@ sends = st.lists(
 )
 moves = st.lists(
     st.tuples(
-        st.floats(0.0, 0.1),
+        st.floats(0.0, 1.0),  # when, as a fraction of the traffic's span
         st.integers(0, 2),
         st.sampled_from(["three-stage", "late-detach"]),
         st.sampled_from([1.0, 0.01, 0.0]),
@@ -212,6 +212,11 @@ def test_every_pair_gets_exactly_its_sequence_through_vmm_migrations(
     rcvbuf: int,
 ) -> None:
     plan = [entry for entry in plan for _ in range(repeat)]  # bursts keep moves mid-traffic
+    per_sender: dict[tuple[int, int], int] = {}
+    for sn, ss, *_ in plan:
+        per_sender[(sn, ss)] = per_sender.get((sn, ss), 0) + 1
+    span = max(per_sender.values()) * interval  # each sender's pacing, without the waits
+    moves = [(at * span, *rest) for at, *rest in moves]
     run_case(seed, mode, model, standby, plan, moves, loss, interval, rcvbuf)
 
 
@@ -322,6 +327,22 @@ def test_an_accept_cut_by_a_removal_after_the_rep_is_resumed(case: tuple[Any, ..
         8192 if standby else 1 << 22,
     )
     assert set(outcomes) == {"migrated"}
+
+
+def test_an_accept_cut_before_its_rep_went_out_is_not_resumed() -> None:
+    """The other side of the same coin: .1's VF pulled while it set up the QP for .3's
+    connect, before the REP left. .3 never counted it as made, so keeping it would make
+    .1 resume a connection .3 does not know of ("no longer knows it": a reset)."""
+    outcomes = run_case(
+        151,
+        "transparent",
+        "shared",
+        True,
+        [(2, 0, 0, 0, 0), (2, 0, 0, 0, 0)],
+        [(0.00058, 0, "three-stage", 0.0)],
+        interval=0.0005,
+    )
+    assert outcomes == ["migrated"]
 
 
 async def test_the_first_packet_establishes_a_passive_side_whose_rtu_was_lost(

@@ -237,11 +237,11 @@ class VirtualCmRequest(CmRequest):
             pcm = await self._request.accept(phys, data)
         except DeviceRemoved:
             self._ctx.device_gone()
-            if header is None:
+            if header is None or not self._request.replied:
                 raise ConnectTimeout(
                     "the device went away before the connection was made"
                 ) from None
-            # Our REP may be out and the peer sending: resume it on the next device.
+            # Our REP is out and the peer may be sending: resume it on the next device.
             cm_id = VirtualCmId(qp, self.private_data, self.source)
             qp.connected_in_move(PeerLink(self.source, header.vqpn, header.inc), cm_id)
             return cm_id

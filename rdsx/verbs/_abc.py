@@ -407,10 +407,14 @@ class CmRequest(abc.ABC):
     Attributes:
         private_data: what the active side attached.
         source: the active side's out-of-band address.
+        replied: whether :meth:`accept` got its reply (the REP) out; the active side
+            may then count the connection as made even if ``accept`` fails after it
+            (librdmacm's ``rdma_accept`` returns there). False where not known.
     """
 
     private_data: bytes
     source: str
+    replied: bool = False
 
     @abc.abstractmethod
     async def accept(self, qp: QP, private_data: bytes = b"") -> CmId:

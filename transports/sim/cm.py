@@ -28,6 +28,7 @@ the fabric's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -377,12 +378,15 @@ class CmAgent:
         timeout: float,
         qpn: int,
         dqpn: int,
+        on_sent: Callable[[], None] | None = None,
     ) -> object:
         waiter = self._waiting[comm_id] = _Waiter()
         deadline = trio.current_time() + timeout
         try:
             while True:
                 self.send(dlid, dguid, msg, qpn, dqpn)
+                if on_sent is not None and not (self.device.removed or self.device.frozen):
+                    on_sent()
                 with trio.move_on_at(min(deadline, trio.current_time() + CM_RETRY)):
                     await waiter.event.wait()
                 if isinstance(waiter.answer, DeviceRemoved):
@@ -503,6 +507,10 @@ class SimCmRequest(CmRequest):
         self.reply: Rep | Rej | None = None
         #: The accepting QP's number (1 until accepted).
         self.qpn = 1
+        self.replied = False
+
+    def _replied(self) -> None:
+        self.replied = True
 
     async def accept(self, qp: QP, private_data: bytes = b"") -> SimCmId:
         """Accept with ``qp``; returns once the active side's RTU arrived.
@@ -567,6 +575,7 @@ class SimCmRequest(CmRequest):
                 ACCEPT_TIMEOUT,
                 qp.qp_num,
                 req.src_qpn,
+                on_sent=self._replied,
             )
         except BaseException:
             cm_id.close()
