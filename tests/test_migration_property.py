@@ -345,6 +345,23 @@ def test_an_accept_cut_before_its_rep_went_out_is_not_resumed() -> None:
     assert outcomes == ["migrated"]
 
 
+def test_an_accept_whose_rep_was_lost_before_a_removal_is_not_resumed() -> None:
+    """.1's REP to .2 is lost (chaos) and .1's VF gets its removal notice before the
+    REP's resend. Keeping the connection because the REP went out would resume one .2
+    never had (refused: a reset); the accept waits for the resume's answer instead."""
+    run_case(
+        290,
+        "transparent",
+        "shared",
+        False,
+        [(1, 0, 0, 1, 1), (1, 0, 0, 1, 1)],
+        [(0.0011551057041214066, 0, "late-detach", 0.01)],
+        loss=0.01,
+        interval=0.002,
+        rcvbuf=8192,
+    )
+
+
 async def test_the_first_packet_establishes_a_passive_side_whose_rtu_was_lost(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -241,9 +241,20 @@ class VirtualCmRequest(CmRequest):
                 raise ConnectTimeout(
                     "the device went away before the connection was made"
                 ) from None
-            # Our REP is out and the peer may be sending: resume it on the next device.
+            # Our REP is out and the peer may be sending: resume it on the next device,
+            # and only then say it was made (the REP may also have been lost).
             cm_id = VirtualCmId(qp, self.private_data, self.source)
             qp.connected_in_move(PeerLink(self.source, header.vqpn, header.inc), cm_id)
+            deadline = trio.current_time() + self._ctx.core.config.resume_timeout
+            try:
+                resumed = await qp.wait_resumed(deadline)
+            finally:
+                if not qp.resumed_ok():
+                    qp.abandon()
+            if not resumed:
+                raise ConnectTimeout(
+                    "the device went away after our reply, and the peer did not know it"
+                ) from None
             return cm_id
         peer = None if header is None else PeerLink(self.source, header.vqpn, header.inc)
         cm_id = VirtualCmId(qp, self.private_data, pcm.peer_address)

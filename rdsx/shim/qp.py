@@ -859,6 +859,16 @@ class VirtualQP(QP):
             # The next device came first: its reconnect_all did not know of us.
             session.spawn(session.reconnect, self)
 
+    def resumed_ok(self) -> bool:
+        """Bound to a physical QP again, and not given up."""
+        return self._hold is None and self.failure is None and self.peer is not None
+
+    def abandon(self) -> None:
+        """End a connection nobody above holds (its accept failed): no event, no error."""
+        if not self._closed and self.failure is None:
+            self.cm_id = None
+            self._give_up(None)
+
     def quiesce_begin(self, reason: Hold) -> bool:
         """Hold, and move the physical QP to SQD; True if there is anything to drain."""
         self._hold_for(reason)
