@@ -362,6 +362,23 @@ def test_an_accept_whose_rep_was_lost_before_a_removal_is_not_resumed() -> None:
     )
 
 
+def test_a_resume_asked_before_the_peers_connect_returned_waits() -> None:
+    """.2's VF is pulled between its REP to .3 and .3's RTU; .2's standby is there at
+    once, so .2 asks .3 to resume before .3's connect has returned (its QP setup takes
+    0.5 ms after the REP). .3 answers BUSY (ask again) rather than UNKNOWN (a reset)."""
+    outcomes = run_case(
+        295,
+        "transparent",
+        "vswitch",
+        True,
+        [(0, 1, 2, 1, 4096), (2, 1, 1, 1, 1), (1, 0, 1, 0, 9000), (2, 0, 2, 1, 40)],
+        [(0.0016324, 1, "three-stage", 0.0)],
+        interval=0.002,
+        rcvbuf=8192,
+    )
+    assert outcomes == ["migrated"]
+
+
 async def test_the_first_packet_establishes_a_passive_side_whose_rtu_was_lost(
     autojump_clock: trio.abc.Clock,
 ) -> None:

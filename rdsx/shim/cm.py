@@ -373,27 +373,32 @@ async def connect(
         raise InvalidState(f"cm_connect with a QP in {qp.state.name}")
     check_private_data(private_data)
     deadline = trio.current_time() + timeout
-    while True:
-        session = await ctx.core.wait_attached(ctx, deadline)
-        phys_ctx, phys_qp = ctx.physical, qp.physical
-        if phys_ctx is None or phys_qp is None or session.removal.is_set():
-            # This device is on its way out: connect on the next one, in time.
-            with trio.move_on_at(deadline):
-                await session.done.wait()
-            if trio.current_time() >= deadline:
-                raise ConnectTimeout("no usable device arrived in time")
-            continue
-        data = encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
-        remaining = max(deadline - trio.current_time(), 0.0)
-        try:
-            pcm = await phys_ctx.cm_connect(phys_qp, address, port, data, timeout=remaining)
-        except DeviceRemoved:
-            # The device went under the connect: try again on the next one, in time.
-            session.report_removal(None)
-            with trio.move_on_at(deadline):
-                await session.done.wait()
-            continue
-        break
+    # A peer's shim asking to resume this QP before our connect returned waits (BUSY).
+    qp.connecting_to = address
+    try:
+        while True:
+            session = await ctx.core.wait_attached(ctx, deadline)
+            phys_ctx, phys_qp = ctx.physical, qp.physical
+            if phys_ctx is None or phys_qp is None or session.removal.is_set():
+                # This device is on its way out: connect on the next one, in time.
+                with trio.move_on_at(deadline):
+                    await session.done.wait()
+                if trio.current_time() >= deadline:
+                    raise ConnectTimeout("no usable device arrived in time")
+                continue
+            data = encode(Connect(vqpn=qp.qp_num, inc=session.inc), private_data)
+            remaining = max(deadline - trio.current_time(), 0.0)
+            try:
+                pcm = await phys_ctx.cm_connect(phys_qp, address, port, data, timeout=remaining)
+            except DeviceRemoved:
+                # The device went under the connect: try again on the next one, in time.
+                session.report_removal(None)
+                with trio.move_on_at(deadline):
+                    await session.done.wait()
+                continue
+            break
+    finally:
+        qp.connecting_to = None
     accepted, user = _unwrap(pcm.private_data)
     peer = None
     if isinstance(accepted, Accept):

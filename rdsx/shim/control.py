@@ -114,6 +114,10 @@ class ControlPlane:
             return None
         return qp
 
+    def _connecting(self, vqpn: int, source: str) -> bool:
+        qp = self._s.core.qpns.lookup(vqpn)
+        return qp is not None and qp.failure is None and qp.connecting_to == source
+
     async def _serve_one(self, request: CmRequest) -> None:
         self._s.core.recorder.control_requests += 1
         try:
@@ -311,6 +315,11 @@ class ControlPlane:
 
     async def _on_reconnect(self, request: CmRequest, message: Reconnect) -> None:
         qp = self._find(message.dst_vqpn, request.source, message.src_vqpn)
+        if qp is None and self._connecting(message.dst_vqpn, request.source):
+            # Our connect to the requester has its REP but has not returned yet: the
+            # requester's device went meanwhile, and it asks before we know the QP.
+            await request.reject(encode(Refused(reason=RefuseReason.BUSY)))
+            return
         if qp is None or message.peer_inc > self._s.inc:
             await request.reject(encode(Refused(reason=RefuseReason.UNKNOWN)))
             return

@@ -155,6 +155,8 @@ class VirtualQP(QP):
         self._quiescing = False
         self._user_sqd = False
         self.peer: PeerLink | None = None
+        #: The address our ``cm_connect`` is connecting to right now, if any.
+        self.connecting_to: str | None = None
         self._received = 0
         self._acked = 0
         self._first_error: tuple[int, WcStatus, str] | None = None
