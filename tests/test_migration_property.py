@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from sim_support import fast_profile, open_end
 
@@ -37,6 +38,8 @@ PORTS = (100, 101)
 EXAMPLES = int(os.environ.get("HYPOTHESIS_MIGRATION_EXAMPLES", "40"))
 #: ``HYPOTHESIS_MIGRATION_SHRINK=0`` reports a failure as found (offline: shrinking is slow).
 SHRINK = os.environ.get("HYPOTHESIS_MIGRATION_SHRINK", "1") != "0"
+#: ``HYPOTHESIS_MIGRATION_SEED=n`` draws another set of cases (the suite's is derandomized).
+SEED = os.environ.get("HYPOTHESIS_MIGRATION_SEED")
 
 Send = tuple[int, int, int, int, int]  # source node, socket; destination node, socket; size
 Move = tuple[float, int, str, float]  # at, which VM, strategy, grace (0 = surprise)
@@ -183,10 +186,11 @@ moves = st.lists(
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=SEED is None,
     phases=list(Phase) if SHRINK else [Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+@hypothesis_seed(int(SEED or 0))
 @given(
     seed=st.integers(0, 1000),
     mode=st.sampled_from(["reconnect", "transparent"]),
