@@ -11,6 +11,7 @@ import trio
 
 from rdsx.verbs import Access, CmId, Context, Device, QpCap, RecvWR, SendWR, Sge, WorkCompletion
 from transports.sim import Fabric
+from transports.sim.timeline import Stage, Strategy, Timeline
 
 ALL_ACCESS = Access.LOCAL_WRITE | Access.REMOTE_WRITE | Access.REMOTE_READ
 
@@ -118,3 +119,33 @@ def fast_profile(memory: int = 2**20) -> Any:
     ):
         data["figures"][key]["value"] = value
     return TimingProfile.from_dict(data)
+
+
+def late_detach_timeline(*, surprise: bool = False) -> Timeline:
+    """A hand-made late-detach Timeline for the downtime and table tests.
+
+    Notice at 10 s, the VF released at 10.2 (at 10 for a surprise removal), the guest
+    paused 10.7..12.5 (the attach at its end), the new VF ready at 12.6.
+    """
+    stages = (
+        Stage(name="pre-copy", round=1, start=5.0, end=10.0),
+        Stage(name="detach", start=10.0, end=10.0 if surprise else 10.7),
+        Stage(name="stop-and-copy", start=10.7, end=10.9),
+        Stage(name="restore", start=10.9, end=11.0),
+        Stage(name="attach", start=11.0, end=12.5, paused=True),
+        Stage(name="sm-update", start=12.5, end=12.7),
+    )
+    return Timeline(
+        vm="vm",
+        source="a",
+        destination="b",
+        strategy=Strategy.LATE_DETACH,
+        port_model="vswitch",
+        profile="p",
+        stages=stages,
+        start=5.0,
+        end=12.7,
+        device_ready=12.6,
+        released=10.0 if surprise else 10.2,
+        surprise=surprise,
+    )

@@ -9,41 +9,15 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from sim_support import small_profile
+from sim_support import late_detach_timeline, small_profile
 
 from bench.compare import COLUMNS, RunResult, format_results, main, parse, plot_results
 from bench.compare import run_migration as run_one
 from bench.downtime import downtime, receiver_downtime
-from transports.sim.timeline import Stage, Strategy, Timeline
-
-
-def _late_detach() -> Timeline:
-    # Notice at 10, released at 10.2, paused 10.7..12.5 (attach at its end), new VF at 12.6.
-    stages = (
-        Stage(name="pre-copy", round=1, start=5.0, end=10.0),
-        Stage(name="detach", start=10.0, end=10.7),
-        Stage(name="stop-and-copy", start=10.7, end=10.9),
-        Stage(name="restore", start=10.9, end=11.0),
-        Stage(name="attach", start=11.0, end=12.5, paused=True),
-        Stage(name="sm-update", start=12.5, end=12.7),
-    )
-    return Timeline(
-        vm="vm",
-        source="a",
-        destination="b",
-        strategy=Strategy.LATE_DETACH,
-        port_model="vswitch",
-        profile="p",
-        stages=stages,
-        start=5.0,
-        end=12.7,
-        device_ready=12.6,
-        released=10.2,
-    )
 
 
 def test_the_stack_cost_is_service_minus_the_device_gap_split_around_it() -> None:
-    tl = _late_detach()
+    tl = late_detach_timeline()
     # Last delivery 9.95 (0.05 of idle pacing before the notice), first after 12.603.
     paced = [round(4.0 + 0.05 * k, 3) for k in range(120)]  # 4.0 .. 9.95
     r = receiver_downtime("x", [*paced, 12.603, 13.0], tl)
@@ -214,10 +188,10 @@ def test_the_plot_needs_matplotlib_or_says_so(
         strategy="late-detach",
         port_model="shared",
         outcome=None,
-        timeline=_late_detach(),
+        timeline=late_detach_timeline(),
         error=None,
         downtime=None,
-        timelines=(_late_detach(),),
+        timelines=(late_detach_timeline(),),
         series=(10.0,) * 300,
         traffic=(0.0, 15.0),
     )
@@ -225,7 +199,7 @@ def test_the_plot_needs_matplotlib_or_says_so(
     standby = attrs.evolve(
         result,
         standby=True,
-        timelines=(attrs.evolve(_late_detach(), standby=((10.0, 12.6),)),),
+        timelines=(attrs.evolve(late_detach_timeline(), standby=((10.0, 12.6),)),),
     )
     path = tmp_path / "p.png"
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)

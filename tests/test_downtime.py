@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from sim_support import late_detach_timeline
 
 from bench.downtime import (
     DELIVERY,
@@ -117,32 +118,6 @@ def test_a_gap_starting_before_the_migration_splits_into_before() -> None:
 LAT = 0.001
 
 
-def _vf_timeline(*, surprise: bool = False) -> Timeline:
-    detach = Stage(name="detach", start=10.0, end=10.0 if surprise else 10.7)
-    stages = (
-        Stage(name="pre-copy", round=1, start=5.0, end=10.0),
-        detach,
-        Stage(name="stop-and-copy", start=10.7, end=10.9),
-        Stage(name="restore", start=10.9, end=11.0),
-        Stage(name="attach", start=11.0, end=12.5, paused=True),
-        Stage(name="sm-update", start=12.5, end=12.7),
-    )
-    return Timeline(
-        vm="vm",
-        source="a",
-        destination="b",
-        strategy=Strategy.LATE_DETACH,
-        port_model="vswitch",
-        profile="p",
-        stages=stages,
-        start=5.0,
-        end=12.7,
-        device_ready=12.6,
-        released=10.0 if surprise else 10.2,
-        surprise=surprise,
-    )
-
-
 def _steady() -> tuple[list[float], list[float]]:
     delivered = [round(4.0 + 0.05 * k, 3) for k in range(120)]  # 4.0 .. 9.95
     return delivered, [d - LAT for d in delivered]
@@ -156,7 +131,7 @@ def _with(after: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
 
 
 def test_a_gap_before_the_notice_starts_at_the_notice_and_ends_on_the_backlog() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     # The first delivery after the gap was sent at 10.05 (queued through the outage).
     delivered, sent = _with([(12.603, 10.05), (12.604, 10.1)])
     r = receiver_downtime("x", delivered, tl, sent)
@@ -176,7 +151,7 @@ def test_a_gap_before_the_notice_starts_at_the_notice_and_ends_on_the_backlog() 
 
 
 def test_a_gap_that_starts_after_the_notice_starts_at_its_last_delivery() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     delivered, sent = _with([(10.1, 10.1 - LAT), (12.603, 10.15)])
     e = receiver_downtime("y", delivered, tl, sent).edge
     assert e is not None
@@ -187,7 +162,7 @@ def test_a_gap_that_starts_after_the_notice_starts_at_its_last_delivery() -> Non
 
 
 def test_a_surprise_removal_starts_at_the_removal_or_at_a_message_it_caught() -> None:
-    tl = _vf_timeline(surprise=True)
+    tl = late_detach_timeline(surprise=True)
     delivered, sent = _with([(12.603, 10.05)])
     e = receiver_downtime("z", delivered, tl, sent).edge
     assert e is not None
@@ -205,7 +180,7 @@ def test_a_surprise_removal_starts_at_the_removal_or_at_a_message_it_caught() ->
 
 
 def test_without_backlog_the_end_is_pacing_limited_and_says_so() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     # Nothing was queued: the first delivery after the gap was sent after the new VF came.
     delivered, sent = _with([(12.651, 12.65)])
     r = receiver_downtime("p", delivered, tl, sent)
@@ -222,7 +197,7 @@ def test_without_backlog_the_end_is_pacing_limited_and_says_so() -> None:
 
 
 def test_without_send_times_nothing_is_backlog() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     delivered, _ = _with([(12.603, 10.05)])
     e = receiver_downtime("n", delivered, tl).edge
     assert e is not None
@@ -247,7 +222,7 @@ def test_without_a_vf_loss_the_edge_is_the_measured_gap() -> None:
 
 
 def test_the_latency_leaves_out_the_connection_set_up_and_the_backlog() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     delivered, sent = _steady()
     # The first messages waited 2 ms for the connection; they are not the steady latency.
     sent[:5] = [delivered[0] - 0.002] * 5
@@ -258,7 +233,7 @@ def test_the_latency_leaves_out_the_connection_set_up_and_the_backlog() -> None:
 
 
 def test_the_overall_edge_is_the_longest_receivers() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     early, early_sent = _with([(12.603, 10.05)])
     late, late_sent = _with([(12.61, 10.06)])
     report = downtime({"a": early, "b": late}, tl, {"a": early_sent, "b": late_sent})
@@ -271,7 +246,7 @@ def test_the_overall_edge_is_the_longest_receivers() -> None:
 
 
 def test_deliveries_carried_past_the_release_start_the_outage_at_the_pause() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     # Something carried the traffic past the release (10.2) until shortly before the guest
     # paused (10.7); it resumed when the guest ran again (12.5), before the new VF (12.6).
     carried = [(10.25 + 0.05 * k, 10.25 + 0.05 * k - LAT) for k in range(9)]  # .. 10.65
@@ -294,7 +269,7 @@ def test_deliveries_carried_past_the_release_start_the_outage_at_the_pause() -> 
 
 
 def test_deliveries_inside_the_pause_leave_the_start_unanchored() -> None:
-    tl = _vf_timeline()
+    tl = late_detach_timeline()
     # Deliveries went on past the release and even into the guest's pause (10.7): no
     # timeline event explains where the outage began, so the start is the last delivery.
     carried = [(10.25 + 0.05 * k, 10.25 + 0.05 * k - LAT) for k in range(11)]  # .. 10.75
